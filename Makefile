@@ -1,0 +1,29 @@
+# `make test` and `make demo` each build .venv from nothing; torch is pinned first so pip
+# takes the CPU wheel instead of resolving a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+
+.PHONY: test demo venv lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[all,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(VENV)/bin/edgekd demo --out out/demo
+
+lint: venv
+	$(VENV)/bin/ruff check edgekd tests benchmarks
+
+clean:
+	rm -rf $(VENV) out runs

@@ -1,0 +1,145 @@
+"""`edgekd teacher` and `edgekd distill`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgekd.commands import user_errors
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config; CLI flags override it.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed (runs are deterministic for a seed).")]
+LimitOpt = Annotated[Optional[int], typer.Option(help="Use at most N training windows (quick trials).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Windows per step.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (cosine decay).")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registered model name (see `edgekd models`).")]
+ArgsOpt = Annotated[Optional[str], typer.Option("--arch-args", help='Model arguments as JSON, e.g. \'{"width": 16}\'.')]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")]
+
+
+def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args):  # noqa: ANN001, ANN202
+    from edgekd.config import ModelConfig, load_config, override
+    from edgekd.errors import ConfigError
+
+    cfg = load_config(config)
+    cfg = override(cfg, "train", epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
+    cfg = override(cfg, "data", limit=limit)
+    if arch is not None or arch_args is not None:
+        try:
+            args = json.loads(arch_args) if arch_args else cfg.model.args
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--arch-args is not valid JSON: {exc}") from exc
+        from dataclasses import replace
+
+        cfg = replace(cfg, model=ModelConfig(arch=arch or cfg.model.arch, args=args))
+    return cfg
+
+
+def _print_metrics(metrics: dict, out: Path) -> None:
+    from rich.console import Console
+
+    console = Console()
+    val, test = metrics["val"], metrics["test"]
+    console.print(
+        f"[bold]{out}[/bold]  val acc {val['accuracy']:.4f} f1 {val['macro_f1']:.4f}  "
+        f"test acc {test['accuracy']:.4f} f1 {test['macro_f1']:.4f}  (best epoch {metrics['best_epoch']})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @user_errors
+    def teacher(
+        out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/teacher"),
+        data: Annotated[Optional[str], typer.Option(help="'har' (built-in UCI HAPT) or PATH/manifest.jsonl.")] = None,
+        config: ConfigOpt = None,
+        epochs: EpochsOpt = None,
+        seed: SeedOpt = None,
+        limit: LimitOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        arch: ArchOpt = None,
+        arch_args: ArgsOpt = None,
+        modality_dropout: Annotated[Optional[float], typer.Option(help="Drop whole modalities with this probability while training.")] = None,
+        resume: ResumeOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Train the multimodal teacher on every modality of the data."""
+        from dataclasses import replace
+
+        from edgekd.config import override
+        from edgekd.distill.trainer import train_teacher
+
+        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args)
+        cfg = override(cfg, "data", source=data)
+        if modality_dropout is not None:
+            cfg = replace(cfg, model=replace(cfg.model, args={**cfg.model.args, "modality_dropout": modality_dropout}))
+        _print_metrics(train_teacher(cfg, out, resume=resume, progress=not quiet), out)
+
+    @app.command()
+    @user_errors
+    def distill(
+        teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
+        out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/student"),
+        recipe: Annotated[Optional[str], typer.Option(help="Named loss recipe: default, paper, kd, ce.")] = None,
+        modality: Annotated[Optional[str], typer.Option(help="Student modality (default: the dataset's).")] = None,
+        config: ConfigOpt = None,
+        epochs: EpochsOpt = None,
+        seed: SeedOpt = None,
+        limit: LimitOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        arch: ArchOpt = None,
+        arch_args: ArgsOpt = None,
+        feature_loss: Annotated[Optional[str], typer.Option(help="none | hard_l2 | soft_margin")] = None,
+        distance: Annotated[Optional[str], typer.Option(help="soft_margin distance: cosine | l2 | l2sq")] = None,
+        margin: Annotated[Optional[float], typer.Option(help="Feature hinge margin m.")] = None,
+        classifier_loss: Annotated[Optional[str], typer.Option(help="none | logit_kd | soft_teacher_head | margin_kd")] = None,
+        tau: Annotated[Optional[float], typer.Option(help="KD temperature.")] = None,
+        quality: Annotated[Optional[str], typer.Option(help="none | teacher_confidence | teacher_norm")] = None,
+        lambda_task: Annotated[Optional[float], typer.Option(help="Weight of the cross-entropy term.")] = None,
+        lambda_feature: Annotated[Optional[float], typer.Option(help="Weight of the feature term.")] = None,
+        lambda_classifier: Annotated[Optional[float], typer.Option(help="Weight of the classifier term.")] = None,
+        teacher_view: Annotated[Optional[str], typer.Option(help="all | student (restricted-teacher control).")] = None,
+        resume: ResumeOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Distill a single-modality student from a teacher (`none` for all losses = CE-only)."""
+        from dataclasses import replace
+
+        from edgekd.config import override, resolve_recipe
+        from edgekd.distill.trainer import distill as run_distill
+
+        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args)
+        if recipe is not None:
+            cfg = replace(cfg, distill=resolve_recipe(recipe))
+        cfg = override(
+            cfg,
+            "distill",
+            feature_loss=feature_loss,
+            distance=distance,
+            margin=margin,
+            classifier_loss=classifier_loss,
+            tau=tau,
+            quality=quality,
+            lambda_task=lambda_task,
+            lambda_feature=lambda_feature,
+            lambda_classifier=lambda_classifier,
+            teacher_view=teacher_view,
+        )
+        if modality is not None:
+            cfg = replace(cfg, student_modality=modality)
+        _print_metrics(run_distill(cfg, teacher, out, resume=resume, progress=not quiet), out)
+
+    @app.command()
+    def models() -> None:
+        """List the registered teacher and student architectures."""
+        from edgekd.models import list_students, list_teachers
+
+        typer.echo("teachers: " + ", ".join(list_teachers()))
+        typer.echo("students: " + ", ".join(list_students()))

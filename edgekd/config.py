@@ -1,0 +1,206 @@
+"""Run configuration: frozen dataclasses, loaded from YAML and overridden from the CLI.
+
+The resolved config is saved as `config.yaml` in every run folder, so a run can be repeated from
+its folder alone. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekd.errors import ConfigError
+
+FEATURE_LOSSES = ("none", "hard_l2", "soft_margin")
+DISTANCES = ("cosine", "l2", "l2sq")
+CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd")
+QUALITY = ("none", "teacher_confidence", "teacher_norm")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the paired data comes from and how it is split."""
+
+    source: str = "har"  # "har" or a path to manifest.jsonl
+    val_subjects: tuple[str, ...] | None = None  # None: the dataset's default
+    limit: int | None = None  # at most this many training windows (quick trials)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by teacher and student training."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Registry name and constructor arguments of the model to train."""
+
+    arch: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation losses of METHOD.md; all `none` gives the CE-only baseline.
+
+    L = lambda_task * CE + lambda_feature * L_feature + lambda_classifier * L_classifier.
+    """
+
+    feature_loss: str = "none"
+    distance: str = "cosine"
+    margin: float = 0.2
+    classifier_loss: str = "logit_kd"
+    tau: float = 4.0
+    classifier_margin: float = 0.0
+    quality: str = "none"
+    quality_temperature: float = 0.5
+    lambda_task: float = 1.0
+    lambda_feature: float = 1.0
+    lambda_classifier: float = 1.0
+    projector: str = "linear"
+    teacher_view: str = "all"  # "student": the restricted-teacher control (other modalities zeroed)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("feature_loss", FEATURE_LOSSES),
+            ("distance", DISTANCES),
+            ("classifier_loss", CLASSIFIER_LOSSES),
+            ("quality", QUALITY),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.teacher_view not in ("all", "student"):
+            raise ConfigError(f"teacher_view={self.teacher_view!r} is not one of all, student")
+        if self.tau <= 0:
+            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        if self.quality_temperature <= 0:
+            raise ConfigError(f"quality_temperature must be > 0, got {self.quality_temperature}")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.feature_loss != "none" or self.classifier_loss != "none"
+
+
+RECIPES: dict[str, DistillConfig] = {
+    "ce": DistillConfig(feature_loss="none", classifier_loss="none", quality="none"),
+    "kd": DistillConfig(feature_loss="none", classifier_loss="logit_kd", quality="none"),
+    "paper": DistillConfig(
+        feature_loss="soft_margin",
+        distance="cosine",
+        margin=0.2,
+        classifier_loss="soft_teacher_head",
+        quality="teacher_confidence",
+    ),
+}
+
+
+def resolve_recipe(name: str) -> DistillConfig:
+    """The named loss recipe; `default` is what `edgekd distill` uses without options."""
+    if name == "default":
+        return DistillConfig()
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of default, {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a `teacher` or `distill` run needs besides its input folders."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    student_modality: str | None = None  # None: the dataset's default student modality
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from exc
+
+
+def load_config(path: Path | None = None, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML config over `base` (default `RunConfig()`); missing keys keep base values."""
+    base = base or RunConfig()
+    if path is None:
+        return base
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    merged = _deep_merge(to_dict(base), raw)
+    return _build(RunConfig, merged, str(path))
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict` output (e.g. a run folder's config.yaml)."""
+    return _build(RunConfig, values, "config")
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "args":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON/YAML-safe dict (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def override(cfg: RunConfig, section: str, **values: Any) -> RunConfig:
+    """Return cfg with `section`'s fields replaced by the non-None `values` (CLI flags)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return cfg
+    return replace(cfg, **{section: replace(getattr(cfg, section), **given)})
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from edgekd.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
