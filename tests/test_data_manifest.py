@@ -1,0 +1,304 @@
+"""User data through a JSONL manifest: windowing, pairing, validation split, and every error
+naming the manifest file and line."""
+
+from __future__ import annotations
+
+import json
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekd.data import load_dataset
+from edgekd.data.readers import read_recording
+from edgekd.errors import ConfigError, DataError
+from edgekd.modalities import ModalitySpec
+from tests.toy_manifest import make_toy_manifest, write_wav
+
+TS_HEADER: dict[str, Any] = {
+    "modalities": {
+        "accel": {"kind": "timeseries", "rate_hz": 50, "channels": 2, "window": 4, "hop": 3},
+        "cam": {"kind": "image", "size": [2, 2], "channels": 1},
+    },
+    "student": "accel",
+}
+
+
+def write_ts_manifest(root: Path, samples: list[dict[str, Any]]) -> Path:
+    """Manifest of timeseries + 2x2 grey image samples; each dict has label, split, subject
+    (optional) and `data` (T, 2); the image of sample i is filled with the value i."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "modalities.json").write_text(json.dumps(TS_HEADER))
+    lines = []
+    for i, sample in enumerate(samples):
+        np.save(root / f"a{i}.npy", sample.pop("data"))
+        Image.fromarray(np.full((2, 2), i, dtype=np.uint8)).save(root / f"c{i}.png")
+        lines.append(
+            json.dumps({"id": f"s{i}", "accel": f"a{i}.npy", "cam": f"c{i}.png", **sample})
+        )
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def ts_samples(n_subjects: int = 3, subjects: bool = True) -> list[dict[str, Any]]:
+    """Two labels per subject, one test subject "t" holding both labels."""
+    out: list[dict[str, Any]] = []
+    for k in range(n_subjects):
+        for label in ("up", "down"):
+            out.append(
+                {"label": label, "subject": f"p{k}", "data": np.full((10, 2), k, np.float32)}
+            )
+    for label in ("up", "down"):
+        out.append({"label": label, "split": "test", "subject": "t", "data": np.ones((10, 2))})
+    if not subjects:
+        for s in out:
+            del s["subject"]
+    return out
+
+
+def edit_line(manifest: Path, line: int, change: Callable[[dict[str, Any]], Any]) -> None:
+    """Apply `change` to the JSON record on 1-based `line` of `manifest`."""
+    lines = manifest.read_text().splitlines()
+    record = json.loads(lines[line - 1])
+    change(record)
+    lines[line - 1] = json.dumps(record)
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return make_toy_manifest(tmp_path / "toy", n_per_class=6)
+
+
+def test_toy_dataset_loads_paired_and_split(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path / "toy")
+    ds = load_dataset(manifest)
+    assert ds.labels == ["c0", "c1", "c2"] and ds.default_student == "voice"
+    assert ds.specs["voice"].window == 8000 and ds.specs["face"].size == (32, 32)
+    subjects = {name: set(split.subject.tolist()) for name, split in ds.splits.items()}
+    assert subjects["test"] == {"u5"}
+    assert len(subjects["val"]) == 1 and subjects["val"] == set(ds.val_subjects)
+    assert not subjects["val"] & subjects["train"]
+    assert len(ds.splits["unlabelled"]) == 0
+    train = ds.splits["train"]
+    assert train.x["voice"].shape == (len(train), 8000) and train.x["face"].shape[1:] == (32, 32, 3)
+    assert 0.0 <= train.x["face"].min() and train.x["face"].max() <= 1.0
+    assert np.bincount(train.y).tolist() == [8, 8, 8]
+    assert load_dataset(manifest).val_subjects == ds.val_subjects  # seeded
+    assert load_dataset(manifest.parent).val_subjects == ds.val_subjects  # a folder works too
+    limited = load_dataset(manifest, limit=6)
+    assert np.bincount(limited.splits["train"].y).tolist() == [2, 2, 2]
+
+
+def test_val_subjects_override(toy: Path) -> None:
+    ds = load_dataset(toy, val_subjects=["u1"])
+    assert set(ds.splits["val"].subject.tolist()) == {"u1"} and ds.val_subjects == ("u1",)
+    with pytest.raises(ConfigError, match=r"val_subjects \['u9'\] must be"):
+        load_dataset(toy, val_subjects=["u9"])
+
+
+def test_timeseries_windows_and_image_pairing(tmp_path: Path) -> None:
+    data = np.arange(20, dtype=np.float32).reshape(10, 2)
+    samples = ts_samples()
+    samples[0]["data"] = data
+    ds = load_dataset(write_ts_manifest(tmp_path, samples), val_subjects=["p2"])
+    train = ds.splits["train"]
+    # T = 10, window 4, hop 3: windows start at 0, 3, 6 (1 + (10 - 4) // 3 = 3).
+    assert len(train) == 4 * 3
+    np.testing.assert_array_equal(train.x["accel"][:3], [data[0:4], data[3:7], data[6:10]])
+    # The image of sample 0 (value 0) and of sample 1 (value 1 / 255) pair with each window.
+    assert train.x["cam"].shape == (12, 2, 2, 1)
+    np.testing.assert_allclose(train.x["cam"][:6, 0, 0, 0], [0, 0, 0, 1 / 255, 1 / 255, 1 / 255])
+    assert ds.labels == ["down", "up"] and train.y[:6].tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_csv_with_header_reads_like_npy(tmp_path: Path) -> None:
+    spec = ModalitySpec("accel", "timeseries", 50.0, 2, 4, 3)
+    data = np.array([[0.5, -1.0], [2.0, 3.25], [4.0, 5.0]])
+    np.save(tmp_path / "x.npy", data)
+    (tmp_path / "x.csv").write_text("ax,ay\n0.5,-1\n2,3.25\n4,5\n")
+    (tmp_path / "y.csv").write_text("0.5,-1\n2,3.25\n4,5\n")
+    for name in ("x.npy", "x.csv", "y.csv"):
+        np.testing.assert_array_equal(read_recording(tmp_path / name, spec), data)
+
+
+def test_wav_and_png_read_exactly(tmp_path: Path) -> None:
+    voice = ModalitySpec("voice", "audio", 16000.0, 1, 400, 200)
+    pcm = np.array([0, 16384, -32768, 32767], dtype="<i2")
+    with wave.open(str(tmp_path / "a.wav"), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm.tobytes())
+    np.testing.assert_array_equal(read_recording(tmp_path / "a.wav", voice), pcm / 32768.0)
+    face = ModalitySpec("face", "image", 0.0, 3, 0, 0, size=(1, 2))
+    pixels = np.array([[[0, 51, 255], [10, 20, 30]]], dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "f.png")
+    np.testing.assert_allclose(read_recording(tmp_path / "f.png", face), pixels / 255.0, atol=1e-7)
+
+
+def test_val_drawn_by_sample_without_subjects(tmp_path: Path) -> None:
+    manifest = write_ts_manifest(tmp_path, ts_samples(n_subjects=4, subjects=False))
+    ds = load_dataset(manifest, seed=3)
+    assert ds.val_subjects == ()
+    n_val, n_train = len(ds.splits["val"]), len(ds.splits["train"])
+    assert n_val >= 3 and n_train > n_val  # at least one whole sample of 3 windows
+    again = load_dataset(manifest, seed=3)
+    np.testing.assert_array_equal(again.splits["val"].x["accel"], ds.splits["val"].x["accel"])
+
+
+# --- errors: each names the manifest (or header) file and the line -------------------------
+
+
+def test_missing_file(toy: Path) -> None:
+    edit_line(toy, 2, lambda r: r.update(voice="voice/nope.wav"))
+    with pytest.raises(DataError, match=rf"{toy}:2: .*nope.wav: file not found"):
+        load_dataset(toy)
+
+
+def test_corrupt_wav_and_png(toy: Path) -> None:
+    record = json.loads(toy.read_text().splitlines()[2])
+    (toy.parent / record["voice"]).write_bytes(b"RIFF\x00\x00garbage")
+    with pytest.raises(DataError, match=rf"{toy}:3: .*not a readable PCM .wav"):
+        load_dataset(toy)
+    write_wav(toy.parent / record["voice"], np.zeros(8000))
+    (toy.parent / record["face"]).write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(DataError, match=rf"{toy}:3: .*not a readable image"):
+        load_dataset(toy)
+
+
+def test_bad_json(toy: Path) -> None:
+    lines = toy.read_text().splitlines()
+    lines[3] = '{"id": "x", '
+    toy.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{toy}:4: not valid JSON"):
+        load_dataset(toy)
+
+
+def test_unknown_modality_kind(toy: Path) -> None:
+    header = toy.parent / "modalities.yaml"
+    header.write_text(header.read_text().replace("kind: audio", "kind: video"))
+    with pytest.raises(
+        DataError, match=rf"{header}: modality 'voice': unknown modality kind 'video'"
+    ):
+        load_dataset(toy)
+
+
+def test_missing_modality_key(toy: Path) -> None:
+    edit_line(toy, 5, lambda r: r.pop("face"))
+    with pytest.raises(DataError, match=rf"{toy}:5: missing modality key 'face'"):
+        load_dataset(toy)
+
+
+def test_label_unseen_in_train(toy: Path) -> None:
+    test_line = next(
+        n for n, text in enumerate(toy.read_text().splitlines(), 1) if '"test"' in text
+    )
+    edit_line(toy, test_line, lambda r: r.update(label="c9"))
+    with pytest.raises(
+        DataError, match=rf"{toy}:{test_line}: label 'c9' of this test sample never"
+    ):
+        load_dataset(toy)
+
+
+def test_nan_in_data(tmp_path: Path) -> None:
+    samples = ts_samples()
+    samples[2]["data"] = np.full((10, 2), np.nan)
+    manifest = write_ts_manifest(tmp_path, samples)
+    with pytest.raises(DataError, match=rf"{manifest}:3: .*a2.npy: contains NaN or inf"):
+        load_dataset(manifest)
+
+
+def test_empty_test_split(tmp_path: Path) -> None:
+    samples = [s for s in ts_samples() if s.get("split") != "test"]
+    manifest = write_ts_manifest(tmp_path, samples)
+    with pytest.raises(DataError, match=rf"{manifest}: the test split is empty"):
+        load_dataset(manifest)
+
+
+def test_wav_with_wrong_rate(toy: Path) -> None:
+    record = json.loads(toy.read_text().splitlines()[0])
+    write_wav(toy.parent / record["voice"], np.zeros(4000), rate_hz=8000)
+    with pytest.raises(
+        DataError, match=rf"{toy}:1: .*sample rate is 8000 Hz but 'voice' expects 16000 Hz"
+    ):
+        load_dataset(toy)
+
+
+def test_8bit_wav_is_refused(toy: Path) -> None:
+    record = json.loads(toy.read_text().splitlines()[0])
+    with wave.open(str(toy.parent / record["voice"]), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(1)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(8000))
+    with pytest.raises(
+        DataError, match=rf"{toy}:1: .*expected 16-bit PCM mono, got 1 channel\(s\) of 8-bit"
+    ):
+        load_dataset(toy)
+
+
+def test_image_with_wrong_size(toy: Path) -> None:
+    record = json.loads(toy.read_text().splitlines()[1])
+    Image.fromarray(np.zeros((16, 20, 3), dtype=np.uint8)).save(toy.parent / record["face"])
+    with pytest.raises(
+        DataError, match=rf"{toy}:2: .*image is 16x20 \(H x W\) but 'face' expects 32x32"
+    ):
+        load_dataset(toy)
+
+
+def test_window_longer_than_recording(tmp_path: Path) -> None:
+    samples = ts_samples()
+    samples[1]["data"] = np.zeros((3, 2))
+    manifest = write_ts_manifest(tmp_path, samples)
+    recording = tmp_path / "a1.npy"
+    expected = (
+        f"{manifest}:2: window longer than recording: file {recording} has 3 samples, window is 4"
+    )
+    with pytest.raises(DataError) as info:
+        load_dataset(manifest)
+    assert str(info.value) == expected
+
+
+def test_modalities_with_different_window_counts(tmp_path: Path) -> None:
+    header = {
+        "modalities": {"a": TS_HEADER["modalities"]["accel"], "b": TS_HEADER["modalities"]["accel"]}
+    }
+    (tmp_path / "modalities.json").write_text(json.dumps(header))
+    np.save(tmp_path / "a.npy", np.zeros((10, 2)))
+    np.save(tmp_path / "b.npy", np.zeros((13, 2)))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "x", "label": "l", "a": "a.npy", "b": "b.npy"}) + "\n")
+    with pytest.raises(
+        DataError,
+        match=rf"{manifest}:1: the modalities give different numbers of windows "
+        r"\{'a': 3, 'b': 4\}",
+    ):
+        load_dataset(manifest)
+
+
+def test_unknown_key_duplicate_id_and_bad_split(toy: Path) -> None:
+    edit_line(toy, 2, lambda r: r.update(mood="happy"))
+    with pytest.raises(DataError, match=rf"{toy}:2: unknown key\(s\) \['mood'\]"):
+        load_dataset(toy)
+    edit_line(toy, 2, lambda r: (r.pop("mood"), r.update(id="c0_000")))
+    with pytest.raises(DataError, match=rf"{toy}:2: id 'c0_000' already used on line 1"):
+        load_dataset(toy)
+    edit_line(toy, 2, lambda r: r.update(id="fresh", split="holdout"))
+    with pytest.raises(
+        DataError, match=rf"{toy}:2: split 'holdout' is not one of train, val, test"
+    ):
+        load_dataset(toy)
+
+
+def test_missing_header_and_bad_source(toy: Path) -> None:
+    (toy.parent / "modalities.yaml").unlink()
+    with pytest.raises(DataError, match=rf"{toy}: no modality header beside it"):
+        load_dataset(toy)
+    with pytest.raises(ConfigError, match="neither 'har' nor an existing manifest"):
+        load_dataset(toy.parent / "missing.jsonl")
