@@ -197,6 +197,17 @@ def _epoch_batches(n: int, cfg: RunConfig, epoch: int, d: Dist) -> list[torch.Te
     return batches
 
 
+def train_step(
+    trainable: nn.Module, optimizer: torch.optim.Optimizer, x: Inputs, y: torch.Tensor, *extra: Any
+) -> dict[str, float]:
+    """One optimisation step of an objective; returns each loss term as a float."""
+    terms = trainable(x, y, *extra)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -283,12 +294,9 @@ def fit(
         batches = _epoch_batches(n, cfg, epoch, d)
         live = bar.epoch(epoch, len(batches))
         for step, idx in enumerate(batches):
-            terms = trainable(_select(data.x, idx), data.y[idx], *step_args(idx))
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
+            terms = train_step(trainable, optimizer, _select(data.x, idx), data.y[idx], *step_args(idx))
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] = sums.get(key, 0.0) + value
             if live is not None:
                 live.update(live.task_ids[0], advance=1, terms=_format_terms({k: v / (step + 1) for k, v in sums.items()}))
         if live is not None:

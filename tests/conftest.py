@@ -1,0 +1,38 @@
+"""Shared fixtures: small real training runs on the built-in HAR data, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# A test session shares one converted-HAR cache; the first conversion takes some seconds.
+os.environ.setdefault("EDGEKD_CACHE", str(Path.home() / ".cache" / "edgekd"))
+
+TEACHER_ARGS = ["--epochs", "3", "--limit", "1500", "--batch-size", "64", "--seed", "0", "--quiet"]
+STUDENT_ARGS = ["--epochs", "3", "--limit", "1500", "--batch-size", "64", "--seed", "0", "--quiet"]
+
+
+def run_cli(args: list[str]) -> "object":
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    result = run_cli(["teacher", "--data", "har", "--out", str(out), *TEACHER_ARGS])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def student_run(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "student"
+    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd", *STUDENT_ARGS])
+    assert result.exit_code == 0, result.output
+    return out

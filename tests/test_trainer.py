@@ -1,0 +1,147 @@
+"""Teacher training and distillation on real HAR windows: metrics, determinism, resume, DDP, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekd.checkpoint import MODEL_FILE, load_run, read_sidecar
+from tests.conftest import STUDENT_ARGS, run_cli
+
+NUM_HAR_CLASSES = 12
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_teacher_run_folder(teacher_run: Path) -> None:
+    metrics = _metrics(teacher_run)
+    for split in ("val", "test"):
+        assert set(metrics[split]) >= {"accuracy", "macro_f1"}
+        assert 0.0 <= metrics[split]["macro_f1"] <= metrics[split]["accuracy"] + 0.5
+    # Twelve classes: chance is ~1/6 on HAR's imbalanced test split; 3 short epochs beat it easily.
+    assert metrics["test"]["accuracy"] > 0.5
+    assert len(json.loads((teacher_run / "history.json").read_text())) == 3
+    sidecar = read_sidecar(teacher_run, "teacher")
+    assert set(sidecar["specs"]) == {"accel", "gyro"}
+    for name in ("config.yaml", "checkpoint.json", "model.safetensors", "train_state.safetensors"):
+        assert (teacher_run / name).is_file()
+
+
+def test_student_is_single_modality_and_selected_on_val(student_run: Path) -> None:
+    run = load_run(student_run, expect_role="student")
+    assert run.sidecar["student_modality"] == "accel"
+    assert list(run.sidecar["specs"]) == ["accel"]
+    history = json.loads((student_run / "history.json").read_text())
+    best = max(history, key=lambda h: h["val"]["accuracy"])
+    metrics = _metrics(student_run)
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["val"]["accuracy"] == pytest.approx(best["val"]["accuracy"])
+    assert history[0]["train"]["classifier"] > 0  # logit-KD term was active
+    assert run.model(torch.zeros(2, 3, 128)).shape == (2, NUM_HAR_CLASSES)
+
+
+def test_same_seed_same_metrics(teacher_run: Path, student_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd", *STUDENT_ARGS])
+    assert result.exit_code == 0, result.output
+    assert _metrics(out)["test"] == _metrics(student_run)["test"]
+    assert (out / MODEL_FILE).read_bytes() == (student_run / MODEL_FILE).read_bytes()
+
+
+def test_sigkill_then_resume_matches_uninterrupted(teacher_run: Path, tmp_path: Path) -> None:
+    args = ["--teacher", str(teacher_run), "--recipe", "paper", "--epochs", "6", "--limit", "3000", "--seed", "1", "--quiet"]
+    reference = tmp_path / "reference"
+    assert run_cli(["distill", "--out", str(reference), *args]).exit_code == 0
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "edgekd", "distill", "--out", str(out), *args]
+    proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    history = out / "history.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if history.exists() and len(json.loads(history.read_text() or "[]")) >= 2:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+
+    result = run_cli(["distill", "--out", str(out), "--resume", *args])
+    assert result.exit_code == 0, result.output
+    assert _metrics(out)["test"] == _metrics(reference)["test"]
+    assert (out / MODEL_FILE).read_bytes() == (reference / MODEL_FILE).read_bytes()
+
+
+def test_ddp_two_processes(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    cmd = [
+        torchrun, "--standalone", "--nproc-per-node", "2", "-m", "edgekd", "distill",
+        "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd",
+        "--epochs", "2", "--limit", "800", "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = _metrics(out)
+    assert metrics["train"]["world_size"] == 2
+    assert metrics["test"]["accuracy"] > 0.3
+    assert load_run(out).sidecar["role"] == "student"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["teacher", "--data", "no-such-data"], "no-such-data"),
+        (["teacher", "--data", "har", "--limit", "0"], "--limit"),
+        (["distill", "--teacher", "{missing}"], "not found"),
+        (["distill", "--teacher", "{student}"], "expected a teacher run"),
+        (["distill", "--teacher", "{teacher}", "--modality", "magnetometer"], "not among the teacher's"),
+        (["distill", "--teacher", "{teacher}", "--feature-loss", "l1"], "feature_loss"),
+    ],
+)
+def test_bad_input_exits_nonzero_and_leaves_nothing(
+    args: list[str], message: str, teacher_run: Path, student_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    filled = [a.format(missing=tmp_path / "nope", student=student_run, teacher=teacher_run) for a in args]
+    result = run_cli([*filled, "--out", str(out), "--epochs", "1", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_a_run(teacher_run: Path, student_run: Path) -> None:
+    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(student_run), "--epochs", "1", "--quiet"])
+    assert result.exit_code == 2
+    assert "already holds a run" in result.output
+
+
+def test_audio_student_from_audio_image_teacher(tmp_path: Path) -> None:
+    from tests.toy_manifest import make_toy_manifest
+
+    manifest = make_toy_manifest(tmp_path / "data", n_per_class=12, classes=3, seed=0)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    fast = ["--epochs", "4", "--batch-size", "16", "--quiet"]
+    result = run_cli(["teacher", "--data", str(manifest), "--out", str(teacher), *fast])
+    assert result.exit_code == 0, result.output
+    assert set(read_sidecar(teacher)["specs"]) == {"voice", "face"}
+    result = run_cli(["distill", "--teacher", str(teacher), "--out", str(student), "--recipe", "paper", *fast])
+    assert result.exit_code == 0, result.output
+    run = load_run(student)
+    assert run.sidecar["student_modality"] == "voice"
+    assert run.sidecar["arch"] == "dscnn_audio"
+    # Three tone classes are separable from the log-mel alone; chance is 1/3.
+    assert _metrics(student)["test"]["accuracy"] >= 0.8
