@@ -1,0 +1,355 @@
+"""`edgekd bench`, `edgekd run` and `edgekd info`: thin commands over `edgekd.runtime`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import wave
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgekd.commands import user_errors
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle folder (NAME.edgekd).")]
+BackendOpt = Annotated[str, typer.Option(help="auto, openvino, onnxruntime or tensorrt.")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    help="fp32, fp16, bf16 or int8 (default: the bundle target's, else the best available).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU inference threads (default 1).")]
+InputOpt = Annotated[Path, typer.Option(
+    "--input", "-i", help="Recording: .csv or .npy (T, C) samples, or .wav (16-bit PCM).")]
+StreamOpt = Annotated[bool, typer.Option(
+    "--stream", help="Push the samples through a live stream in chunks.")]
+BatchOpt = Annotated[str, typer.Option(
+    help="Batch sizes: latency at the smallest, throughput at the largest.")]
+DurationOpt = Annotated[float | None, typer.Option(
+    help="Seconds per measured figure (default 2).")]
+IterationsOpt = Annotated[int | None, typer.Option(
+    help="Timed calls per figure (instead of --duration).")]
+JsonOpt = Annotated[Path | None, typer.Option(
+    "--json", help="Write the full report (every figure) here.")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Write latency distributions as PNG here.")]
+RunOpt = Annotated[Path | None, typer.Option(
+    "--run", help="The student's run folder: adds a PyTorch eager FP32 row (needs torch).")]
+
+
+def _csv_list(text: str, what: str) -> list[str]:
+    from edgekd.errors import ConfigError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--{what} is empty")
+    return items
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    from edgekd.errors import ConfigError
+
+    try:
+        return [int(t) for t in _csv_list(text, what)]
+    except ValueError as exc:
+        raise ConfigError(f"--{what} must be comma-separated integers, got {text!r}") from exc
+
+
+# -- input files for `run` ----------------------------------------------------------------------
+def read_samples(path: Path, spec: Any) -> Any:
+    """Raw samples of a recording: .npy / .csv as (T, C) (audio (T,)), .wav as int16 PCM.
+
+    A .wav's sample rate and channel count must match the modality spec. InputError names the
+    file (and line, for CSV) on bad content.
+    """
+    import numpy as np
+
+    from edgekd.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"{path}: not a numeric .npy array ({exc})") from exc
+    elif suffix == ".csv":
+        data = _read_csv(path)
+    elif suffix == ".wav":
+        data = _read_wav(path, spec)
+    else:
+        raise InputError(f"{path}: unsupported input type {suffix!r}; use .csv, .npy or .wav")
+    if spec.kind == "audio" and data.ndim == 2 and data.shape[1] == 1:
+        data = data[:, 0]
+    return data
+
+
+def _read_csv(path: Path) -> Any:
+    import numpy as np
+
+    from edgekd.errors import InputError
+
+    rows: list[list[float]] = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            try:
+                values = [float(cell) for cell in row]
+            except ValueError as exc:
+                if lineno == 1 and not rows:
+                    continue  # a header line
+                raise InputError(f"{path}:{lineno}: not a number ({exc})") from exc
+            if rows and len(values) != len(rows[0]):
+                raise InputError(f"{path}:{lineno}: {len(values)} columns, earlier rows have "
+                                 f"{len(rows[0])}")
+            rows.append(values)
+    if not rows:
+        raise InputError(f"{path}: no samples")
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _read_wav(path: Path, spec: Any) -> Any:
+    import numpy as np
+
+    from edgekd.errors import InputError
+
+    try:
+        with wave.open(str(path), "rb") as wav:
+            rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise InputError(f"{path}: not a readable PCM .wav file ({exc})") from exc
+    if width != 2:
+        raise InputError(f"{path}: {8 * width}-bit samples; only 16-bit PCM .wav is supported")
+    if abs(rate - spec.rate_hz) > 1e-6 * spec.rate_hz:
+        raise InputError(f"{path}: recorded at {rate} Hz but the model expects "
+                         f"{spec.rate_hz:g} Hz; resample it first")
+    if channels != spec.channels:
+        raise InputError(f"{path}: {channels} channel(s), the model expects {spec.channels}")
+    return np.frombuffer(frames, dtype="<i2").reshape(-1, channels)
+
+
+def _offline_events(model: Any, samples: Any) -> list[tuple[float, str, float]]:
+    """Windows at 0, hop, 2*hop ... classified by `predict` (the batch path)."""
+    import numpy as np
+
+    from edgekd.errors import InputError
+
+    spec = model.spec
+    if len(samples) < spec.window:
+        raise InputError(f"the recording has {len(samples)} samples, fewer than one window "
+                         f"({spec.window} samples = {spec.window / spec.rate_hz:g} s)")
+    samples = np.ascontiguousarray(samples)
+    m = (len(samples) - spec.window) // spec.hop + 1
+    step = samples.strides[0]
+    windows = np.lib.stride_tricks.as_strided(
+        samples, shape=(m, spec.window, *samples.shape[1:]),
+        strides=(spec.hop * step, *samples.strides), writeable=False)
+    out = []
+    for start in range(0, m, 1024):  # bounded memory for long recordings
+        pred = model.predict(windows[start : start + 1024])
+        for j, (label, score) in enumerate(zip(pred.labels, pred.scores, strict=True)):
+            end = (start + j) * spec.hop + spec.window
+            out.append((end / spec.rate_hz, label, float(score)))
+    return out
+
+
+# -- info ---------------------------------------------------------------------------------------
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _info(bundle: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = bundle.manifest
+    console = Console(soft_wrap=True)  # long lines stay whole (greppable, copyable)
+    model, mod, target = m.get("model", {}), m["modality"], m.get("target", {})
+    checked = ("[green]all sha256 verified[/green]" if bundle.verified
+               else "[yellow]not verified[/yellow]")
+    console.print(f"[bold]{bundle.root}[/bold]  schema {m['schema_version']}  {checked}")
+    console.print(f"model: {model.get('name', '?')}  arch {model.get('arch', '?')}  "
+                  f"params {model.get('params', '?')}")
+    console.print(f"labels ({len(m['labels'])}): {', '.join(m['labels'])}")
+    if mod.get("kind") == "image":
+        shape = f"{mod.get('size')} x {mod.get('channels')} channels"
+    else:
+        rate = float(mod.get("rate_hz", 0)) or float("nan")
+        shape = (f"{mod.get('rate_hz')} Hz, {mod.get('channels')} channel(s), window "
+                 f"{mod.get('window')} samples ({mod.get('window', 0) / rate:.2f} s), hop "
+                 f"{mod.get('hop')} ({mod.get('hop', 0) / rate:.2f} s)")
+    console.print(f"modality: {mod.get('name')} ({mod.get('kind')}), {shape}")
+    io = m["io"]
+    console.print(f"io: {io['input']['name']} {io['input']['shape']} -> "
+                  f"{io['output']['name']} {io['output']['shape']}")
+    if target:
+        console.print(f"target: {target.get('name')} "
+                      f"({target.get('backend')}, {target.get('precision')})")
+    table = Table(title="artifacts")
+    for col in ("path", "format", "precision", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
+    table.add_column("notes", overflow="fold")
+    for a in bundle.artifacts:
+        notes = ", ".join(f"{k}={v}" for k, v in {"backend": a.backend, **a.extra}.items() if v)
+        table.add_row(a.path, a.format, a.precision, _size(a.size), notes)
+    for kind in ("golden", "eval"):
+        if m.get(kind):
+            table.add_row(m[kind]["path"], "npz", "-", _size(m[kind]["size"]), kind)
+    console.print(table)
+    if m.get("accuracy"):
+        acc = Table(title="accuracy (held-out data)")
+        metrics = sorted({k for v in m["accuracy"].values() if isinstance(v, dict) for k in v})
+        acc.add_column("model")
+        for k in metrics:
+            acc.add_column(k, justify="right")
+        for name, values in m["accuracy"].items():
+            values = values if isinstance(values, dict) else {}
+            acc.add_row(name, *[f"{values[k]:.4f}" if isinstance(values.get(k), float)
+                                else str(values.get(k, "-")) for k in metrics])
+        console.print(acc)
+    for section in ("calibration", "tensorrt_build", "provenance"):
+        if m.get(section):
+            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in m[section].items()))
+
+
+# -- the PyTorch reference row of `bench` -----------------------------------------------------
+def _torch_reference(run_dir: Path, bundle: Any, threads: int | None) -> Any:
+    """features -> logits with the run folder's model in eager FP32, or None without torch."""
+    import importlib.util
+
+    from edgekd.errors import ConfigError
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    from edgekd.checkpoint import load_run
+
+    run = load_run(run_dir)
+    if list(run.sidecar.get("labels", [])) != bundle.labels:
+        raise ConfigError(f"{run_dir} is not the run this bundle was exported from (its labels "
+                          "differ); pass the right --run folder")
+    torch.set_num_threads(threads or 1)  # same thread budget as the runtime rows
+    net = run.model.eval()
+
+    def reference(features: Any) -> Any:
+        with torch.inference_mode():
+            return net(torch.from_numpy(features)).numpy()
+
+    return reference
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @user_errors
+    def info(
+        bundle: BundleArg,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the manifest.")] = False,
+        verify: Annotated[bool, typer.Option(help="Check every file's sha256 first.")] = True,
+    ) -> None:
+        """Summarise a bundle: labels, modality, artifacts, accuracy, target, provenance."""
+        from edgekd.runtime import read_bundle
+
+        b = read_bundle(bundle, verify=verify)
+        if as_json:
+            typer.echo(json.dumps(b.manifest, indent=2))
+        else:
+            _info(b)
+
+    @app.command()
+    @user_errors
+    def run(
+        bundle: BundleArg,
+        input: InputOpt,
+        stream: StreamOpt = False,
+        chunk: Annotated[int, typer.Option(help="Samples per push with --stream.")] = 32,
+        backend: BackendOpt = "auto",
+        precision: PrecisionOpt = None,
+        threads: ThreadsOpt = None,
+    ) -> None:
+        """Classify a recording: one line per window (end time, label, score)."""
+        import numpy as np
+
+        from edgekd.errors import InputError
+        from edgekd.runtime import load
+
+        model = load(bundle, backend=backend, precision=precision, threads=threads)
+        samples = read_samples(input, model.spec)
+        typer.echo(f"# {model.backend}/{model.precision}, {len(samples)} samples from {input}",
+                   err=True)
+        if model.spec.kind == "image":
+            pred = model.predict(samples)
+            for i, (label, score) in enumerate(zip(np.atleast_1d(pred.labels),
+                                                   np.atleast_1d(pred.scores), strict=True)):
+                typer.echo(f"{i:6d}  {label}  {float(score):.4f}")
+            return
+        if stream:
+            if chunk < 1:
+                raise InputError(f"--chunk must be >= 1 sample, got {chunk}")
+            live = model.stream()
+            count = 0
+            for i in range(0, len(samples), chunk):
+                for ev in live.push(samples[i : i + chunk]):  # printed as they happen
+                    typer.echo(f"{ev.t_end_s:10.3f} s  {ev.label}  {ev.score:.4f}")
+                    count += 1
+            if count == 0:
+                raise InputError(f"the recording has {len(samples)} samples, fewer than one "
+                                 f"window ({model.spec.window})")
+        else:
+            for t, label, score in _offline_events(model, samples):
+                typer.echo(f"{t:10.3f} s  {label}  {score:.4f}")
+
+    @app.command()
+    @user_errors
+    def bench(
+        bundle: BundleArg,
+        backend: Annotated[str, typer.Option(help="all, or backends, comma-separated.")] = "all",
+        precision: Annotated[str, typer.Option(help="all, or some, comma-separated.")] = "all",
+        batch: BatchOpt = "1,32",
+        duration: DurationOpt = None,
+        iterations: IterationsOpt = None,
+        warmup: Annotated[int, typer.Option(help="Untimed calls before each figure.")] = 10,
+        threads: ThreadsOpt = None,
+        json_out: JsonOpt = None,
+        plot_out: PlotOpt = None,
+        run_dir: RunOpt = None,
+    ) -> None:
+        """Latency, throughput, streaming cost, memory and accuracy per backend x precision."""
+        from rich.console import Console
+
+        from edgekd.runtime import read_bundle
+        from edgekd.runtime.bench import plot, render_table, run_benchmark, write_json
+
+        # a pipe or file gets the full table rather than rich's 80-column default
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        b = read_bundle(bundle)
+        source = run_dir or (Path(b.manifest["provenance"]["run_dir"])
+                             if b.manifest.get("provenance", {}).get("run_dir") else None)
+        reference = None
+        if source is not None and source.is_dir():
+            reference = _torch_reference(source, b, threads)
+            if reference is None:
+                console.print("[yellow]torch is not installed: no PyTorch reference row[/yellow]")
+        report = run_benchmark(
+            bundle, backends=_csv_list(backend, "backend"),
+            precisions=_csv_list(precision, "precision"), batch_sizes=_int_list(batch, "batch"),
+            duration_s=duration, iterations=iterations, warmup=warmup, threads=threads,
+            reference=reference,
+            progress=lambda name: console.print(f"[dim]measuring {name}...[/dim]"),
+        )
+        console.print(render_table(report))
+        for s in report["skipped"]:
+            what = s["backend"] + (f"/{s['precision']}" if "precision" in s else "")
+            console.print(f"[yellow]skipped {what}: {s['reason']}[/yellow]")
+        if json_out is not None:
+            write_json(report, json_out)
+            console.print(f"report: {json_out}")
+        if plot_out is not None:
+            plot(report, plot_out)
+            console.print(f"plot: {plot_out}")

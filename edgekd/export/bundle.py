@@ -1,0 +1,260 @@
+"""Write an edgekd bundle atomically (the contract is docs/bundle.md).
+
+    with BundleWriter(Path("out/har.edgekd"), force=True) as w:
+        w.add_file("model.fp32.onnx", onnx_path, format="onnx", precision="fp32")
+        w.add_openvino_ir(xml_path, precision="int8")
+        w.add_npz("golden", x=windows, probs=probs)
+        w.set("labels", labels); w.set("modality", spec.to_dict()); w.set("io", io)
+
+Files are staged in a hidden folder next to `out`; on a clean exit sizes and sha256 are computed
+from the staged bytes, `manifest.json` is written last, and the folder is renamed into place. An
+exception inside the block removes the staging folder and leaves `out` as it was.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from edgekd import __version__
+from edgekd.errors import BundleError, ExportError
+from edgekd.runtime.bundle import (
+    DATA_FILES,
+    FORMAT,
+    MANIFEST,
+    REQUIRED_SECTIONS,
+    RESERVED_KEYS,
+    SCHEMA_VERSION,
+    artifact_problem,
+    check_relpath,
+    file_record,
+    read_bundle,
+)
+
+
+class BundleWriter:
+    """Stage files and manifest sections, then publish the bundle in one rename.
+
+    `out` existing raises ExportError unless `force`; with `force` an existing bundle is replaced
+    only after the new one is complete, and restored if the swap fails. A non-bundle folder is
+    never replaced (force must not be able to delete an arbitrary directory).
+    """
+
+    def __init__(self, out: Path, force: bool = False) -> None:
+        self.out = Path(out).expanduser().absolute()
+        self.force = force
+        self.manifest: dict[str, Any] | None = None  # the published manifest, after a clean exit
+        self._staging: Path | None = None
+        self._sections: dict[str, Any] = {}
+        self._artifacts: list[dict[str, Any]] = []
+        self._data: dict[str, str] = {}
+
+    # -- context -------------------------------------------------------------------------------
+    def __enter__(self) -> BundleWriter:
+        self._check_target()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._staging = self._sibling("staging")
+        self._staging.mkdir()  # plain mkdir: the published folder gets the usual umask modes
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._staging is not None
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._staging.exists():
+                shutil.rmtree(self._staging, ignore_errors=True)
+
+    @property
+    def staging(self) -> Path:
+        """The staging folder (valid inside the `with` block)."""
+        if self._staging is None:
+            raise ExportError("BundleWriter used outside its `with` block")
+        return self._staging
+
+    # -- content -------------------------------------------------------------------------------
+    def add_file(
+        self, rel_path: str, source: Path | bytes, *, format: str, precision: str, **extra: Any
+    ) -> Path:
+        """Copy `source` (a file or bytes) to `rel_path` in the bundle and list it as an artifact.
+
+        `extra` goes into the artifact entry verbatim (e.g. `quantizer=`, `backend=`, `stamp=`).
+        Returns the staged path.
+        """
+        problem = artifact_problem(rel_path, format, precision)
+        if problem is not None:
+            raise ExportError(problem)
+        reserved = {"path", "format", "precision", "sha256", "size"} & set(extra)
+        if reserved:
+            raise ExportError(f"{rel_path}: {', '.join(sorted(reserved))} are set by the writer")
+        dest = self._claim(rel_path)
+        if isinstance(source, bytes):
+            dest.write_bytes(source)
+        else:
+            if not Path(source).is_file():
+                raise ExportError(f"cannot add {source} to the bundle: file not found")
+            shutil.copyfile(source, dest)
+        self._artifacts.append(
+            {"path": rel_path, "format": format, "precision": precision, **extra}
+        )
+        return dest
+
+    def add_openvino_ir(self, xml: Path, *, precision: str, **extra: Any) -> tuple[Path, Path]:
+        """Add an OpenVINO IR pair as `openvino/model.<precision>.xml/.bin`.
+
+        The .bin must sit next to the .xml with the same stem (how OpenVINO finds it); both are
+        renamed together so that pairing survives.
+        """
+        xml = Path(xml)
+        stem = f"openvino/model.{precision}"
+        x = self.add_file(f"{stem}.xml", xml, format="openvino_xml", precision=precision, **extra)
+        b = self.add_file(
+            f"{stem}.bin",
+            xml.with_suffix(".bin"),
+            format="openvino_bin",
+            precision=precision,
+            **extra,
+        )
+        return x, b
+
+    def add_npz(self, kind: str, **arrays: np.ndarray) -> Path:
+        """Write `golden.npz` or `eval.npz` (numeric arrays only: it is read without pickle)."""
+        if kind not in DATA_FILES:
+            raise ExportError(f"add_npz kind must be one of {', '.join(DATA_FILES)}, got {kind!r}")
+        if kind in self._data:
+            raise ExportError(f"{kind}.npz added twice")
+        for name, arr in arrays.items():
+            if np.asarray(arr).dtype.hasobject:
+                raise ExportError(
+                    f"{kind}.npz: array {name!r} has dtype object; only numeric arrays"
+                )
+        buf = _io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        dest = self._claim(f"{kind}.npz")
+        dest.write_bytes(buf.getvalue())
+        self._data[kind] = f"{kind}.npz"
+        return dest
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a manifest section (labels, modality, io, model, accuracy, target, ...)."""
+        if key in RESERVED_KEYS:
+            raise ExportError(f"manifest key {key!r} is written by BundleWriter itself")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ExportError(f"manifest section {key!r} is not plain JSON: {exc}") from exc
+        self._sections[key] = value
+
+    # -- internals -----------------------------------------------------------------------------
+    def _claim(self, rel_path: str) -> Path:
+        try:
+            check_relpath(rel_path)
+        except BundleError as exc:
+            raise ExportError(str(exc)) from exc
+        dest = self.staging / rel_path
+        if dest.exists():
+            raise ExportError(f"{rel_path} added to the bundle twice")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return dest
+
+    def _sibling(self, kind: str) -> Path:
+        """An unused hidden name next to `out` (same filesystem, so renames are atomic)."""
+        while True:
+            path = self.out.parent / f".{self.out.name}.{secrets.token_hex(4)}.{kind}"
+            if not path.exists():
+                return path
+
+    def _check_target(self) -> None:
+        if not (self.out.exists() or self.out.is_symlink()):
+            return
+        if not self.force:
+            raise ExportError(f"{self.out} exists; pass force (--force) to replace it")
+        if not self.out.is_dir() or self.out.is_symlink():
+            raise ExportError(f"refusing to replace {self.out}: not a bundle folder")
+        if not (self.out / MANIFEST).is_file() and any(self.out.iterdir()):
+            raise ExportError(
+                f"refusing to replace {self.out}: non-empty folder without {MANIFEST}"
+            )
+
+    def _finish(self) -> None:
+        missing = [k for k in REQUIRED_SECTIONS if k != "artifacts" and k not in self._sections]
+        if missing:
+            raise ExportError(
+                f"bundle incomplete: manifest section(s) {', '.join(missing)} never set"
+            )
+        if not self._artifacts:
+            raise ExportError("bundle incomplete: no model artifact was added")
+        artifacts = [{**a, **file_record(self.staging, a["path"])} for a in self._artifacts]
+        provenance = {
+            "edgekd": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **self._sections.get("provenance", {}),
+        }
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": FORMAT,
+            **{k: v for k, v in self._sections.items() if k != "provenance"},
+            "artifacts": artifacts,
+            **{kind: file_record(self.staging, rel) for kind, rel in self._data.items()},
+            "provenance": provenance,
+        }
+        # Inside staging a plain write is atomic enough: the folder rename publishes it.
+        text = json.dumps(manifest, indent=2) + "\n"
+        (self.staging / MANIFEST).write_text(text, encoding="utf-8")
+        try:
+            read_bundle(self.staging, verify=True)  # the reader is the judge of what we wrote
+        except BundleError as exc:
+            raise ExportError(f"the bundle written does not read back: {exc}") from exc
+        _fsync_tree(self.staging)
+        self._publish()
+        _fsync(self.out.parent)  # make the rename itself durable
+        self.manifest = manifest
+
+    def _publish(self) -> None:
+        staging = self.staging
+        if not self.out.exists():
+            try:
+                os.rename(staging, self.out)
+            except OSError as exc:  # created meanwhile by someone else
+                raise ExportError(f"cannot publish the bundle at {self.out}: {exc}") from exc
+            return
+        self._check_target()
+        backup = self._sibling("old")
+        os.rename(self.out, backup)
+        try:
+            os.rename(staging, self.out)
+        except OSError as exc:
+            os.rename(backup, self.out)  # the old bundle survives
+            raise ExportError(f"cannot replace {self.out}: {exc}; the old bundle was kept") from exc
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every staged file and folder so the published bundle survives a power cut."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            _fsync(os.path.join(dirpath, name))
+        _fsync(dirpath)

@@ -1,0 +1,261 @@
+"""TensorRT backend (NVIDIA GPUs, Jetson): engines built from the bundle's ONNX on this device.
+
+Engines are not portable across GPUs or TensorRT versions, so each is stamped with (TensorRT
+version, GPU name, compute capability, CUDA version). On load: a bundled engine whose stamp
+matches this device is used; else an engine cached in `<cache_dir>/tensorrt/` with a matching
+stamp; else one is built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build`
+options, cached, and a notice is logged. A foreign, stale or undeserializable engine is rebuilt,
+never a crash. Nothing CUDA-related is touched before `probe_cuda` (a subprocess) has seen a GPU:
+TensorRT segfaults rather than raising when no driver is present.
+
+Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
+`cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
+stream and device buffers sized for the profile's largest batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import BackendUnavailable, BundleError
+from edgekd.io import atomic_write_bytes, atomic_write_json
+from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
+from edgekd.runtime.bundle import Artifact, Bundle
+from edgekd.runtime.probe import probe_cuda
+
+NAME = "tensorrt"
+PACKAGE_HINT = (
+    "pip install 'edgekd[tensorrt]' cuda-python (on Jetson, TensorRT comes with JetPack; "
+    "install cuda-python matching its CUDA)"
+)
+STAMP_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda")
+DEFAULT_BUILD = {"workspace_mib": 1024, "profiles": {"min": 1, "opt": 1, "max": 32}}
+log = logging.getLogger("edgekd.runtime")
+
+
+# -- stamps and the engine cache (pure logic, tested without a GPU) ---------------------------
+def device_stamp(probe: dict[str, Any], tensorrt_version: str) -> dict[str, str]:
+    """The stamp an engine built here gets (GPU 0 of the probe)."""
+    gpu = probe["gpus"][0]
+    return {"tensorrt": tensorrt_version, "gpu": gpu["name"],
+            "compute_capability": gpu["compute_capability"], "cuda": str(probe["cuda_version"])}
+
+
+def stamp_mismatch(stamp: Any, device: dict[str, str]) -> str | None:
+    """None if an engine stamped `stamp` runs on `device`, else why not (for the notice)."""
+    if not isinstance(stamp, dict):
+        return "it has no stamp"
+    diffs = [f"{k} {stamp.get(k)!r} (this device: {device[k]!r})"
+             for k in STAMP_KEYS if str(stamp.get(k)) != device[k]]
+    return "built for " + ", ".join(diffs) if diffs else None
+
+
+def engine_cache_path(cache_root: Path, onnx_sha256: str, precision: str,
+                      device: dict[str, str]) -> Path:
+    """Cache file of the engine for this ONNX, precision and device; its stamp sits beside it
+    in `<same name>.json`."""
+    key = hashlib.sha256(json.dumps(device, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_root) / "tensorrt" / f"{onnx_sha256[:16]}-{precision}-{key}.engine"
+
+
+def onnx_source(bundle: Bundle, precision: str) -> Artifact | None:
+    """The ONNX an engine of `precision` is built from: the QDQ model for int8, else FP32."""
+    return bundle.find("onnx", "int8" if precision == "int8" else "fp32", NAME)
+
+
+def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
+                   cache_root: Path) -> tuple[Path | None, Path | None, list[str]]:
+    """(engine to deserialize or None, cache path a (re)build goes to or None, notices).
+
+    Order: a bundled engine of this precision whose stamp matches; then the cached engine whose
+    sidecar stamp and ONNX hash match; else (None, cache path): build. The cache path is None
+    only when the bundle has no ONNX to build from.
+    """
+    notices = []
+    source = onnx_source(bundle, precision)
+    cached = None if source is None else engine_cache_path(cache_root, source.sha256, precision,
+                                                            device)
+    for a in bundle.artifacts:
+        if a.format == "tensorrt_engine" and a.precision == precision:
+            why = stamp_mismatch(a.extra.get("stamp"), device)
+            if why is None:
+                return bundle.path(a), cached, notices
+            notices.append(f"ignoring bundled engine {a.path}: {why}")
+    if cached is not None and cached.is_file():
+        try:
+            meta = json.loads(cached.with_suffix(".json").read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        why = stamp_mismatch(meta.get("stamp"), device)
+        if why is None and meta.get("onnx_sha256") == source.sha256:
+            return cached, cached, notices
+        notices.append(f"cached engine {cached} is stale ({why or 'built from another model'})")
+    return None, cached, notices
+
+
+# -- availability ------------------------------------------------------------------------------
+def check_available() -> None:
+    """BackendUnavailable unless a CUDA GPU, TensorRT and cuda-python are all present."""
+    probe = probe_cuda()
+    if not probe.get("cuda"):
+        raise BackendUnavailable(
+            f"TensorRT needs an NVIDIA GPU with its driver; none found ({probe.get('error')})"
+        )
+    if not probe.get("tensorrt"):
+        raise BackendUnavailable(f"TensorRT is not installed; {PACKAGE_HINT}")
+    if not probe.get("cuda_python"):
+        raise BackendUnavailable(
+            "TensorRT inference here needs cuda-python (CUDA memory and streams without torch); "
+            "install it with: pip install cuda-python"
+        )
+
+
+def precisions(bundle: Bundle) -> list[str]:
+    out = []
+    if onnx_source(bundle, "int8") is not None or any(
+        a.format == "tensorrt_engine" and a.precision == "int8" for a in bundle.artifacts
+    ):
+        out.append("int8")
+    if bundle.find("onnx", "fp32", NAME) is not None:
+        out += ["fp16", "fp32"]
+    return out
+
+
+# -- building and running (needs a GPU) --------------------------------------------------------
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        cudart = import_or_unavailable("cuda.cudart", NAME, "pip install cuda-python")
+    return cudart
+
+
+def _check(cudart: Any, result: Any, what: str) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendUnavailable(f"CUDA call {what} failed: {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def build_engine(trt: Any, onnx_path: Path, precision: str, build: dict[str, Any],
+                 input_name: str, feature_shape: tuple[int, ...]) -> bytes:
+    """Serialized engine for `onnx_path` with one optimization profile over the batch axis."""
+    if not hasattr(trt, "Builder"):
+        raise BackendUnavailable(
+            "this TensorRT is a lean runtime that cannot build engines, and no engine matching "
+            f"this device is bundled or cached; install the full TensorRT ({PACKAGE_HINT})"
+        )
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from 10 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BundleError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
+                                 int(build.get("workspace_mib", 1024)) << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from Q/DQ
+    prof = {**DEFAULT_BUILD["profiles"], **build.get("profiles", {})}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *[(int(prof[k]), *feature_shape) for k in ("min", "opt", "max")])
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BundleError(f"TensorRT could not build an engine from {onnx_path} ({precision})")
+    return bytes(plan)
+
+
+class _Runner:
+    """One execution context + CUDA stream + device buffers; not thread-safe."""
+
+    def __init__(self, engine: Any, cudart: Any, in_name: str, out_name: str,
+                 feature_shape: tuple[int, ...], num_classes: int, max_batch: int) -> None:
+        self._cudart, self._in, self._k = cudart, in_name, num_classes
+        self._ctx = engine.create_execution_context()
+        self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._d_in = _check(cudart, cudart.cudaMalloc(max_batch * int(np.prod(feature_shape)) * 4),
+                            "cudaMalloc")
+        self._d_out = _check(cudart, cudart.cudaMalloc(max_batch * num_classes * 4), "cudaMalloc")
+        self._ctx.set_tensor_address(in_name, int(self._d_in))
+        self._ctx.set_tensor_address(out_name, int(self._d_out))
+        weakref.finalize(self, _free, cudart, self._stream, self._d_in, self._d_out)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        kind = cudart.cudaMemcpyKind
+        self._ctx.set_input_shape(self._in, features.shape)
+        _check(cudart, cudart.cudaMemcpyAsync(
+            self._d_in, features.ctypes.data, features.nbytes, kind.cudaMemcpyHostToDevice,
+            self._stream), "host-to-device copy")
+        if not self._ctx.execute_async_v3(int(self._stream)):
+            raise BackendUnavailable("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        out = np.empty((features.shape[0], self._k), dtype=np.float32)
+        _check(cudart, cudart.cudaMemcpyAsync(
+            out.ctypes.data, self._d_out, out.nbytes, kind.cudaMemcpyDeviceToHost,
+            self._stream), "device-to-host copy")
+        _check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return out
+
+
+def _free(cudart: Any, stream: Any, *buffers: Any) -> None:
+    for buf in buffers:
+        cudart.cudaFree(buf)
+    cudart.cudaStreamDestroy(stream)
+
+
+def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path | None) -> Engine:
+    """Deserialize (or build and cache) the engine for this device. `threads` is unused."""
+    from edgekd.modalities import ModalitySpec, feature_shape
+    from edgekd.runtime.backends import cache_dir as default_cache_dir
+
+    check_available()
+    trt = import_or_unavailable("tensorrt", NAME, PACKAGE_HINT)
+    cudart = _cudart()
+    device = device_stamp(probe_cuda(), trt.__version__)
+    cache_root = cache_dir or default_cache_dir()
+    path, build_to, notices = resolve_engine(bundle, precision, device, cache_root)
+    for note in notices:
+        log.warning("TensorRT: %s", note)
+    io = bundle.manifest["io"]
+    in_name, out_name = io["input"]["name"], io["output"]["name"]
+    feat = feature_shape(ModalitySpec.from_dict(bundle.modality))
+    build = {**DEFAULT_BUILD, **bundle.manifest.get("tensorrt_build", {})}
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path is not None else None
+    if path is not None and engine is None:
+        log.warning("TensorRT: engine %s does not deserialize on this device; rebuilding", path)
+    if engine is None:
+        source = onnx_source(bundle, precision)
+        if source is None or build_to is None:  # both None together; the check narrows types
+            raise BundleError(f"{bundle.root}: no {precision} ONNX to build a TensorRT engine from")
+        log.warning("TensorRT: building a %s engine for %s from %s (first load on this device; "
+                    "cached at %s)", precision, device["gpu"], source.path, build_to)
+        plan = build_engine(trt, bundle.path(source), precision, build, in_name, feat)
+        atomic_write_bytes(build_to, plan)
+        atomic_write_json(build_to.with_suffix(".json"),
+                          {"stamp": device, "onnx_sha256": source.sha256, "precision": precision})
+        engine = runtime.deserialize_cuda_engine(plan)
+        path = build_to
+    max_batch = int({**DEFAULT_BUILD["profiles"], **build.get("profiles", {})}["max"])
+    k = len(bundle.labels)
+
+    def new_runner() -> Runner:
+        return _Runner(engine, cudart, in_name, out_name, feat, k, max_batch)
+
+    return Engine(backend=NAME, precision=precision, artifact=str(path), new_runner=new_runner,
+                  max_batch=max_batch, details={"device": device, "engine": str(path)})

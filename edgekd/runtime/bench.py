@@ -1,0 +1,388 @@
+"""Benchmark a bundle on every backend x precision it offers (used by `edgekd bench`).
+
+For each row: load/compile time, first-inference time, model-only latency per batch size
+(p50/p90/p95/p99/mean/stdev/min/max in ms, every sample kept in `values`), throughput
+(windows/s), end-to-end stream push latency (validation + preprocessing + inference + events)
+beside the model's share of it, process peak RSS, and accuracy on the bundle's eval.npz. A reference
+row (e.g. PyTorch eager FP32) is measured the same way when the caller passes a callable; the
+runtime itself never imports torch. Latency figures follow optimum-benchmark's shape:
+`{"unit": "ms", "count", "mean", "stdev", "min", "max", "p50", "p90", "p95", "p99", "values"}`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import BackendUnavailable, ConfigError
+from edgekd.io import atomic_write_bytes, atomic_write_json
+from edgekd.metrics import classification_report
+from edgekd.modalities import ModalitySpec, preprocess, raw_shape
+from edgekd.runtime.backends import BACKENDS, backend_module
+from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
+from edgekd.runtime.model import Model, load, softmax
+from edgekd.runtime.probe import probe_cuda
+
+MIN_SAMPLES = 10  # timed calls per figure, even when the duration runs out first
+DEFAULT_DURATION_S = 2.0
+_PERCENTILES = (50, 90, 95, 99)
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16",
+              "asimd", "asimddp")
+_VERSIONED = ("edgekd", "numpy", "onnxruntime", "openvino", "tensorrt", "cuda-python", "torch")
+Features = Callable[[np.ndarray], np.ndarray]  # (B, *feature_shape) -> logits or probs (B, K)
+
+
+# -- timing -----------------------------------------------------------------------------------
+def time_calls(fn: Callable[[], Any], *, warmup: int, iterations: int | None,
+               duration_s: float | None) -> np.ndarray:
+    """Seconds per call of `fn` after `warmup` untimed calls: exactly `iterations` calls, or as
+    many as fit in `duration_s` (at least MIN_SAMPLES)."""
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter_ns
+    out: list[int] = []
+    if iterations is not None:
+        for _ in range(iterations):
+            t = clock()
+            fn()
+            out.append(clock() - t)
+    else:
+        end = clock() + int((duration_s or DEFAULT_DURATION_S) * 1e9)
+        while clock() < end or len(out) < MIN_SAMPLES:
+            t = clock()
+            fn()
+            out.append(clock() - t)
+    return np.asarray(out, dtype=np.float64) * 1e-9
+
+
+def latency_stats(seconds: np.ndarray) -> dict[str, Any]:
+    """Summary in milliseconds, with every sample under `values`."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    pct = np.percentile(ms, _PERCENTILES)
+    return {
+        "unit": "ms", "count": int(ms.size), "mean": float(ms.mean()),
+        "stdev": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        "min": float(ms.min()), "max": float(ms.max()),
+        **{f"p{p}": float(v) for p, v in zip(_PERCENTILES, pct, strict=True)},
+        "values": [round(float(v), 5) for v in ms],
+    }
+
+
+# -- environment ------------------------------------------------------------------------------
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, cores, flags, frequency governor, library versions and the CUDA probe."""
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    versions = {}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    probe = probe_cuda()
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cores_logical": os.cpu_count(), "cores_physical": physical, "cores_usable": affinity,
+        "threads": threads or 1, "cpu_flags": sorted(flags & set(_CPU_FLAGS)),
+        "governor": governor.strip() if governor else None,
+        # other processes' load: on a shared machine it, not the model, sets p99
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "versions": versions,
+        "cuda": {k: probe.get(k) for k in ("cuda", "gpus", "cuda_version", "tensorrt", "error")},
+    }
+
+
+def _memory() -> dict[str, float | None]:
+    """Peak RSS of this process so far (MB; monotonic across rows) and the current RSS."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    except ImportError:
+        peak = None
+    try:
+        import psutil
+
+        current = psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        current = None
+    return {"peak_rss_mb": peak, "rss_mb": current}
+
+
+# -- rows -------------------------------------------------------------------------------------
+def _inputs(bundle: Bundle, spec: ModalitySpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw windows to time with (eval.npz, else golden.npz, else seeded noise) and their labels."""
+    for kind in ("eval", "golden"):
+        path = bundle.data_path(kind)
+        if path is not None:
+            with np.load(path, allow_pickle=False) as data:
+                return data["x"], (data["y"] if kind == "eval" and "y" in data else None)
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(64, *raw_shape(spec))).astype(np.float32), None
+
+
+def _batch(x: np.ndarray, size: int) -> np.ndarray:
+    reps = -(-size // len(x))
+    return np.concatenate([x] * reps)[:size] if reps > 1 else x[:size]
+
+
+def _accuracy(probs_of: Features, spec: ModalitySpec, x: np.ndarray, y: np.ndarray | None,
+              num_classes: int) -> dict[str, Any] | None:
+    if y is None:
+        return None
+    pred = np.concatenate([probs_of(preprocess(spec, x[i : i + 256])).argmax(axis=1)
+                           for i in range(0, len(x), 256)])
+    return classification_report(y, pred, num_classes)
+
+
+def _timed_batches(run: Features, spec: ModalitySpec, x: np.ndarray, batches: Sequence[int],
+                   timing: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for b in batches:
+        feats = np.ascontiguousarray(preprocess(spec, _batch(x, b)))
+        seconds = time_calls(lambda f=feats: run(f), **timing)
+        out[str(b)] = {"latency": latency_stats(seconds),
+                       "throughput": {"value": b / float(np.mean(seconds)), "unit": "windows/s"}}
+    return out
+
+
+def _stream_figures(model: Model, x: np.ndarray, timing: dict[str, Any],
+                    per_batch: dict[str, Any]) -> dict[str, Any] | None:
+    """Time `push` of one hop of samples (each push completes exactly one window); None for
+    modalities without a time axis (images).
+
+    The overhead is push p50 minus the p50 of the model call made inside those pushes, timed in
+    a second identical pass: both then run with the caches a live stream has. The model alone in
+    a tight loop (`model_latency_p50_ms`) keeps its weights hot and is faster; the difference
+    to it is reported as `overhead_vs_hot_model_us`.
+    """
+    spec = model.spec
+    if spec.kind == "image":
+        return None
+    if "1" in per_batch:
+        hot_p50_ms = per_batch["1"]["latency"]["p50"]
+    else:
+        one = np.ascontiguousarray(preprocess(spec, x[:1]))
+        run = model.runner()
+        hot_p50_ms = latency_stats(time_calls(lambda: run(one), **timing))["p50"]
+    samples = x.reshape(-1, *raw_shape(spec)[1:])  # the eval windows, back to back
+    hop = spec.hop
+    chunks = [samples[i : i + hop] for i in range(0, len(samples) - hop + 1, hop)]
+    stream = model.stream()
+    if spec.window > hop:
+        stream.push(samples[: spec.window - hop])  # now each push of one hop ends a window
+    feed = itertools.cycle(chunks)
+    push = latency_stats(time_calls(lambda: stream.push(next(feed)), **timing))
+    inner: list[int] = []
+    run = stream._run
+
+    def timed_run(features: np.ndarray) -> np.ndarray:
+        t = time.perf_counter_ns()
+        out = run(features)
+        inner.append(time.perf_counter_ns() - t)
+        return out
+
+    stream._run = timed_run
+    time_calls(lambda: stream.push(next(feed)), **timing)
+    model_ms = float(np.median(inner)) * 1e-6
+    return {"push_latency": push, "model_in_stream_p50_ms": model_ms,
+            "model_latency_p50_ms": hot_p50_ms,
+            "overhead_us": (push["p50"] - model_ms) * 1e3,
+            "overhead_fraction": (push["p50"] - model_ms) / model_ms,
+            "overhead_vs_hot_model_us": (push["p50"] - hot_p50_ms) * 1e3}
+
+
+def _row(name: str, backend: str, precision: str, run: Features, probs_of: Features,
+         spec: ModalitySpec, x: np.ndarray, y: np.ndarray | None, num_classes: int,
+         batches: Sequence[int], timing: dict[str, Any]) -> dict[str, Any]:
+    first = np.ascontiguousarray(preprocess(spec, x[:1]))
+    t0 = time.perf_counter()
+    run(first)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    per_batch = _timed_batches(run, spec, x, batches, timing)
+    smallest, largest = str(min(batches)), str(max(batches))
+    return {
+        "name": name, "backend": backend, "precision": precision,
+        "first_inference_ms": first_ms,
+        "latency": per_batch[smallest]["latency"],
+        "throughput": {"batch": int(largest), **per_batch[largest]["throughput"]},
+        "batches": per_batch,
+        "accuracy": _accuracy(probs_of, spec, x, y, num_classes),
+    }
+
+
+def run_benchmark(
+    bundle: str | Path,
+    *,
+    backends: Sequence[str] = ("all",),
+    precisions: Sequence[str] = ("all",),
+    batch_sizes: Sequence[int] = (1, 32),
+    duration_s: float | None = None,
+    iterations: int | None = None,
+    warmup: int = 10,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    reference: Features | None = None,
+    reference_name: str = "pytorch-eager/fp32",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every (backend, precision) the bundle offers; returns the JSON-safe report
+    `{"bundle", "environment", "settings", "rows": [...], "skipped": [...]}`.
+
+    `reference`: features (B, *feature_shape) float32 -> logits (B, K), e.g. a torch model in
+    eval mode wrapped by the caller; measured as a row named `reference_name` with backend
+    "reference" (model-only figures and accuracy; no load time, no stream).
+    `load_s` of the other rows is what `load` costs: read, verify every sha256, compile.
+    Unavailable backends are listed under `skipped` when `backends` is "all", else raise.
+    """
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    if iterations is not None and iterations < 1:
+        raise ConfigError(f"iterations must be >= 1, got {iterations}")
+    names = list(BACKENDS) if "all" in backends else list(backends)
+    for p in precisions:
+        if p != "all" and p not in PRECISIONS:
+            raise ConfigError(f"unknown precision {p!r}; choose all or {', '.join(PRECISIONS)}")
+    b = read_bundle(bundle)
+    spec = ModalitySpec.from_dict(b.modality)
+    x, y = _inputs(b, spec)
+    k = len(b.labels)
+    timing = {"warmup": warmup, "iterations": iterations, "duration_s": duration_s}
+    say = progress or (lambda _msg: None)
+    rows, skipped = [], []
+    for name in names:
+        module = backend_module(name)
+        try:
+            module.check_available()
+        except BackendUnavailable as exc:
+            if "all" not in backends:
+                raise
+            skipped.append({"backend": name, "reason": str(exc)})
+            continue
+        offered = module.precisions(b)
+        wanted = offered if "all" in precisions else [p for p in offered if p in precisions]
+        for p in sorted(set(precisions) - set(offered) - {"all"}):
+            skipped.append({"backend": name, "precision": p, "reason": f"{name} offers "
+                            f"{', '.join(offered) or 'nothing'} for this bundle"})
+        for precision in wanted:
+            say(f"{name}/{precision}")
+            model = load(bundle, backend=name, precision=precision, threads=threads,
+                         cache_dir=cache_dir)
+            run = model.runner()
+            row = _row(f"{name}/{precision}", name, precision, run, model.infer, spec, x, y, k,
+                       batch_sizes, timing)
+            row["load_s"] = model.load_s
+            row["artifact"] = model.engine.artifact
+            row["details"] = model.engine.details
+            row["stream"] = _stream_figures(model, x, timing, row["batches"])
+            row["memory"] = _memory()
+            rows.append(row)
+    if reference is not None:
+        say(reference_name)
+        row = _row(reference_name, "reference", "fp32", reference,
+                   lambda f: softmax(reference(f)), spec, x, y, k, batch_sizes, timing)
+        row.update(load_s=None, artifact=None, details={}, stream=None, memory=_memory())
+        rows.append(row)
+    return {
+        "bundle": str(b.root), "model": b.manifest.get("model", {}), "labels": b.labels,
+        "environment": environment(threads),
+        "settings": {"backends": names, "precisions": list(precisions),
+                     "batch_sizes": list(batch_sizes), **timing, "threads": threads or 1},
+        "rows": rows, "skipped": skipped,
+    }
+
+
+# -- output -----------------------------------------------------------------------------------
+def render_table(report: dict[str, Any]) -> Any:
+    """A rich Table with one line per row of the report."""
+    from rich.table import Table
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    settings = report["settings"]
+    big = max(settings["batch_sizes"])
+    table = Table(title=f"edgekd bench: {report['bundle']}  (threads={settings['threads']})")
+    for col in ("backend/precision", "load s", "first ms", "p50 ms", "p90 ms", "p99 ms",
+                "mean ms", "stdev ms", f"win/s @{big}", "push p50 ms", "push overhead us",
+                "peak RSS MB", "accuracy"):
+        first = col == "backend/precision"
+        table.add_column(col, justify="left" if first else "right", no_wrap=first)
+    for row in report["rows"]:
+        lat, stream, acc = row["latency"], row["stream"], row["accuracy"]
+        table.add_row(
+            row["name"], num(row["load_s"], ".3f"), num(row["first_inference_ms"], ".2f"),
+            num(lat["p50"], ".3f"), num(lat["p90"], ".3f"), num(lat["p99"], ".3f"),
+            num(lat["mean"], ".3f"), num(lat["stdev"], ".3f"),
+            num(row["throughput"]["value"], ",.0f"),
+            num(stream and stream["push_latency"]["p50"], ".3f"),
+            num(stream and stream["overhead_us"], ".1f"),
+            num(row["memory"]["peak_rss_mb"], ".0f"),
+            num(acc and acc["accuracy"] * 100, ".2f") + ("%" if acc else ""),
+        )
+    return table
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    atomic_write_json(Path(path), report)
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """PNG: batch-1 latency distribution per row (box plot, log scale) and throughput bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    names = [r["name"] for r in rows]
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.5 * len(rows)))
+    # matplotlib 3.10 renamed the boxplot arguments (vert -> orientation, labels -> tick_labels)
+    modern = tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+    names_kw = ({"orientation": "horizontal", "tick_labels": names} if modern
+                else {"vert": False, "labels": names})
+    ax_lat.boxplot([r["latency"]["values"] for r in rows], showfliers=True,
+                   flierprops={"markersize": 2}, **names_kw)
+    ax_lat.set_xscale("log")
+    ax_lat.set_xlabel(f"latency at batch {min(report['settings']['batch_sizes'])} (ms, log)")
+    ax_thr.barh(names, [r["throughput"]["value"] for r in rows])
+    ax_thr.set_xlabel(f"throughput at batch {max(report['settings']['batch_sizes'])} (windows/s)")
+    ax_thr.invert_yaxis()
+    ax_lat.invert_yaxis()
+    fig.suptitle(f"{report['model'].get('name', '')} on {report['environment']['cpu']}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())

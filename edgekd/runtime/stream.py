@@ -1,0 +1,190 @@
+"""Streaming classification: push raw samples in chunks of any length, get one event per hop.
+
+Windows start at stream samples 0, hop, 2*hop, ...; the window starting at s is classified as
+soon as sample s + window - 1 has been pushed, with exactly the preprocessing and model of
+`Model.predict`, so the events equal `predict` on the same windows whatever the chunking.
+
+Memory and cost are bounded: samples go into one preallocated buffer of
+`window + hop * (max_batch - 1)` samples; all windows completed by a push are classified in
+batched inference calls of at most `max_batch` windows (strided views, no per-window copies), and
+only the unfinished tail (< window samples) is moved back to the buffer start afterwards.
+
+Not thread-safe: one stream per thread. Each stream owns its runner (e.g. its own OpenVINO
+InferRequest), so many streams of one model may run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from edgekd.errors import InputError
+from edgekd.modalities import preprocess, raw_shape
+from edgekd.runtime.model import Model, softmax
+
+
+class StreamEvent(NamedTuple):
+    """One classified window. `t_end_s` = samples consumed at the window's end / rate_hz
+    (stream time since creation or `reset`); `end_sample` is that sample count.
+    (A NamedTuple: immutable and about 5x cheaper to create than a frozen dataclass.)"""
+
+    label: str
+    index: int
+    score: float
+    probs: np.ndarray  # (K,) float32, read-only
+    t_end_s: float
+    end_sample: int
+
+
+class Stream:
+    """Stateful window assembler over a `Model`; create it with `Model.stream()`."""
+
+    def __init__(self, model: Model, *, rate_hz: float | None = None, max_batch: int = 64) -> None:
+        spec = model.spec
+        if spec.kind not in ("timeseries", "audio"):
+            raise InputError(f"{spec.name} is a {spec.kind} modality without a time axis: "
+                             "use predict() per item, streams need timeseries or audio")
+        if rate_hz is not None and not math.isclose(rate_hz, spec.rate_hz, rel_tol=1e-6):
+            raise InputError(f"{spec.name}: the stream's samples are at {rate_hz:g} Hz but the "
+                             f"model expects {spec.rate_hz:g} Hz; resample the input first")
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.spec = spec
+        # all windows of one classification go into one engine call
+        self.max_batch = max_batch = min(max_batch, model.engine.max_batch)
+        self._run = model.engine.new_runner()
+        self._tail = raw_shape(spec)[1:]  # per-sample shape: (C,) timeseries, () audio
+        self._capacity = spec.window + spec.hop * (max_batch - 1)
+        self._labels = model.labels
+        self._buf = np.empty((self._capacity, *self._tail), dtype=np.float32)
+        self.reset()
+
+    # -- public ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all buffered samples; stream time restarts at 0."""
+        self._n = 0  # valid samples in the buffer; buf[0] is stream sample `_origin`
+        self._origin = 0  # stream index of buf[0] == start of the next window
+        self._skip = 0  # samples still to drop before the next window (only when hop > window)
+        self._consumed = 0
+        self._dtype_fixed = False
+
+    @property
+    def samples_consumed(self) -> int:
+        return self._consumed
+
+    @property
+    def pending_samples(self) -> int:
+        """Buffered samples that do not yet complete a window (dropped by `flush`)."""
+        return self._n
+
+    def push(self, chunk: np.ndarray) -> list[StreamEvent]:
+        """Append samples and classify every window they complete, oldest first.
+
+        chunk: timeseries (n, channels); audio (n,) or (n, 1); n >= 1, any length (one sample,
+        part of a window, or many windows). InputError (and no change of state) for an empty
+        chunk, wrong rank / channels / dtype, or NaN / inf.
+        """
+        chunk = self._check(chunk)
+        events: list[StreamEvent] = []
+        pos, total = 0, len(chunk)
+        while pos < total:
+            if self._skip:
+                drop = min(self._skip, total - pos)
+                pos += drop
+                self._skip -= drop  # `_origin` already points past the skipped samples
+                self._consumed += drop
+                continue
+            take = min(self._capacity - self._n, total - pos)
+            self._buf[self._n : self._n + take] = chunk[pos : pos + take]
+            self._n += take
+            self._consumed += take
+            pos += take
+            if self._n >= self.spec.window:
+                self._classify(events)
+        return events
+
+    def flush(self) -> list[StreamEvent]:
+        """End of input. Returns the events still pending, which is always [] (push classifies
+        every full window before it returns, and a partial window is never padded and
+        classified: that would invent samples). Then drops the partial tail and resets, so the
+        stream can take the next recording from t = 0."""
+        self.reset()
+        return []
+
+    # -- internals -------------------------------------------------------------------------------
+    def _check(self, chunk: np.ndarray) -> np.ndarray:
+        # Runs on every push: error texts are built only when something is wrong.
+        spec = self.spec
+        if spec.kind == "audio" and isinstance(chunk, np.ndarray) and chunk.ndim == 2 \
+                and chunk.shape[1] == 1:
+            chunk = chunk[:, 0]
+        if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 + len(self._tail) \
+                or chunk.shape[1:] != self._tail:
+            got = chunk.shape if isinstance(chunk, np.ndarray) else type(chunk).__name__
+            raise InputError(f"{self._where()}: expected a chunk of shape {self._want()}, got "
+                             f"{got}; a single sample needs a leading axis of length 1")
+        if len(chunk) == 0:
+            raise InputError(f"{self._where()}: empty chunk; push at least one sample")
+        kind = chunk.dtype.kind
+        if kind not in "fiu" or (spec.kind == "audio" and kind != "f" and chunk.dtype != np.int16):
+            allowed = "float or int16 PCM" if spec.kind == "audio" else "float or integer"
+            raise InputError(f"{self._where()}: samples of dtype {chunk.dtype}; expected {allowed}")
+        # A float64 sum is finite iff every sample is (float32 data cannot overflow it); the
+        # elementwise test runs only to confirm and locate a failure.
+        if kind == "f" and not np.isfinite(chunk.sum(dtype=np.float64)):
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                first = int(np.argwhere(bad)[0][0])
+                raise InputError(f"{self._where()}: chunk contains NaN or inf ({int(bad.sum())} "
+                                 f"values, first at sample {first}); nothing was consumed")
+        # Integer samples are buffered as they are, so that preprocess scales them exactly as
+        # predict would (e.g. int16 PCM / 32768); floats are buffered as float32.
+        dtype = np.dtype(np.float32) if kind == "f" else chunk.dtype
+        if dtype != self._buf.dtype:
+            if self._dtype_fixed:
+                raise InputError(f"{self._where()}: got {chunk.dtype} samples after "
+                                 f"{self._buf.dtype} ones; keep one sample type per stream "
+                                 "(or reset())")
+            self._buf = np.empty((self._capacity, *self._tail), dtype=dtype)
+        self._dtype_fixed = True
+        return chunk
+
+    def _where(self) -> str:
+        return f"{self.spec.name} ({self.spec.kind}) stream"
+
+    def _want(self) -> str:
+        return f"(n, {self.spec.channels})" if self.spec.kind == "timeseries" else "(n,) or (n, 1)"
+
+    def _classify(self, events: list[StreamEvent]) -> None:
+        """Classify all full windows in the buffer (<= max_batch by construction), then keep
+        only the samples the next window needs."""
+        window, hop = self.spec.window, self.spec.hop
+        m = (self._n - window) // hop + 1
+        if m == 1:  # the common live case: a plain slice
+            windows = self._buf[None, :window]
+        else:  # m overlapping windows as one strided view of the buffer, no copy
+            step = self._buf.strides[0]
+            windows = np.ndarray((m, window, *self._tail), self._buf.dtype, self._buf, 0,
+                                 (hop * step, step, *self._buf.strides[1:]))
+        # m <= max_batch <= engine.max_batch by construction: one call, no Model.infer split
+        probs = softmax(self._run(preprocess(self.spec, windows)))
+        probs.flags.writeable = False
+        index = probs.argmax(axis=1)
+        rate = self.spec.rate_hz
+        labels = self._labels
+        for j in range(m):
+            k = int(index[j])
+            end = self._origin + j * hop + window
+            events.append(StreamEvent(labels[k], k, float(probs[j, k]), probs[j], end / rate, end))
+        advance = m * hop
+        if advance < self._n:
+            keep = self._n - advance
+            self._buf[:keep] = self._buf[advance : self._n]  # numpy handles the overlap
+            self._n = keep
+        else:
+            self._skip = advance - self._n
+            self._n = 0
+        self._origin += advance

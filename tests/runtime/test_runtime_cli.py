@@ -1,0 +1,149 @@
+"""`edgekd info`, `run` and `bench` through typer's CliRunner on the fixture bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import runtime_synth as synth
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+
+runner = CliRunner()
+RECORDING = synth.make_recording(700, 2, np.random.default_rng(1))  # "run" for 14 s: 9 windows
+
+
+def invoke(*args: str):  # noqa: ANN201
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def lines_of(output: str) -> list[tuple[float, str]]:
+    out = []
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[1] == "s":
+            out.append((float(parts[0]), parts[2]))
+    return out
+
+
+def test_info(bundle_path: Path) -> None:
+    result = invoke("info", bundle_path)
+    assert result.exit_code == 0, result.output
+    for text in ("all sha256 verified", "still, walk, run, shake", "accel (timeseries), 50.0 Hz",
+                 "window 128 samples (2.56 s)", "openvino/model.int8.xml", "7.5 KiB",
+                 "target: cpu (openvino, int8)", "provenance: edgekd=0.1.0",
+                 "accuracy (held-out data)", "int8_onnxruntime"):
+        assert text in result.output, text
+    as_json = json.loads(invoke("info", bundle_path, "--json").output)
+    assert as_json["labels"] == synth.LABELS
+    fp32 = as_json["accuracy"]["fp32"]
+    assert f"{fp32['accuracy']:.4f}" in result.output and fp32["n"] == 96
+
+
+def test_info_on_tampered_bundle_is_a_clean_error(bundle_copy: Path) -> None:
+    (bundle_copy / "model.fp32.onnx").write_bytes(b"evil")
+    result = invoke("info", bundle_copy)
+    assert result.exit_code == 2
+    assert "error:" in result.output and "model.fp32.onnx: size 4 bytes" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_run_offline_and_streaming_agree(bundle_path: Path, tmp_path: Path, private_cache: Path,
+                                         suffix: str) -> None:
+    path = tmp_path / f"rec{suffix}"
+    if suffix == ".csv":
+        np.savetxt(path, RECORDING, delimiter=",", header="ax,ay,az", comments="")
+    else:
+        np.save(path, RECORDING)
+    offline = invoke("run", bundle_path, "--input", path, "--backend", "onnxruntime")
+    live = invoke("run", bundle_path, "--input", path, "--stream", "--chunk", "7",
+                  "--backend", "onnxruntime")
+    assert offline.exit_code == live.exit_code == 0, offline.output + live.output
+    events = lines_of(offline.output)
+    assert events == lines_of(live.output)
+    assert [t for t, _ in events] == [pytest.approx((k * 64 + 128) / 50) for k in range(9)]
+    assert {label for _, label in events} == {"run"}
+
+
+def write_wav(path: Path, data: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(data.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(data.astype("<i2").tobytes())
+
+
+def test_run_wav_checks_rate_and_channels(bundle_path: Path, tmp_path: Path,
+                                          private_cache: Path) -> None:
+    counts = np.round(RECORDING * 1000).astype(np.int16)  # integer samples, as a logger writes
+    ok = tmp_path / "ok.wav"
+    write_wav(ok, counts, 50)
+    result = invoke("run", bundle_path, "--input", ok, "--backend", "onnxruntime")
+    assert result.exit_code == 0 and len(lines_of(result.output)) == 9
+    fast = tmp_path / "fast.wav"
+    write_wav(fast, counts, 100)
+    result = invoke("run", bundle_path, "--input", fast)
+    assert result.exit_code == 2
+    assert "recorded at 100 Hz but the model expects 50 Hz" in result.output
+    mono = tmp_path / "mono.wav"
+    write_wav(mono, counts[:, :1], 50)
+    result = invoke("run", bundle_path, "--input", mono)
+    assert result.exit_code == 2 and "1 channel(s), the model expects 3" in result.output
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("ax,ay,az\n0,0,1\n0,x,1\n", r"bad.csv:3: not a number"),
+    ("0,0,1\n0,0\n", r"bad.csv:2: 2 columns, earlier rows have 3"),
+    ("0,0,1\n" * 10, r"10 samples, fewer than one window \(128 samples = 2.56 s\)"),
+    ("0,nan,1\n" * 200, r"NaN or inf"),
+])
+def test_run_bad_input_files(bundle_path: Path, tmp_path: Path, private_cache: Path,
+                             content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = invoke("run", bundle_path, "--input", path, "--backend", "onnxruntime")
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+
+
+def test_bench_json_and_plot(bundle_path: Path, tmp_path: Path, private_cache: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = invoke("bench", bundle_path, "--backend", "openvino,onnxruntime", "--precision",
+                    "int8,fp32", "--batch", "1,8", "--iterations", "20", "--warmup", "2",
+                    "--json", out, "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert "openvino/int8" in result.output and "onnxruntime/fp32" in result.output
+    report = json.loads(out.read_text())
+    assert set(report) >= {"bundle", "environment", "settings", "rows", "skipped"}
+    assert {r["name"] for r in report["rows"]} == {"openvino/int8", "openvino/fp32",
+                                                   "onnxruntime/int8", "onnxruntime/fp32"}
+    row = report["rows"][0]
+    assert set(row) >= {"load_s", "first_inference_ms", "latency", "throughput", "batches",
+                        "stream", "memory", "accuracy", "details"}
+    lat = row["latency"]
+    assert set(lat) >= {"unit", "count", "p50", "p90", "p99", "mean", "stdev", "min", "max",
+                        "values"}
+    assert lat["count"] == 20 and len(lat["values"]) == 20
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert row["throughput"]["batch"] == 8 and row["throughput"]["value"] > 0
+    assert set(row["stream"]) >= {"push_latency", "model_latency_p50_ms", "overhead_us",
+                                  "model_in_stream_p50_ms", "overhead_vs_hot_model_us"}
+    assert row["stream"]["push_latency"]["p50"] > row["stream"]["model_in_stream_p50_ms"]
+    assert row["accuracy"]["accuracy"] > 0.85 and row["accuracy"]["n"] == 96
+    assert row["memory"]["peak_rss_mb"] > 0
+    env = report["environment"]
+    assert env["cores_logical"] >= 1 and env["versions"]["numpy"] == np.__version__
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_options(bundle_path: Path) -> None:
+    result = invoke("bench", bundle_path, "--batch", "1,x")
+    assert result.exit_code == 2 and "--batch must be comma-separated integers" in result.output
+    result = invoke("bench", bundle_path, "--backend", "tensorrt", "--iterations", "2")
+    assert result.exit_code == 2 and "TensorRT needs an NVIDIA GPU" in result.output

@@ -1,0 +1,110 @@
+"""Audio (int16 PCM, log-mel) and image bundles through predict, stream and `edgekd run`."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import runtime_synth as synth
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+from edgekd.errors import InputError
+from edgekd.modalities import ModalitySpec
+from edgekd.runtime import Model, load
+from edgekd.runtime.bench import run_benchmark
+
+AUDIO = ModalitySpec(name="voice", kind="audio", rate_hz=8000.0, channels=1, window=1600,
+                     hop=800, n_mels=16, n_fft=400, hop_length=160)
+IMAGE = ModalitySpec(name="face", kind="image", rate_hz=0.0, channels=3, window=0, hop=0,
+                     size=(8, 8))
+
+
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory: pytest.TempPathFactory, cache_root: Path) -> Model:
+    out = tmp_path_factory.mktemp("audio") / "voice.edgekd"
+    synth.build_pooled_bundle(out, AUDIO, ["quiet", "hum", "chirp"])
+    return load(out, backend="onnxruntime", cache_dir=cache_root)
+
+
+def pcm(seconds: float, seed: int) -> np.ndarray:
+    """int16 PCM: a tone whose pitch and loudness change, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 8000)) / 8000
+    tone = np.sin(2 * np.pi * (300 + 900 * t / seconds) * t) * (0.1 + 0.8 * (t % 0.5))
+    return np.round((tone + rng.normal(0, 0.05, t.shape)) * 12000).astype(np.int16)
+
+
+def test_audio_stream_of_int16_equals_predict(audio_model: Model) -> None:
+    samples = pcm(2.0, seed=1)  # 16000 samples: (16000 - 1600) // 800 + 1 = 19 windows
+    windows = np.stack([samples[s : s + 1600] for s in range(0, 16000 - 1600 + 1, 800)])
+    expected = audio_model.predict(windows).probs
+    assert audio_model.precision == "fp32" and expected.shape == (19, 3)
+    stream = audio_model.stream(rate_hz=8000)
+    events = []
+    for i in range(0, len(samples), 777):
+        chunk = samples[i : i + 777]
+        events += stream.push(chunk[:, None] if i % 2 else chunk)  # (n, 1) and (n,) both work
+    np.testing.assert_allclose(np.stack([e.probs for e in events]), expected, atol=1e-5)
+    assert [e.end_sample for e in events] == [1600 + 800 * k for k in range(19)]
+    assert events[0].t_end_s == pytest.approx(0.2)
+    # int16 is PCM scaled by 1/32768, so float samples of the same waveform agree
+    as_float = audio_model.predict(windows.astype(np.float32) / 32768)
+    np.testing.assert_allclose(as_float.probs, expected, atol=1e-5)
+
+
+def test_audio_bad_input(audio_model: Model) -> None:
+    stream = audio_model.stream()
+    with pytest.raises(InputError, match=r"dtype int32; expected float or int16 PCM"):
+        stream.push(np.zeros(10, np.int32))
+    with pytest.raises(InputError, match=r"expected a chunk of shape \(n,\) or \(n, 1\)"):
+        stream.push(np.zeros((10, 2), np.float32))
+    with pytest.raises(InputError, match=r"at 16000 Hz but the model expects 8000 Hz"):
+        audio_model.stream(rate_hz=16000)
+    single = audio_model.predict(pcm(0.2, seed=2))
+    assert single.probs.shape == (3,) and isinstance(single.labels, str)
+
+
+def test_run_audio_wav(audio_model: Model, tmp_path: Path, private_cache: Path) -> None:
+    samples = pcm(1.0, seed=3)
+    path = tmp_path / "voice.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(samples.astype("<i2").tobytes())
+    result = CliRunner().invoke(app, ["run", str(audio_model.bundle.root), "--input", str(path),
+                                      "--stream", "--chunk", "100"])
+    assert result.exit_code == 0, result.output
+    labels = [line.split()[2] for line in result.output.splitlines() if " s  " in line]
+    windows = np.stack([samples[s : s + 1600] for s in range(0, 8000 - 1600 + 1, 800)])
+    assert labels == audio_model.predict(windows).labels
+
+
+def test_image_predict_and_run(tmp_path: Path, private_cache: Path) -> None:
+    bundle = synth.build_pooled_bundle(tmp_path / "face.edgekd", IMAGE, ["a", "b"], seed=4)
+    model = load(bundle)
+    images = np.random.default_rng(5).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    pred = model.predict(images)
+    # the model is mean-pool + linear: its logits follow from the channel means by hand
+    inits = onnx.load(str(bundle / "model.fp32.onnx")).graph.initializer
+    wh, bh = (numpy_helper.to_array(t) for t in inits[1:])
+    logits = (images / 255.0).mean(axis=(1, 2)) @ wh.T + bh
+    np.testing.assert_allclose(pred.probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+                               atol=1e-5)
+    assert model.predict(images[0]).labels == pred.labels[0]
+    with pytest.raises(InputError, match="without a time axis: use predict"):
+        model.stream()
+    np.save(tmp_path / "faces.npy", images)
+    result = CliRunner().invoke(app, ["run", str(bundle), "--input", str(tmp_path / "faces.npy")])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[1] for line in result.output.splitlines()[-5:]] == pred.labels
+    # bench on a bundle without eval data or time axis: seeded inputs, no stream figures
+    report = run_benchmark(bundle, backends=["onnxruntime"], batch_sizes=[1, 2], iterations=3,
+                           warmup=0)
+    (row,) = report["rows"]
+    assert row["stream"] is None and row["accuracy"] is None and row["latency"]["count"] == 3
