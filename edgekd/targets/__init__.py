@@ -1,0 +1,162 @@
+"""Named deployment targets: which backend a bundle is for, its default precision and build options.
+
+    from edgekd.targets import get_target, list_targets
+    t = get_target("jetson-orin-nano")
+    t.resolve_precision(None)      # "int8"
+    t.tensorrt_build("int8")       # the manifest's `tensorrt_build` section
+
+Pure Python (no torch, no backend library): the CLI lists targets without heavy imports, and the
+runtime may read the same definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgekd.errors import ConfigError
+
+BACKENDS = ("openvino", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 18  # the dynamo exporter's minimum; TensorRT 10 and OpenVINO 2024+ read it
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target.
+
+    `workspace_mib`, `opt_batch`, `max_batch` and `fp16_fallback` are TensorRT builder options
+    (ignored by the CPU backends): the workspace is the scratch memory a tactic may use, sized for
+    the board's (shared) memory; the optimization profile covers batches 1..max_batch and is tuned
+    at opt_batch; `fp16_fallback` lets layers an int8 graph leaves unquantized run in FP16.
+    """
+
+    name: str
+    description: str
+    backend: str
+    precision: str  # default precision
+    precisions: tuple[str, ...]  # what this target accepts
+    device_family: str
+    opset: int = DEFAULT_OPSET
+    workspace_mib: int = 0
+    opt_batch: int = 1
+    max_batch: int = 32
+    fp16_fallback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"target {self.name}: backend {self.backend!r} not in {BACKENDS}")
+        bad = [p for p in (self.precision, *self.precisions) if p not in PRECISIONS]
+        if bad or self.precision not in self.precisions:
+            raise ConfigError(f"target {self.name}: invalid precision(s) {bad or self.precision}")
+        if not 1 <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"target {self.name}: need 1 <= opt_batch <= max_batch")
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        return self.backend == "tensorrt"
+
+    def resolve_precision(self, precision: str | None) -> str:
+        """`precision` if this target accepts it, the default for None; else ConfigError."""
+        if precision is None:
+            return self.precision
+        if precision not in self.precisions:
+            raise ConfigError(
+                f"target {self.name!r} does not support precision {precision!r}; "
+                f"choose one of {', '.join(self.precisions)}"
+            )
+        return precision
+
+    def tensorrt_build(self, precision: str) -> dict[str, Any]:
+        """Engine build options as stored in the manifest (`tensorrt_build`) and read back by the
+        on-device build: precision, workspace (MiB), opset and the batch profile."""
+        if not self.uses_tensorrt:
+            raise ConfigError(f"target {self.name!r} is not a TensorRT target")
+        return {
+            "precision": self.resolve_precision(precision),
+            "workspace_mib": self.workspace_mib,
+            "opset": self.opset,
+            "profiles": {"min": 1, "opt": self.opt_batch, "max": self.max_batch},
+            "fp16_fallback": self.fp16_fallback,
+        }
+
+    def to_dict(self, precision: str) -> dict[str, Any]:
+        """The manifest's `target` section."""
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "precision": self.resolve_precision(precision),
+            "device_family": self.device_family,
+        }
+
+
+_TARGETS: tuple[Target, ...] = (
+    Target(
+        name="cpu",
+        description="x86 CPU with OpenVINO (int8 via VNNI/AMX where present)",
+        backend="openvino",
+        precision="int8",
+        precisions=("fp32", "int8"),
+        device_family="x86",
+    ),
+    Target(
+        name="cpu-ort",
+        description="any CPU with ONNX Runtime (portable; int8 QDQ, FP32)",
+        backend="onnxruntime",
+        precision="int8",
+        precisions=("fp32", "int8"),
+        device_family="cpu",
+    ),
+    Target(
+        name="x86-nvidia",
+        description="x86 server/desktop with an NVIDIA GPU and TensorRT 10",
+        backend="tensorrt",
+        precision="int8",
+        precisions=("fp32", "fp16", "int8"),
+        device_family="x86-nvidia",
+        workspace_mib=4096,
+        opt_batch=8,
+        max_batch=256,
+        fp16_fallback=True,
+    ),
+    Target(
+        name="jetson-orin-nano",
+        description="Jetson Orin Nano (4-8 GB shared memory), TensorRT from JetPack 6",
+        backend="tensorrt",
+        precision="int8",
+        precisions=("fp32", "fp16", "int8"),
+        device_family="jetson-orin",
+        workspace_mib=512,
+        opt_batch=1,
+        max_batch=32,
+        fp16_fallback=True,
+    ),
+    Target(
+        name="jetson-agx-orin",
+        description="Jetson AGX Orin (32-64 GB shared memory), TensorRT from JetPack 6",
+        backend="tensorrt",
+        precision="int8",
+        precisions=("fp32", "fp16", "int8"),
+        device_family="jetson-orin",
+        workspace_mib=2048,
+        opt_batch=8,
+        max_batch=128,
+        fp16_fallback=True,
+    ),
+)
+TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}
+
+
+def list_targets() -> list[Target]:
+    """All targets, in a stable order (CPU first)."""
+    return list(_TARGETS)
+
+
+def get_target(name: str) -> Target:
+    """The target called `name`; ConfigError listing the valid names otherwise."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown target {name!r}; valid targets: {', '.join(TARGETS)} (see `edgekd targets`)"
+        ) from None
