@@ -70,6 +70,9 @@ class DistillConfig:
     lambda_classifier: float = 1.0
     projector: str = "linear"
     teacher_view: str = "all"  # "student": the restricted-teacher control (other modalities zeroed)
+    # QAW robustness check: this share of training windows get Gaussian noise (normalised units)
+    # instead of their non-student modalities when the teacher's outputs are computed.
+    teacher_corrupt: float = 0.0
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -85,6 +88,8 @@ class DistillConfig:
             raise ConfigError(f"teacher_view={self.teacher_view!r} is not one of all, student")
         if self.tau <= 0:
             raise ConfigError(f"tau must be > 0, got {self.tau}")
+        if not 0.0 <= self.teacher_corrupt <= 1.0:
+            raise ConfigError(f"teacher_corrupt must be in [0, 1], got {self.teacher_corrupt}")
         if self.quality_temperature <= 0:
             raise ConfigError(f"quality_temperature must be > 0, got {self.quality_temperature}")
 
@@ -92,6 +97,12 @@ class DistillConfig:
     def uses_teacher(self) -> bool:
         return self.feature_loss != "none" or self.classifier_loss != "none"
 
+
+# The shipped default of `edgekd distill`: Hinton logit KD with alpha = lambda_classifier and
+# lambda_task = 1 - alpha, chosen on HAR validation subjects (docs/distillation.md has the search).
+DEFAULT_RECIPE = DistillConfig(
+    feature_loss="none", classifier_loss="logit_kd", tau=2.0, lambda_task=0.7, lambda_classifier=0.3
+)
 
 RECIPES: dict[str, DistillConfig] = {
     "ce": DistillConfig(feature_loss="none", classifier_loss="none", quality="none"),
@@ -109,7 +120,7 @@ RECIPES: dict[str, DistillConfig] = {
 def resolve_recipe(name: str) -> DistillConfig:
     """The named loss recipe; `default` is what `edgekd distill` uses without options."""
     if name == "default":
-        return DistillConfig()
+        return DEFAULT_RECIPE
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of default, {', '.join(RECIPES)}")
     return RECIPES[name]
@@ -122,7 +133,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig = field(default_factory=lambda: DEFAULT_RECIPE)
     student_modality: str | None = None  # None: the dataset's default student modality
 
 
@@ -133,9 +144,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        factory = known[name].default_factory
+        sub = None if factory is dataclasses.MISSING else factory()
         if dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+            kwargs[name] = _build(type(sub), value, f"{where}.{name}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:

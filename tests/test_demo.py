@@ -15,7 +15,7 @@ def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"teacher", "student (CE only)", "student (distilled)"}
     names = {row["name"] for row in summary["bench"]}
-    assert {"openvino/int8", "onnxruntime/int8", "openvino/fp32", "pytorch-eager"} <= names
+    assert {"openvino/int8", "onnxruntime/int8", "openvino/fp32", "pytorch-eager/fp32"} <= names
     assert summary["stream"]["events"] > 0 and summary["stream"]["labelled_events"] > 0
     # Even one epoch on 600 windows is far above chance (1/12) on the streamed subject.
     assert summary["stream"]["agreement"] > 0.3

@@ -474,6 +474,17 @@ def _teacher_outputs(teacher: nn.Module, x: dict[str, torch.Tensor], drop: tuple
         return teacher.classifier(emb), emb
 
 
+def _corrupt(x: dict[str, torch.Tensor], keep: str, share: float, seed: int) -> None:
+    """In place: replace every modality but `keep` by N(0, 1) noise (inputs are normalised, so
+    this is noise at the data's own scale) in a seeded random `share` of the windows."""
+    n = _count(x)
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    idx = torch.randperm(n, generator=gen)[: round(share * n)].to(x[keep].device)
+    for m, t in x.items():
+        if m != keep:
+            t[idx] = torch.randn(t[idx].shape, generator=gen).to(t.device)
+
+
 def distill(
     cfg: RunConfig,
     teacher_dir: Path,
@@ -481,11 +492,14 @@ def distill(
     *,
     resume: bool = False,
     progress: bool = True,
+    fold: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train a single-modality student from a frozen multimodal teacher (METHOD.md losses).
 
     The data source and split are the teacher's (a different split would leak the teacher's
     training subjects into validation); teacher inputs use the teacher's saved normalisation.
+    `fold=(i, k)`: cross-validation fold i of k over the training subjects (`edgekd.distill.cv`);
+    fold i's subjects replace the validation split and leave the training split.
     """
     from edgekd.distill.losses import DistillCriterion
     from edgekd.modalities import ModalitySpec
@@ -504,6 +518,10 @@ def distill(
     data_cfg = replace(cfg.data, source=tside["data"]["source"], val_subjects=tside["data"]["val_subjects"])
     cfg = replace(cfg, data=data_cfg, student_modality=modality)
     ds = _load_data(cfg)
+    if fold is not None:
+        from edgekd.distill.cv import fold_dataset
+
+        ds = fold_dataset(ds, *fold)
     if list(ds.labels) != list(tside["labels"]):
         raise ConfigError(f"the teacher in {teacher_dir} was trained on other labels than {ds.name} has now")
     spec = ds.specs[modality]
@@ -526,6 +544,8 @@ def distill(
     if cfg.distill.uses_teacher:
         tx = {m: _to_tensor(s, train.x[m][keep], d.device) for m, s in teacher_specs.items()}
         drop = tuple(m for m in teacher_specs if m != modality) if cfg.distill.teacher_view == "student" else ()
+        if cfg.distill.teacher_corrupt > 0:
+            _corrupt(tx, modality, cfg.distill.teacher_corrupt, cfg.train.seed)
         extras["teacher_logits"], extras["teacher_emb"] = _teacher_outputs(teacher, tx, drop)
     data = TrainSet(
         x=x,
@@ -547,6 +567,7 @@ def distill(
         "teacher_metrics": tside.get("metrics", {}),
         "distill": to_dict(cfg.distill),
         "params": sum(p.numel() for p in student.parameters()),
+        "fold": list(fold) if fold is not None else None,
     }
     classifier = teacher.classifier if cfg.distill.classifier_loss == "soft_teacher_head" else None
 

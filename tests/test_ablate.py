@@ -1,0 +1,281 @@
+"""The ablation: statistics by hand, CV folds, the restricted-teacher control, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekd.checkpoint import load_run
+from edgekd.config import DistillConfig
+from edgekd.data.dataset import PairedDataset, Split
+from edgekd.distill.ablate import (
+    gap_closed,
+    paired_interval,
+    run_config,
+    summarize,
+    t_quantile_975,
+)
+from edgekd.distill.cv import fold_dataset, fold_subjects
+from edgekd.errors import ConfigError
+from tests.conftest import run_cli
+
+TINY = ["--epochs", "1", "--limit", "300", "--batch-size", "64"]
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("df", "expected"),
+    # Published two-sided 95% t quantiles (e.g. NIST/SEMATECH table).
+    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (40, 2.021), (60, 2.000),
+     (120, 1.980)],  # fmt: skip
+)
+def test_t_quantiles(df: int, expected: float) -> None:
+    assert t_quantile_975(df) == pytest.approx(expected, abs=1.5e-3)
+
+
+def test_t_quantile_rejects_zero_df() -> None:
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_mean_and_standard_error_by_hand() -> None:
+    # values 1..4: mean 2.5, sample variance 5/3, s.e. sqrt(5/3 / 4)
+    stats = summarize([1.0, 2.0, 3.0, 4.0])
+    assert stats["mean"] == pytest.approx(2.5)
+    assert stats["se"] == pytest.approx(math.sqrt(5 / 12))
+    assert summarize([7.0]) == {"mean": 7.0, "se": None, "n": 1}
+
+
+def test_paired_interval_by_hand() -> None:
+    kd = {0: 85.0, 1: 86.0, 2: 84.0, 7: 99.0}  # seed 7 has no CE partner: ignored
+    ce = {0: 84.0, 1: 84.5, 2: 83.5}
+    # differences 1.0, 1.5, 0.5: mean 1.0, s.d. 0.5, s.e. 0.5/sqrt(3), t_{0.975,2} = 4.303
+    got = paired_interval(kd, ce)
+    half = 4.303 * 0.5 / math.sqrt(3)
+    assert got["n"] == 3
+    assert got["mean"] == pytest.approx(1.0)
+    assert (got["lo"], got["hi"]) == (pytest.approx(1.0 - half), pytest.approx(1.0 + half))
+    assert paired_interval({0: 1.0}, {1: 1.0}) is None
+    assert paired_interval({0: 2.0}, {0: 1.0}) == {"mean": 1.0, "lo": None, "hi": None, "n": 1}
+
+
+def test_gap_closed_share() -> None:
+    assert gap_closed(86.0, 84.0, 90.0) == pytest.approx(1 / 3)
+    assert gap_closed(83.0, 84.0, 90.0) == pytest.approx(-1 / 6)
+    assert gap_closed(86.0, 84.0, 84.0) is None  # no gap to close
+
+
+def test_run_names() -> None:
+    assert run_config("logit_kd_restricted")[1].teacher_view == "student"
+    assert run_config("logit_kd")[1].teacher_view == "all"
+    paper = run_config("paper")[1]
+    assert (paper.feature_loss, paper.classifier_loss, paper.quality) == (
+        "soft_margin", "soft_teacher_head", "teacher_confidence",
+    )  # fmt: skip
+    assert run_config("paper_corrupt")[1].teacher_corrupt > 0
+    assert not run_config("ce")[1].uses_teacher
+    for bad in ("bogus", "ce_restricted", "_restricted"):
+        with pytest.raises(ConfigError, match="unknown run"):
+            run_config(bad)
+
+
+def test_shipped_default_recipe_is_the_run_config_default(tmp_path: Path) -> None:
+    from edgekd.config import RECIPES, RunConfig, load_config, resolve_recipe
+
+    default = resolve_recipe("default")
+    assert RunConfig().distill == default
+    assert (default.classifier_loss, default.lambda_task + default.lambda_classifier) == (
+        "logit_kd", pytest.approx(1.0),
+    )  # fmt: skip
+    assert (RECIPES["kd"].lambda_task, RECIPES["kd"].lambda_classifier) == (1.0, 1.0)
+    path = tmp_path / "cfg.yaml"
+    path.write_text("distill:\n  tau: 3.0\n")  # a YAML section edits the default recipe
+    cfg = load_config(path)
+    assert cfg.distill == replace(default, tau=3.0)
+
+
+def test_teacher_corrupt_is_validated() -> None:
+    with pytest.raises(ConfigError, match="teacher_corrupt"):
+        DistillConfig(teacher_corrupt=1.5)
+
+
+# --- cross-validation folds ---------------------------------------------------------------
+
+
+def _toy_dataset() -> PairedDataset:
+    subjects = np.array(["3", "1", "2", "1", "5", "2"])
+    x = {"a": np.arange(6, dtype=np.float32)[:, None]}
+    train = Split(x=x, y=np.arange(6) % 2, subject=subjects)
+    one = {"a": np.zeros((1, 1), np.float32)}
+    test = Split(x=one, y=np.zeros(1, np.int64), subject=np.array(["9"]))
+    return PairedDataset(
+        name="toy", source="toy", labels=["x", "y"], specs={}, default_student="a",
+        splits={"train": train, "val": test, "test": test, "unlabelled": test},
+    )  # fmt: skip
+
+
+def test_fold_subjects_round_robin_over_sorted_subjects() -> None:
+    assert fold_subjects(np.array(["3", "1", "2", "1", "5"]), 2) == [["1", "3"], ["2", "5"]]
+    with pytest.raises(ConfigError, match="at least 3 training subjects"):
+        fold_subjects(np.array(["1", "2"]), 3)
+    with pytest.raises(ConfigError, match="at least 2"):
+        fold_subjects(np.array(["1", "2"]), 1)
+
+
+def test_fold_dataset_holds_out_subjects_and_keeps_test() -> None:
+    ds = _toy_dataset()
+    fold = fold_dataset(ds, 1, 2)  # subjects 2 and 5
+    assert sorted(fold.splits["val"].subject) == ["2", "2", "5"]
+    assert sorted(fold.splits["train"].subject) == ["1", "1", "3"]
+    assert fold.splits["val"].x["a"][:, 0].tolist() == [2.0, 4.0, 5.0]
+    assert fold.splits["test"] is ds.splits["test"]
+    with pytest.raises(ConfigError, match="fold index"):
+        fold_dataset(ds, 2, 2)
+
+
+# --- the restricted-teacher control and corrupted teacher inputs ---------------------------
+
+
+class _Zeros(nn.Module):
+    def __init__(self, out_dim: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.out_dim)
+
+
+def test_restricted_teacher_zeroes_the_other_modality(teacher_run: Path) -> None:
+    from edgekd.distill.trainer import _teacher_outputs
+
+    teacher = load_run(teacher_run, expect_role="teacher").model
+    torch.manual_seed(0)
+    x = {"accel": torch.randn(40, 3, 128), "gyro": torch.randn(40, 3, 128)}
+    fused_logits, _ = _teacher_outputs(teacher, x, ())
+    logits, emb = _teacher_outputs(teacher, x, ("gyro",))
+    assert not torch.allclose(logits, fused_logits, atol=1e-3)
+    # The same teacher whose gyroscope branch outputs zeros for every window.
+    blind = copy.deepcopy(teacher)
+    blind.encoders["gyro"] = _Zeros(teacher.encoders["gyro"].out_dim)
+    blind_logits, blind_emb = _teacher_outputs(blind, x, ())
+    torch.testing.assert_close(logits, blind_logits)
+    torch.testing.assert_close(emb, blind_emb)
+    # ...and the gyroscope's values no longer matter at all.
+    other = {"accel": x["accel"], "gyro": torch.randn(40, 3, 128)}
+    torch.testing.assert_close(_teacher_outputs(teacher, other, ("gyro",))[0], logits)
+
+
+def test_corrupt_replaces_a_share_of_teacher_side_windows() -> None:
+    from edgekd.distill.trainer import _corrupt
+
+    x = {"accel": torch.ones(20, 3, 8), "gyro": torch.ones(20, 3, 8)}
+    _corrupt(x, "accel", 0.25, seed=3)
+    changed = (x["gyro"] != 1).flatten(1).all(dim=1)
+    assert int(changed.sum()) == 5  # round(0.25 * 20) whole windows, every value noise
+    assert bool((x["accel"] == 1).all())
+    again = {"accel": torch.ones(20, 3, 8), "gyro": torch.ones(20, 3, 8)}
+    _corrupt(again, "accel", 0.25, seed=3)
+    torch.testing.assert_close(again["gyro"], x["gyro"])  # seeded
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_and_resume(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "abl"
+    args = ["ablate", "--teacher", str(teacher_run), "--out", str(out), "--runs", "ce,logit_kd",
+            "--seeds", "2", "--jobs", "2", *TINY]  # fmt: skip
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "ablate.json").read_text())
+    assert list(report["runs"]) == ["ce", "logit_kd"]
+    for name in ("ce", "logit_kd"):
+        assert sorted(report["runs"][name]["per_seed"]) == ["0", "1"]
+        for seed in (0, 1):
+            run = out / "runs" / name / f"seed{seed}" / "final"
+            metrics = json.loads((run / "metrics.json").read_text())
+            got = report["runs"][name]["per_seed"][str(seed)]["test"]["accuracy"]
+            assert got == pytest.approx(100 * metrics["test"]["accuracy"])
+    gain = report["runs"]["logit_kd"]["gain"]["accuracy"]
+    per = report["runs"]
+    diffs = [
+        per["logit_kd"]["per_seed"][s]["test"]["accuracy"]
+        - per["ce"]["per_seed"][s]["test"]["accuracy"]
+        for s in ("0", "1")
+    ]
+    assert gain["mean"] == pytest.approx(sum(diffs) / 2)
+    assert gain["lo"] <= gain["mean"] <= gain["hi"]
+    assert (out / "ablate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| logit_kd | 2 |" in result.output
+
+    # Resume: a finished run is reused as is (a planted value must come back), nothing retrains.
+    planted = out / "runs" / "ce" / "seed1" / "final" / "metrics.json"
+    metrics = json.loads(planted.read_text())
+    metrics["test"]["accuracy"] = 0.5
+    planted.write_text(json.dumps(metrics))
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/final/model.safetensors")}
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "ablate.json").read_text())
+    assert again["runs"]["ce"]["per_seed"]["1"]["test"]["accuracy"] == pytest.approx(50.0)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A run killed after its last epoch but before metrics.json continues from its train state.
+    killed = out / "runs" / "logit_kd" / "seed0" / "final" / "metrics.json"
+    before = json.loads(killed.read_text())
+    killed.unlink()
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(killed.read_text())["test"] == before["test"]
+
+    # Other settings in the same folder are refused rather than mixed in.
+    result = run_cli([*args[:-6], "--epochs", "2", "--limit", "300", "--batch-size", "64"])
+    assert result.exit_code == 2
+    assert "other settings" in result.output
+
+
+@pytest.mark.slow
+def test_cli_folds_score_by_cross_validation(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    result = run_cli(["ablate", "--teacher", str(teacher_run), "--out", str(out), "--runs", "ce",
+                      "--seeds", "1", "--folds", "2", *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "ablate.json").read_text())
+    assert report["selection"] == "cv"
+    seed0 = out / "runs" / "ce" / "seed0"
+    folds = [json.loads((seed0 / f"fold{i}of2" / "metrics.json").read_text()) for i in (0, 1)]
+    expected = 100 * (folds[0]["val"]["accuracy"] + folds[1]["val"]["accuracy"]) / 2
+    assert report["runs"]["ce"]["cv"]["accuracy"]["mean"] == pytest.approx(expected)
+    sidecar = json.loads((seed0 / "fold1of2" / "checkpoint.json").read_text())
+    assert sidecar["fold"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--runs", "ce,bogus"], "unknown run 'bogus'"),
+     (["--seeds", "0"], "--seeds must be at least 1"),
+     (["--jobs", "0"], "--jobs must be at least 1")],
+)  # fmt: skip
+def test_cli_bad_input(teacher_run: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    out = tmp_path / "bad"
+    result = run_cli(["ablate", "--teacher", str(teacher_run), "--out", str(out), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (out / "runs").exists()
+
+
+def test_cli_rejects_a_folder_that_is_not_a_teacher(tmp_path: Path) -> None:
+    result = run_cli(["ablate", "--teacher", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "not a finished teacher run" in result.output
