@@ -32,10 +32,4 @@ def user_errors(fn: F) -> F:
 
 def register_all(app: typer.Typer) -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = import_module(f"edgekd.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"edgekd.commands.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(app)
+        import_module(f"edgekd.commands.{name}").register(app)
