@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
+	$(VENV)/bin/ruff check edgekd tests benchmarks
 	$(PY) -m pytest -q
 
 demo: venv

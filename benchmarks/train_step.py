@@ -29,7 +29,9 @@ def _spec() -> ModalitySpec:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
@@ -56,7 +58,9 @@ def main() -> None:
     def bare_loop() -> None:
         for _ in range(args.steps):
             logits = bare(x)
-            kd = F.kl_div(F.log_softmax(logits / tau, 1), F.softmax(t_logits / tau, 1), reduction="batchmean")
+            kd = F.kl_div(
+                F.log_softmax(logits / tau, 1), F.softmax(t_logits / tau, 1), reduction="batchmean"
+            )
             loss = F.cross_entropy(logits, y) + tau * tau * kd
             opt_b.zero_grad(set_to_none=True)
             loss.backward()

@@ -51,7 +51,11 @@ def save_model(run_dir: Path, model: torch.nn.Module, sidecar: dict[str, Any]) -
     """Write weights, then the sidecar that names their sha256 (the sidecar is the commit point)."""
     data = st_save(_contiguous(model.state_dict()))
     atomic_write_bytes(run_dir / MODEL_FILE, data)
-    full = {**sidecar, "edgekd_version": __version__, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    full = {
+        **sidecar,
+        "edgekd_version": __version__,
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+    }
     atomic_write_json(run_dir / SIDECAR_FILE, full)
 
 
@@ -71,7 +75,9 @@ def read_sidecar(run_dir: Path, expect_role: str | None = None) -> dict[str, Any
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     if expect_role is not None and sidecar.get("role") != expect_role:
-        raise ConfigError(f"{run_dir} is a {sidecar.get('role')!r} run, expected a {expect_role} run")
+        raise ConfigError(
+            f"{run_dir} is a {sidecar.get('role')!r} run, expected a {expect_role} run"
+        )
     return sidecar
 
 
@@ -109,7 +115,9 @@ def load_run(run_dir: Path, expect_role: str | None = None) -> Run:
     try:
         model.load_state_dict(st_load(data))
     except RuntimeError as exc:
-        raise ConfigError(f"{weights_path} does not fit architecture {sidecar['arch']!r}: {exc}") from exc
+        raise ConfigError(
+            f"{weights_path} does not fit architecture {sidecar['arch']!r}: {exc}"
+        ) from exc
     model.eval()
     config = from_dict(json_safe_yaml(run_dir / CONFIG_FILE))
     return Run(dir=run_dir, model=model, sidecar=sidecar, config=config)
@@ -174,7 +182,9 @@ def load_train_state(
         raise ConfigError(f"{path} is corrupt ({exc}); delete it to restart the run") from exc
     for prefix, module in modules.items():
         head = f"module.{prefix}."
-        module.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+        module.load_state_dict(
+            {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+        )
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -51,18 +51,29 @@ def _train(out: Path, settings: DemoSettings, progress: bool) -> dict[str, Path]
 
     base = override(RunConfig(), "train", epochs=settings.epochs, seed=0)
     base = override(base, "data", limit=settings.limit)
-    runs = {"teacher": out / "teacher", "student (CE only)": out / "student-ce", "student (distilled)": out / "student-kd"}
+    runs = {
+        "teacher": out / "teacher",
+        "student (CE only)": out / "student-ce",
+        "student (distilled)": out / "student-kd",
+    }
     if not (runs["teacher"] / "metrics.json").exists():
         _say(progress, "training the teacher on accelerometer + gyroscope")
         train_teacher(base, runs["teacher"], progress=progress)
     for name, recipe in (("student (CE only)", "ce"), ("student (distilled)", "default")):
         if not (runs[name] / "metrics.json").exists():
             _say(progress, f"training the {name} on the accelerometer only")
-            distill(replace(base, distill=resolve_recipe(recipe)), runs["teacher"], runs[name], progress=progress)
+            distill(
+                replace(base, distill=resolve_recipe(recipe)),
+                runs["teacher"],
+                runs[name],
+                progress=progress,
+            )
     return runs
 
 
-def _bench(bundle: Path, student_dir: Path, out: Path, settings: DemoSettings, progress: bool) -> dict[str, Any]:
+def _bench(
+    bundle: Path, student_dir: Path, out: Path, settings: DemoSettings, progress: bool
+) -> dict[str, Any]:
     import torch
 
     from edgekd.checkpoint import load_run
@@ -110,7 +121,11 @@ def _stream(bundle: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
     # A window's true label: the activity at its centre sample (-1 where unlabelled).
     expected = truth[ends - spec.window // 2]
     labelled = expected >= 0
-    agree = float((predicted[labelled] == expected[labelled]).mean()) if labelled.any() else float("nan")
+    agree = (
+        float((predicted[labelled] == expected[labelled]).mean())
+        if labelled.any()
+        else float("nan")
+    )
     plot_stream(
         ends / spec.rate_hz,
         predicted,
@@ -119,7 +134,8 @@ def _stream(bundle: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
         truth,
         model.labels,
         out / "stream.png",
-        f"Subject {STREAM_SUBJECT} streamed in {STREAM_CHUNK}-sample chunks ({model.backend} {model.precision})",
+        f"Subject {STREAM_SUBJECT} streamed in {STREAM_CHUNK}-sample chunks "
+        f"({model.backend} {model.precision})",
     )
     return {
         "subject": STREAM_SUBJECT,
@@ -147,12 +163,20 @@ def _confusion(bundle: Path, out: Path) -> dict[str, Any]:
     pred = np.concatenate([model.predict(x[i : i + 512]).index for i in range(0, len(x), 512)])
     k = len(model.labels)
     cm = confusion_matrix(y, pred, k)
-    plot_confusion(cm, model.labels, out / "confusion_int8.png", f"int8 student ({model.backend}), test subjects")
+    plot_confusion(
+        cm,
+        model.labels,
+        out / "confusion_int8.png",
+        f"int8 student ({model.backend}), test subjects",
+    )
     return classification_report(y, pred, k)
 
 
-def run_demo(out: Path, *, quick: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run every step; write `out/report.md`, `out/summary.json` and the PNGs; return the summary."""
+def run_demo(
+    out: Path, *, quick: bool = False, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run every step; write `out/report.md`, `out/summary.json` and the PNGs; return the
+    summary."""
     from edgekd.export.exporter import export_run
     from edgekd.report import plot_training_curves
 
@@ -172,8 +196,17 @@ def run_demo(out: Path, *, quick: bool = False, force: bool = False, progress: b
     t0 = time.perf_counter()
     if force or not (bundle / "manifest.json").exists():
         _say(progress, "exporting the distilled student to a cpu int8 bundle")
-        export_run(runs["student (distilled)"], bundle, target="cpu", calib=settings.calib, force=True,
-                   max_drop=100.0 if quick else 1.0, progress=progress)  # fmt: skip
+        # Quick mode's one-epoch student is too unsettled for the accuracy gate to mean anything.
+        max_drop = 100.0 if quick else 1.0
+        export_run(
+            runs["student (distilled)"],
+            bundle,
+            target="cpu",
+            calib=settings.calib,
+            force=True,
+            max_drop=max_drop,
+            progress=progress,
+        )
     timings["export_s"] = time.perf_counter() - t0
     manifest = json.loads((bundle / "manifest.json").read_text())
 
@@ -193,8 +226,13 @@ def run_demo(out: Path, *, quick: bool = False, force: bool = False, progress: b
         "bundle_bytes": sum(a["size"] for a in manifest["artifacts"]),
         "artifacts": {a["path"]: a["size"] for a in manifest["artifacts"]},
         "bench": [
-            {"name": r["name"], "p50_ms": r["latency"]["p50"], "p99_ms": r["latency"]["p99"],
-             "throughput": r["throughput"]["value"], "batch": r["throughput"]["batch"]}
+            {
+                "name": r["name"],
+                "p50_ms": r["latency"]["p50"],
+                "p99_ms": r["latency"]["p99"],
+                "throughput": r["throughput"]["value"],
+                "batch": r["throughput"]["batch"],
+            }
             for r in bench["rows"]
         ],  # fmt: skip
         "bench_skipped": bench["skipped"],
@@ -213,13 +251,19 @@ def _pct(x: float) -> str:
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(what, figure) pairs shared by the printed table and report.md."""
-    rows = [(f"{name} test accuracy / macro-F1 (%)", f"{_pct(m['accuracy'])} / {_pct(m['macro_f1'])}")
-            for name, m in summary["accuracy"].items()]  # fmt: skip
+    rows = [
+        (f"{name} test accuracy / macro-F1 (%)", f"{_pct(m['accuracy'])} / {_pct(m['macro_f1'])}")
+        for name, m in summary["accuracy"].items()
+    ]
     for key, m in summary["bundle_accuracy"].items():
         rows.append((f"bundle {key} accuracy (%)", _pct(m["accuracy"])))
     for r in summary["bench"]:
-        rows.append((f"{r['name']} batch-1 p50 / p99 (ms)", f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f}"))
-        rows.append((f"{r['name']} throughput at batch {r['batch']} (windows/s)", f"{r['throughput']:.0f}"))
+        rows.append(
+            (f"{r['name']} batch-1 p50 / p99 (ms)", f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f}")
+        )
+        rows.append(
+            (f"{r['name']} throughput at batch {r['batch']} (windows/s)", f"{r['throughput']:.0f}")
+        )
     s = summary["stream"]
     rows.append((f"stream subject {s['subject']}: events, agreement with true activity (%)",
                  f"{s['events']}, {_pct(s['agreement'])}"))  # fmt: skip
@@ -233,7 +277,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# edgekd demo report",
         "",
-        f"Mode: {summary['mode']}; machine: {env.get('cpu', '?')}, {env.get('cores_usable', '?')} usable cores, "
+        f"Mode: {summary['mode']}; machine: {env.get('cpu', '?')}, "
+        f"{env.get('cores_usable', '?')} usable cores, "
         f"{env.get('platform', '?')}; settings: {summary['settings']}.",
         "",
         "| what | figure |",
@@ -256,5 +301,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     if summary["bench_skipped"]:
-        lines += ["Backends not measured here:", *[f"- {s['backend']}: {s['reason']}" for s in summary["bench_skipped"]], ""]
+        lines += [
+            "Backends not measured here:",
+            *[f"- {s['backend']}: {s['reason']}" for s in summary["bench_skipped"]],
+            "",
+        ]
     return "\n".join(lines)

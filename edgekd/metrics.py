@@ -14,7 +14,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    """Accuracy and macro-F1 as fractions; classes absent from both y_true and y_pred are skipped."""
+    """Accuracy and macro-F1 as fractions; classes absent from both y_true and y_pred are
+    skipped."""
     y_true = np.asarray(y_true)
     if y_true.size == 0:
         raise ValueError("no samples to score")

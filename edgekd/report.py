@@ -25,7 +25,9 @@ def plot_training_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         ax_loss.plot(epochs, [h["train"]["total"] for h in history], marker="o", ms=3, label=name)
-        ax_acc.plot(epochs, [100 * h["val"]["accuracy"] for h in history], marker="o", ms=3, label=name)
+        ax_acc.plot(
+            epochs, [100 * h["val"]["accuracy"] for h in history], marker="o", ms=3, label=name
+        )
     ax_loss.set(xlabel="epoch", ylabel="training loss (total)", title="Training loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
     for ax in (ax_loss, ax_acc):
@@ -83,4 +85,3 @@ def plot_stream(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-

@@ -14,7 +14,7 @@ TEACHER_ARGS = ["--epochs", "3", "--limit", "1500", "--batch-size", "64", "--see
 STUDENT_ARGS = ["--epochs", "3", "--limit", "1500", "--batch-size", "64", "--seed", "0", "--quiet"]
 
 
-def run_cli(args: list[str]) -> "object":
+def run_cli(args: list[str]) -> object:
     from typer.testing import CliRunner
 
     from edgekd.cli import app
@@ -33,6 +33,17 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def student_run(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "student"
-    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd", *STUDENT_ARGS])
+    result = run_cli(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_run),
+            "--out",
+            str(out),
+            "--recipe",
+            "kd",
+            *STUDENT_ARGS,
+        ]
+    )
     assert result.exit_code == 0, result.output
     return out

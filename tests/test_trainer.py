@@ -1,4 +1,5 @@
-"""Teacher training and distillation on real HAR windows: metrics, determinism, resume, DDP, faults."""
+"""Teacher training and distillation on real HAR windows: metrics, determinism, resume, DDP,
+faults."""
 
 from __future__ import annotations
 
@@ -53,20 +54,45 @@ def test_student_is_single_modality_and_selected_on_val(student_run: Path) -> No
 
 def test_same_seed_same_metrics(teacher_run: Path, student_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd", *STUDENT_ARGS])
+    result = run_cli(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_run),
+            "--out",
+            str(out),
+            "--recipe",
+            "kd",
+            *STUDENT_ARGS,
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert _metrics(out)["test"] == _metrics(student_run)["test"]
     assert (out / MODEL_FILE).read_bytes() == (student_run / MODEL_FILE).read_bytes()
 
 
 def test_sigkill_then_resume_matches_uninterrupted(teacher_run: Path, tmp_path: Path) -> None:
-    args = ["--teacher", str(teacher_run), "--recipe", "paper", "--epochs", "6", "--limit", "3000", "--seed", "1", "--quiet"]
+    args = [
+        "--teacher",
+        str(teacher_run),
+        "--recipe",
+        "paper",
+        "--epochs",
+        "6",
+        "--limit",
+        "3000",
+        "--seed",
+        "1",
+        "--quiet",
+    ]
     reference = tmp_path / "reference"
     assert run_cli(["distill", "--out", str(reference), *args]).exit_code == 0
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "edgekd", "distill", "--out", str(out), *args]
-    proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     history = out / "history.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -93,7 +119,9 @@ def test_ddp_two_processes(teacher_run: Path, tmp_path: Path) -> None:
         "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd",
         "--epochs", "2", "--limit", "800", "--quiet",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _metrics(out)
     assert metrics["train"]["world_size"] == 2
@@ -108,7 +136,10 @@ def test_ddp_two_processes(teacher_run: Path, tmp_path: Path) -> None:
         (["teacher", "--data", "har", "--limit", "0"], "--limit"),
         (["distill", "--teacher", "{missing}"], "not found"),
         (["distill", "--teacher", "{student}"], "expected a teacher run"),
-        (["distill", "--teacher", "{teacher}", "--modality", "magnetometer"], "not among the teacher's"),
+        (
+            ["distill", "--teacher", "{teacher}", "--modality", "magnetometer"],
+            "not among the teacher's",
+        ),
         (["distill", "--teacher", "{teacher}", "--feature-loss", "l1"], "feature_loss"),
     ],
 )
@@ -116,7 +147,9 @@ def test_bad_input_exits_nonzero_and_leaves_nothing(
     args: list[str], message: str, teacher_run: Path, student_run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    filled = [a.format(missing=tmp_path / "nope", student=student_run, teacher=teacher_run) for a in args]
+    filled = [
+        a.format(missing=tmp_path / "nope", student=student_run, teacher=teacher_run) for a in args
+    ]
     result = run_cli([*filled, "--out", str(out), "--epochs", "1", "--quiet"])
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -124,7 +157,18 @@ def test_bad_input_exits_nonzero_and_leaves_nothing(
 
 
 def test_refuses_to_overwrite_a_run(teacher_run: Path, student_run: Path) -> None:
-    result = run_cli(["distill", "--teacher", str(teacher_run), "--out", str(student_run), "--epochs", "1", "--quiet"])
+    result = run_cli(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_run),
+            "--out",
+            str(student_run),
+            "--epochs",
+            "1",
+            "--quiet",
+        ]
+    )
     assert result.exit_code == 2
     assert "already holds a run" in result.output
 
@@ -138,7 +182,9 @@ def test_audio_student_from_audio_image_teacher(tmp_path: Path) -> None:
     result = run_cli(["teacher", "--data", str(manifest), "--out", str(teacher), *fast])
     assert result.exit_code == 0, result.output
     assert set(read_sidecar(teacher)["specs"]) == {"voice", "face"}
-    result = run_cli(["distill", "--teacher", str(teacher), "--out", str(student), "--recipe", "paper", *fast])
+    result = run_cli(
+        ["distill", "--teacher", str(teacher), "--out", str(student), "--recipe", "paper", *fast]
+    )
     assert result.exit_code == 0, result.output
     run = load_run(student)
     assert run.sidecar["student_modality"] == "voice"

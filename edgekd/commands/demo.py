@@ -14,9 +14,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def demo(
-        out: Annotated[Path, typer.Option(help="Folder for runs, bundle, plots and report.md.")] = Path("out/demo"),
-        quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (CI smoke run; numbers mean nothing).")] = False,
-        force: Annotated[bool, typer.Option("--force", help="Re-export even if a bundle exists.")] = False,
+        out: Annotated[
+            Path, typer.Option(help="Folder for runs, bundle, plots and report.md.")
+        ] = Path("out/demo"),
+        quick: Annotated[
+            bool,
+            typer.Option("--quick", help="Tiny settings (CI smoke run; numbers mean nothing)."),
+        ] = False,
+        force: Annotated[
+            bool, typer.Option("--force", help="Re-export even if a bundle exists.")
+        ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     ) -> None:
         """Teacher -> students -> int8 bundle -> benchmark -> streaming, with a report."""

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from edgekd.commands import user_errors
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config; CLI flags override it.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs.")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed (runs are deterministic for a seed).")]
-LimitOpt = Annotated[Optional[int], typer.Option(help="Use at most N training windows (quick trials).")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Windows per step.")]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (cosine decay).")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registered model name (see `edgekd models`).")]
-ArgsOpt = Annotated[Optional[str], typer.Option("--arch-args", help='Model arguments as JSON, e.g. \'{"width": 16}\'.')]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML config; CLI flags override it.")
+]
+EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
+SeedOpt = Annotated[
+    int | None, typer.Option(help="Random seed (runs are deterministic for a seed).")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(help="Use at most N training windows (quick trials).")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Windows per step.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (cosine decay).")]
+ArchOpt = Annotated[
+    str | None, typer.Option("--arch", help="Registered model name (see `edgekd models`).")
+]
+ArgsOpt = Annotated[
+    str | None,
+    typer.Option("--arch-args", help="Model arguments as JSON, e.g. '{\"width\": 16}'."),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")
+]
 
 
 def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args):  # noqa: ANN001, ANN202
@@ -47,7 +60,8 @@ def _print_metrics(metrics: dict, out: Path) -> None:
     val, test = metrics["val"], metrics["test"]
     console.print(
         f"[bold]{out}[/bold]  val acc {val['accuracy']:.4f} f1 {val['macro_f1']:.4f}  "
-        f"test acc {test['accuracy']:.4f} f1 {test['macro_f1']:.4f}  (best epoch {metrics['best_epoch']})"
+        f"test acc {test['accuracy']:.4f} f1 {test['macro_f1']:.4f}  "
+        f"(best epoch {metrics['best_epoch']})"
     )
 
 
@@ -56,7 +70,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def teacher(
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/teacher"),
-        data: Annotated[Optional[str], typer.Option(help="'har' (built-in UCI HAPT) or PATH/manifest.jsonl.")] = None,
+        data: Annotated[
+            str | None, typer.Option(help="'har' (built-in UCI HAPT) or PATH/manifest.jsonl.")
+        ] = None,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         seed: SeedOpt = None,
@@ -65,7 +81,10 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
-        modality_dropout: Annotated[Optional[float], typer.Option(help="Drop whole modalities with this probability while training.")] = None,
+        modality_dropout: Annotated[
+            float | None,
+            typer.Option(help="Drop whole modalities with this probability while training."),
+        ] = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -78,7 +97,12 @@ def register(app: typer.Typer) -> None:
         cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args)
         cfg = override(cfg, "data", source=data)
         if modality_dropout is not None:
-            cfg = replace(cfg, model=replace(cfg.model, args={**cfg.model.args, "modality_dropout": modality_dropout}))
+            cfg = replace(
+                cfg,
+                model=replace(
+                    cfg.model, args={**cfg.model.args, "modality_dropout": modality_dropout}
+                ),
+            )
         _print_metrics(train_teacher(cfg, out, resume=resume, progress=not quiet), out)
 
     @app.command()
@@ -86,8 +110,12 @@ def register(app: typer.Typer) -> None:
     def distill(
         teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/student"),
-        recipe: Annotated[Optional[str], typer.Option(help="Named loss recipe: default, paper, kd, ce.")] = None,
-        modality: Annotated[Optional[str], typer.Option(help="Student modality (default: the dataset's).")] = None,
+        recipe: Annotated[
+            str | None, typer.Option(help="Named loss recipe: default, paper, kd, ce.")
+        ] = None,
+        modality: Annotated[
+            str | None, typer.Option(help="Student modality (default: the dataset's).")
+        ] = None,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         seed: SeedOpt = None,
@@ -96,16 +124,32 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
-        feature_loss: Annotated[Optional[str], typer.Option(help="none | hard_l2 | soft_margin")] = None,
-        distance: Annotated[Optional[str], typer.Option(help="soft_margin distance: cosine | l2 | l2sq")] = None,
-        margin: Annotated[Optional[float], typer.Option(help="Feature hinge margin m.")] = None,
-        classifier_loss: Annotated[Optional[str], typer.Option(help="none | logit_kd | soft_teacher_head | margin_kd")] = None,
-        tau: Annotated[Optional[float], typer.Option(help="KD temperature.")] = None,
-        quality: Annotated[Optional[str], typer.Option(help="none | teacher_confidence | teacher_norm")] = None,
-        lambda_task: Annotated[Optional[float], typer.Option(help="Weight of the cross-entropy term.")] = None,
-        lambda_feature: Annotated[Optional[float], typer.Option(help="Weight of the feature term.")] = None,
-        lambda_classifier: Annotated[Optional[float], typer.Option(help="Weight of the classifier term.")] = None,
-        teacher_view: Annotated[Optional[str], typer.Option(help="all | student (restricted-teacher control).")] = None,
+        feature_loss: Annotated[
+            str | None, typer.Option(help="none | hard_l2 | soft_margin")
+        ] = None,
+        distance: Annotated[
+            str | None, typer.Option(help="soft_margin distance: cosine | l2 | l2sq")
+        ] = None,
+        margin: Annotated[float | None, typer.Option(help="Feature hinge margin m.")] = None,
+        classifier_loss: Annotated[
+            str | None, typer.Option(help="none | logit_kd | soft_teacher_head | margin_kd")
+        ] = None,
+        tau: Annotated[float | None, typer.Option(help="KD temperature.")] = None,
+        quality: Annotated[
+            str | None, typer.Option(help="none | teacher_confidence | teacher_norm")
+        ] = None,
+        lambda_task: Annotated[
+            float | None, typer.Option(help="Weight of the cross-entropy term.")
+        ] = None,
+        lambda_feature: Annotated[
+            float | None, typer.Option(help="Weight of the feature term.")
+        ] = None,
+        lambda_classifier: Annotated[
+            float | None, typer.Option(help="Weight of the classifier term.")
+        ] = None,
+        teacher_view: Annotated[
+            str | None, typer.Option(help="all | student (restricted-teacher control).")
+        ] = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:

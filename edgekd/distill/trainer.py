@@ -226,7 +226,13 @@ class _Progress:
     def epoch(self, epoch: int, steps: int) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{self.total_epochs}"),
@@ -294,17 +300,31 @@ def fit(
         batches = _epoch_batches(n, cfg, epoch, d)
         live = bar.epoch(epoch, len(batches))
         for step, idx in enumerate(batches):
-            terms = train_step(trainable, optimizer, _select(data.x, idx), data.y[idx], *step_args(idx))
+            terms = train_step(
+                trainable, optimizer, _select(data.x, idx), data.y[idx], *step_args(idx)
+            )
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
             if live is not None:
-                live.update(live.task_ids[0], advance=1, terms=_format_terms({k: v / (step + 1) for k, v in sums.items()}))
+                live.update(
+                    live.task_ids[0],
+                    advance=1,
+                    terms=_format_terms({k: v / (step + 1) for k, v in sums.items()}),
+                )
         if live is not None:
             live.stop()
         means = {k: v / max(len(batches), 1) for k, v in sums.items()}
         val = evaluate(model, data.val[0], data.val[1], num_classes)
         seconds = time.perf_counter() - start
-        state["history"].append({"epoch": epoch + 1, "train": means, "val": val, "seconds": seconds, "lr": _lr_at(cfg, epoch)})
+        state["history"].append(
+            {
+                "epoch": epoch + 1,
+                "train": means,
+                "val": val,
+                "seconds": seconds,
+                "lr": _lr_at(cfg, epoch),
+            }
+        )
         improved = val["accuracy"] > state["best_val"]
         if improved:
             state["best_val"], state["best_epoch"] = val["accuracy"], epoch + 1
@@ -316,7 +336,8 @@ def fit(
             atomic_write_json(out / "history.json", state["history"])
         bar.log(
             f"epoch {epoch + 1}/{cfg.train.epochs}  {_format_terms(means)}  "
-            f"val acc {val['accuracy']:.4f} f1 {val['macro_f1']:.4f}  {seconds:.1f}s" + ("  *" if improved else "")
+            f"val acc {val['accuracy']:.4f} f1 {val['macro_f1']:.4f}  {seconds:.1f}s"
+            + ("  *" if improved else "")
         )
     _barrier(d)
     model.load_state_dict(load_weights(out / MODEL_FILE))
@@ -336,7 +357,11 @@ def fit(
         },
     }
     if d.is_main:
-        save_model(out, model, {**sidecar, "epoch": state["best_epoch"], "metrics": {"val": val, "test": test}})
+        save_model(
+            out,
+            model,
+            {**sidecar, "epoch": state["best_epoch"], "metrics": {"val": val, "test": test}},
+        )
         atomic_write_json(out / "metrics.json", metrics)
     _barrier(d)
     return metrics
@@ -351,10 +376,14 @@ def _prepare_out(out: Path, resume: bool, d: Dist) -> bool:
     finished_or_started = (out / STATE_FILE).exists() or (out / SIDECAR_FILE).exists()
     if resume:
         if not (out / STATE_FILE).exists():
-            raise ConfigError(f"nothing to resume in {out}: no {STATE_FILE} (start without --resume)")
+            raise ConfigError(
+                f"nothing to resume in {out}: no {STATE_FILE} (start without --resume)"
+            )
         return False
     if finished_or_started:
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
     created = not out.exists()
     _barrier(d)
     if d.is_main:
@@ -378,7 +407,9 @@ def _check_resume_config(out: Path, cfg: RunConfig) -> None:
         )
 
 
-def _run(out: Path, cfg: RunConfig, resume: bool, d: Dist, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _run(
+    out: Path, cfg: RunConfig, resume: bool, d: Dist, body: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """Create/validate the folder, save the config, run; remove a folder this call made if it fails
     before the first epoch finished (bad input leaves no partial run behind)."""
     created = _prepare_out(out, resume, d)
@@ -398,15 +429,24 @@ def _load_data(cfg: RunConfig) -> Any:
     from edgekd.data import load_dataset
 
     if cfg.data.limit is not None and cfg.data.limit <= 0:
-        raise ConfigError(f"--limit must be a positive number of training windows, got {cfg.data.limit}")
-    return load_dataset(cfg.data.source, val_subjects=cfg.data.val_subjects, limit=cfg.data.limit, seed=cfg.train.seed)
+        raise ConfigError(
+            f"--limit must be a positive number of training windows, got {cfg.data.limit}"
+        )
+    return load_dataset(
+        cfg.data.source,
+        val_subjects=cfg.data.val_subjects,
+        limit=cfg.data.limit,
+        seed=cfg.train.seed,
+    )
 
 
 def _labelled(split: Any) -> np.ndarray:
     return np.flatnonzero(split.y >= 0)
 
 
-def _split_tensors(ds: Any, name: str, specs: dict[str, Any], d: Dist) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _split_tensors(
+    ds: Any, name: str, specs: dict[str, Any], d: Dist
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     split = ds.splits[name]
     keep = _labelled(split)
     if keep.size == 0:
@@ -415,7 +455,9 @@ def _split_tensors(ds: Any, name: str, specs: dict[str, Any], d: Dist) -> tuple[
     return x, torch.from_numpy(split.y[keep]).long().to(d.device)
 
 
-def train_teacher(cfg: RunConfig, out: Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train_teacher(
+    cfg: RunConfig, out: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train a teacher on every modality of the dataset; returns metrics.json's content."""
     from edgekd.models import create_teacher
 
@@ -425,7 +467,9 @@ def train_teacher(cfg: RunConfig, out: Path, *, resume: bool = False, progress: 
     if not cfg.model.arch:
         cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_TEACHER))
     _seed_all(cfg.train.seed)
-    teacher = create_teacher(cfg.model.arch, ds.specs, len(ds.labels), **cfg.model.args).to(d.device)
+    teacher = create_teacher(cfg.model.arch, ds.specs, len(ds.labels), **cfg.model.args).to(
+        d.device
+    )
     train_x, train_y = _split_tensors(ds, "train", ds.specs, d)
     data = TrainSet(
         x=train_x,
@@ -462,7 +506,9 @@ def train_teacher(cfg: RunConfig, out: Path, *, resume: bool = False, progress: 
     return _run(out, cfg, resume, d, body)
 
 
-def _teacher_outputs(teacher: nn.Module, x: dict[str, torch.Tensor], drop: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_outputs(
+    teacher: nn.Module, x: dict[str, torch.Tensor], drop: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen teacher (eval mode): embeddings and logits for every window, computed once."""
     n = _count(x)
     embs = []
@@ -513,9 +559,12 @@ def distill(
     modality = cfg.student_modality or tside.get("default_student")
     if modality not in teacher_specs:
         raise ConfigError(
-            f"student modality {modality!r} is not among the teacher's modalities ({', '.join(teacher_specs)})"
+            f"student modality {modality!r} is not among the teacher's modalities "
+            f"({', '.join(teacher_specs)})"
         )
-    data_cfg = replace(cfg.data, source=tside["data"]["source"], val_subjects=tside["data"]["val_subjects"])
+    data_cfg = replace(
+        cfg.data, source=tside["data"]["source"], val_subjects=tside["data"]["val_subjects"]
+    )
     cfg = replace(cfg, data=data_cfg, student_modality=modality)
     ds = _load_data(cfg)
     if fold is not None:
@@ -523,7 +572,9 @@ def distill(
 
         ds = fold_dataset(ds, *fold)
     if list(ds.labels) != list(tside["labels"]):
-        raise ConfigError(f"the teacher in {teacher_dir} was trained on other labels than {ds.name} has now")
+        raise ConfigError(
+            f"the teacher in {teacher_dir} was trained on other labels than {ds.name} has now"
+        )
     spec = ds.specs[modality]
     if not cfg.model.arch:
         if spec.kind not in DEFAULT_STUDENT:
@@ -543,7 +594,11 @@ def distill(
     extras: dict[str, torch.Tensor] = {}
     if cfg.distill.uses_teacher:
         tx = {m: _to_tensor(s, train.x[m][keep], d.device) for m, s in teacher_specs.items()}
-        drop = tuple(m for m in teacher_specs if m != modality) if cfg.distill.teacher_view == "student" else ()
+        drop = (
+            tuple(m for m in teacher_specs if m != modality)
+            if cfg.distill.teacher_view == "student"
+            else ()
+        )
         if cfg.distill.teacher_corrupt > 0:
             _corrupt(tx, modality, cfg.distill.teacher_corrupt, cfg.train.seed)
         extras["teacher_logits"], extras["teacher_emb"] = _teacher_outputs(teacher, tx, drop)
@@ -554,7 +609,9 @@ def distill(
         test=_split_tensors(ds, "test", {modality: spec}, d),
         extras=extras,
     )
-    data = replace(data, val=(data.val[0][modality], data.val[1]), test=(data.test[0][modality], data.test[1]))
+    data = replace(
+        data, val=(data.val[0][modality], data.val[1]), test=(data.test[0][modality], data.test[1])
+    )
     sidecar = {
         "role": "student",
         "arch": student.arch,
