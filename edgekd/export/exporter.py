@@ -595,6 +595,7 @@ class _Export:
         from edgekd.export import tensorrt as trt_export
         from edgekd.modalities import feature_shape
         from edgekd.runtime.backends import cache_dir
+        from edgekd.runtime.backends.tensorrt import timing_cache_path
 
         tgt, prec, frontend = self.tgt, self.prec, self.opts.trt_frontend
         reason = trt_export.unavailable_reason()
@@ -618,10 +619,10 @@ class _Export:
             else:
                 onnx_path = qdq_onnx if prec == "int8" else fp32_onnx
                 assert onnx_path is not None  # int8 always made a QDQ model first
-                timing = cache_dir() / "tensorrt" / f"timing-{stamp['gpu'].replace(' ', '_')}.cache"
-                timing.parent.mkdir(parents=True, exist_ok=True)
-                plan = trt_export.build_engine(
-                    onnx_path, prec, build, "input", feat, timing_cache=timing
+                # the same per-device timing cache the runtime's first-load build uses
+                plan = trt_export.build_onnx_engine(
+                    onnx_path, prec, build, "input", feat,
+                    timing_cache=timing_cache_path(cache_dir(), stamp),
                 )
         self.parts.add(
             f"tensorrt/model.{prec}.engine",

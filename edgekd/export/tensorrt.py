@@ -1,11 +1,12 @@
-"""TensorRT engines: build from ONNX (explicit int8 from the QDQ graph, FP16, FP32), stamp, cache.
+"""TensorRT at export: probe, build (ONNX or torch-tensorrt frontend), stamp.
 
-Torch-free at import (numpy and the stdlib only; `tensorrt` is imported inside the functions), so
-the on-device build at first load can use the same builder without pulling torch in.
+The ONNX builder itself is `edgekd.runtime.trt_build.build_engine`, shared with the runtime's
+build at first load on the device; this module adds the export-side pieces around it. Torch-free
+at import (`tensorrt`, `torch` and `torch_tensorrt` are imported inside the functions).
 
 TensorRT must never be touched in a process without a CUDA driver: its lean runtime segfaults
 instead of raising. `unavailable_reason()` asks `edgekd.runtime.probe.probe_cuda` (a subprocess)
-first; every builder entry point goes through it.
+first; every entry point here goes through it.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.errors import BackendUnavailable, ExportError
-from edgekd.io import atomic_write_bytes
+from edgekd.errors import BackendUnavailable, BundleError, ExportError
 from edgekd.runtime.probe import probe_cuda
+from edgekd.runtime.trt_build import TENSORRT_HINT, build_engine
 
 if TYPE_CHECKING:
     import torch
 
-TENSORRT_HINT = "pip install 'edgekd[tensorrt]' (on Jetson TensorRT comes with JetPack)"
 TORCH_TENSORRT_HINT = "pip install torch-tensorrt (matching your torch and CUDA versions)"
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def unavailable_reason() -> str | None:
@@ -61,7 +60,7 @@ def engine_stamp(trt_version: str) -> dict[str, str]:
     return stamp
 
 
-def build_engine(
+def build_onnx_engine(
     onnx_path: Path,
     precision: str,
     build: dict[str, Any],
@@ -70,81 +69,17 @@ def build_engine(
     *,
     timing_cache: Path | None = None,
 ) -> bytes:
-    """Serialized TensorRT engine for `onnx_path`.
-
-    `build` is the manifest's `tensorrt_build` section: `workspace_mib`, `profiles` {min, opt,
-    max} (batch sizes of the one optimization profile), `fp16_fallback`. int8 expects a QDQ
-    graph: TensorRT takes every scale from the Q/DQ nodes (explicit quantization, no calibrator);
-    with `fp16_fallback` the layers left unquantized may run in FP16. `timing_cache` (a file,
-    created if missing) makes rebuilds on the same device fast.
-    """
-    if precision not in ENGINE_PRECISIONS:
-        raise ExportError(
-            f"TensorRT precision must be one of {ENGINE_PRECISIONS}, got {precision!r}"
-        )
+    """Serialized engine from TensorRT's ONNX parser: `edgekd.runtime.trt_build.build_engine`
+    (options, precisions and the timing cache are documented there) once the probe has shown a
+    GPU and a full TensorRT. BackendUnavailable when one is missing; ExportError when this ONNX
+    cannot become an engine of `precision`."""
     trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(
-        _network_flags(trt, precision)
-    )  # explicit batch: TRT 10 default
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {onnx_path}: {errors}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(build["workspace_mib"]) << 20)
-    if _weakly_typed(trt):  # a strongly typed network takes its precisions from the graph
-        for flag in _precision_flags(precision, bool(build.get("fp16_fallback", False))):
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-
-    profiles = build["profiles"]
-    profile = builder.create_optimization_profile()
-    shapes = [(int(profiles[k]), *feature_shape) for k in ("min", "opt", "max")]
-    profile.set_shape(input_name, *shapes)
-    config.add_optimization_profile(profile)
-
-    cache = config.create_timing_cache(
-        timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    )
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError(
-            f"TensorRT could not build a {precision} engine from {onnx_path} (see the TensorRT log)"
+    try:
+        return build_engine(
+            trt, onnx_path, precision, build, input_name, feature_shape, timing_cache=timing_cache
         )
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    return bytes(plan)
-
-
-def _network_flags(trt: Any, precision: str) -> int:
-    """0 (weakly typed, precision from builder flags) on TensorRT 10; TensorRT 11 dropped weak
-    typing, so there int8/fp32 networks are strongly typed (types from the Q/DQ graph) and FP16
-    would need an FP16-typed ONNX, which export does not write."""
-    if _weakly_typed(trt):
-        return 0
-    if precision == "fp16":
-        raise ExportError(
-            f"TensorRT {trt.__version__} builds FP16 only from an FP16-typed ONNX; "
-            "export int8 or fp32"
-        )
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-
-
-def _weakly_typed(trt: Any) -> bool:
-    return hasattr(trt.BuilderFlag, "INT8")
-
-
-def _precision_flags(precision: str, fp16_fallback: bool) -> list[str]:
-    """BuilderFlag names to set for a weakly typed (TensorRT 10) network."""
-    if precision == "fp16":
-        return ["FP16"]
-    if precision == "int8":
-        return ["INT8", "FP16"] if fp16_fallback else ["INT8"]
-    return []
+    except BundleError as exc:
+        raise ExportError(f"export cannot build the TensorRT engine: {exc}") from exc
 
 
 def compile_torch_tensorrt(

@@ -1,24 +1,32 @@
-"""TensorRT: stamp matching, engine cache resolution, the CUDA probe and clear errors (CPU), plus
-GPU tests that run only where a CUDA GPU, TensorRT and cuda-python are present."""
+"""TensorRT: stamp matching, engine cache resolution, the CUDA probe and clear errors (CPU); the
+one engine builder and the backend's build / cache / run path, checked against recording
+stand-ins for `tensorrt` and cuda-python (neither installs here); plus GPU tests that run only
+where a CUDA GPU, TensorRT and cuda-python are present."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import re
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import runtime_synth as synth
 
 import edgekd.runtime.probe as probe_mod
-from edgekd.errors import BackendUnavailable
+from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.export.bundle import BundleWriter
 from edgekd.runtime import Model, load, read_bundle
 from edgekd.runtime.backends import tensorrt as trt_backend
 from edgekd.runtime.probe import probe_cuda
+from edgekd.runtime.trt_build import DEFAULT_BUILD, build_engine, build_options
+from edgekd.targets import get_target
 
 ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda": "12.6"}
 H100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
@@ -39,13 +47,19 @@ def test_device_stamp_and_mismatch_reasons() -> None:
     assert trt_backend.stamp_mismatch(None, H100) == "it has no stamp"
 
 
-def engine_bundle(out: Path, *stamps: dict) -> Path:
-    """A bundle with a (fake) QDQ ONNX and one int8 engine per stamp."""
+def engine_bundle(out: Path, *stamps: dict, plan: bytes = b"plan", fp32: bool = False,
+                  build: dict | None = None) -> Path:
+    """A bundle with a (fake) QDQ ONNX, optionally a (fake) FP32 ONNX and `tensorrt_build`, and
+    one int8 engine per stamp (`plan` + its index)."""
     with BundleWriter(out) as w:
         w.add_file("model.int8.qdq.onnx", b"qdq", format="onnx", precision="int8")
+        if fp32:
+            w.add_file("model.fp32.onnx", b"fp32", format="onnx", precision="fp32")
         for i, stamp in enumerate(stamps):
-            w.add_file(f"tensorrt/model.int8.{i}.engine", f"plan{i}".encode(),
+            w.add_file(f"tensorrt/model.int8.{i}.engine", plan + str(i).encode(),
                        format="tensorrt_engine", precision="int8", stamp=stamp)
+        if build is not None:
+            w.set("tensorrt_build", build)
         w.set("labels", ["a", "b"])
         w.set("modality", {"name": "accel", "kind": "timeseries", "rate_hz": 50, "channels": 3,
                            "window": 128, "hop": 64})
@@ -79,6 +93,11 @@ def test_foreign_engine_means_build_then_cache_hit(tmp_path: Path) -> None:
     assert trt_backend.resolve_engine(b, "int8", H100, cache)[0] == build_to
     # another device gets another cache file: engines of two GPUs never overwrite each other
     assert trt_backend.engine_cache_path(cache, onnx_sha, "int8", ORIN) != build_to
+    # one timing cache per device, whatever extra keys (JetPack) the exporter's stamp carries
+    timing = trt_backend.timing_cache_path(cache, H100)
+    assert timing.parent == cache / "tensorrt" and timing.name.startswith("timing-")
+    assert trt_backend.timing_cache_path(cache, {**H100, "jetpack_l4t": "R36"}) == timing
+    assert trt_backend.timing_cache_path(cache, ORIN) != timing
 
 
 @pytest.mark.parametrize(("sidecar", "reason"), [
@@ -149,6 +168,342 @@ def test_probe_runs_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(calls) == 1
     probe_cuda(refresh=True)
     assert len(calls) == 2
+
+
+# -- the builder and the backend against stand-ins for tensorrt and cuda-python ----------------
+class FakeTensorRT:
+    """A stand-in for the `tensorrt` module that records every builder call. Its runtime
+    deserializes plans that start with b"PLAN"; the engine has the I/O tensors `io` (first one
+    the input) and computes, per input row, logits = (sum, max) on host memory."""
+
+    def __init__(self, *, version: str = "10.3.0", parse_ok: bool = True,
+                 plan: bytes | None = b"PLAN", io: tuple[str, ...] = ("x", "y"),
+                 out_dtype: str = "FLOAT", lean: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        rec = self
+        mod = types.ModuleType("tensorrt")
+        mod.__version__ = version
+        mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0,
+                                                                  STRONGLY_TYPED=3)
+        mod.BuilderFlag = (types.SimpleNamespace(INT8="INT8", FP16="FP16")
+                           if int(version.split(".")[0]) < 11  # TensorRT 11 dropped weak typing
+                           else types.SimpleNamespace(STRIP_PLAN="STRIP_PLAN"))
+        mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        mod.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
+
+        class Logger:
+            WARNING = "warning"
+
+            def __init__(self, level: str) -> None:
+                rec.calls.append(("logger", level))
+
+        class Cache:
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def serialize(self) -> bytes:
+                return self.data + b"+new"
+
+        class Profile:
+            def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
+                rec.calls.append(("set_shape", name, *shapes))
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                rec.calls.append(("pool", pool, size))
+
+            def set_flag(self, flag: str) -> None:
+                rec.calls.append(("flag", flag))
+
+            def add_optimization_profile(self, profile: Profile) -> None:
+                rec.calls.append(("profile",))
+
+            def create_timing_cache(self, data: bytes) -> Cache:
+                rec.calls.append(("timing_cache_in", data))
+                return Cache(data)
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
+                rec.calls.append(("set_timing_cache", ignore_mismatch))
+
+        class Builder:
+            def __init__(self, logger: Logger) -> None:
+                pass
+
+            def create_network(self, flags: int) -> str:
+                rec.calls.append(("network_flags", flags))
+                return "network"
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: str, config: Config) -> bytes | None:
+                return plan
+
+        class OnnxParser:
+            num_errors = 0 if parse_ok else 1
+
+            def __init__(self, network: str, logger: Logger) -> None:
+                pass
+
+            def parse_from_file(self, path: str) -> bool:
+                rec.calls.append(("parse", path))
+                return parse_ok
+
+            def get_error(self, i: int) -> str:
+                return "Unsupported ONNX op QLinearConv"
+
+        class Context:
+            """Like TensorRT: an unknown tensor name is refused (False), and execution fails
+            unless every I/O tensor has an address."""
+
+            def __init__(self) -> None:
+                self.addr: dict[str, int] = {}
+                self.shape: tuple[int, ...] = ()
+
+            def set_tensor_address(self, name: str, address: int) -> bool:
+                if name not in io:
+                    return False
+                self.addr[name] = address
+                return True
+
+            def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+                if name != io[0]:
+                    return False
+                self.shape = tuple(shape)
+                return True
+
+            def execute_async_v3(self, stream: int) -> bool:
+                if set(self.addr) != set(io) or not self.shape:
+                    return False
+                batch, n = self.shape[0], int(np.prod(self.shape))
+                x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr[io[0]]))
+                out = np.ctypeslib.as_array(
+                    (ctypes.c_float * (2 * batch)).from_address(self.addr[io[1]]))
+                rows = x.reshape(batch, -1)
+                out[:] = np.stack([rows.sum(1), rows.max(1)], axis=1).ravel()
+                return True
+
+        class Engine:
+            num_io_tensors = len(io)
+
+            def get_tensor_name(self, i: int) -> str:
+                return io[i]
+
+            def get_tensor_mode(self, name: str) -> str:
+                return "INPUT" if name == io[0] else "OUTPUT"
+
+            def get_tensor_dtype(self, name: str) -> str:
+                return out_dtype if name == io[-1] else "FLOAT"
+
+            def create_execution_context(self) -> Context:
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger: Logger) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+                rec.calls.append(("deserialize", bytes(data)))
+                return Engine() if bytes(data).startswith(b"PLAN") else None
+
+        mod.Logger, mod.Runtime = Logger, Runtime
+        if not lean:
+            mod.Builder, mod.OnnxParser = Builder, OnnxParser
+        self.module = mod
+
+    def flags(self) -> list[str]:
+        return [c[1] for c in self.calls if c[0] == "flag"]
+
+
+class FakeCudart:
+    """cuda-python's runtime API on host memory: a 'device' buffer is a numpy byte array, and a
+    copy past its end fails the test instead of corrupting memory."""
+
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, np.ndarray] = {}
+
+    def cudaStreamCreate(self) -> tuple[int, int]:
+        return 0, 7
+
+    def cudaMalloc(self, size: int) -> tuple[int, int]:
+        buf = np.zeros(size, np.uint8)
+        self.buffers[buf.ctypes.data] = buf
+        return 0, buf.ctypes.data
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, stream: int) -> tuple[int]:
+        device = dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src
+        assert n <= self.buffers[device].nbytes
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
+        return (0,)
+
+    def cudaFree(self, ptr: int) -> tuple[int]:
+        self.buffers.pop(ptr, None)
+        return (0,)
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:
+        return (0,)
+
+
+def _install(monkeypatch: pytest.MonkeyPatch, fake: FakeTensorRT) -> FakeTensorRT:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    return fake
+
+
+@pytest.fixture()
+def fake_device(monkeypatch: pytest.MonkeyPatch) -> FakeCudart:
+    """The probe sees an H100 with TensorRT and cuda-python; CUDA calls go to FakeCudart."""
+    cudart = FakeCudart()
+    monkeypatch.setattr(trt_backend, "probe_cuda", lambda: GPU_PROBE)
+    monkeypatch.setattr(trt_backend, "_cudart", lambda: cudart)
+    return cudart
+
+
+def test_int8_build_for_orin_nano_sets_what_the_target_says(tmp_path: Path) -> None:
+    rec = FakeTensorRT()
+    build = get_target("jetson-orin-nano").tensorrt_build("int8")
+    cache = tmp_path / "timing.cache"
+    plan = build_engine(rec.module, tmp_path / "m.int8.onnx", "int8", build, "input", (3, 128),
+                        timing_cache=cache)
+    assert plan == b"PLAN"
+    calls = rec.calls
+    assert ("network_flags", 0) in calls  # TensorRT 10: explicit batch by default, weakly typed
+    assert ("parse", str(tmp_path / "m.int8.onnx")) in calls
+    assert ("pool", "WORKSPACE", 512 * 2**20) in calls
+    assert rec.flags() == ["INT8", "FP16"]  # fp16 fallback on
+    assert ("set_shape", "input", (1, 3, 128), (1, 3, 128), (32, 3, 128)) in calls
+    assert ("timing_cache_in", b"") in calls and ("set_timing_cache", False) in calls
+    assert cache.read_bytes() == b"+new"
+    # A second build starts from the saved timing cache.
+    build_engine(rec.module, tmp_path / "m.int8.onnx", "int8", build, "input", (3, 128),
+                 timing_cache=cache)
+    assert ("timing_cache_in", b"+new") in rec.calls
+
+
+def test_fp16_fp32_flags_and_failures(tmp_path: Path) -> None:
+    build = get_target("x86-nvidia").tensorrt_build("fp16")
+    for precision, flags in (("fp16", ["FP16"]), ("fp32", [])):
+        rec = FakeTensorRT()
+        build_engine(rec.module, tmp_path / "m.onnx", precision, build, "input", (3, 128))
+        assert rec.flags() == flags
+        assert ("set_shape", "input", (1, 3, 128), (8, 3, 128), (256, 3, 128)) in rec.calls
+    with pytest.raises(BundleError,
+                       match="TensorRT cannot parse .*Unsupported ONNX op QLinearConv"):
+        build_engine(FakeTensorRT(parse_ok=False).module, tmp_path / "m.onnx", "int8", build,
+                     "input", (3, 128))
+    with pytest.raises(BundleError, match="could not build a int8 engine"):
+        build_engine(FakeTensorRT(plan=None).module, tmp_path / "m.onnx", "int8", build, "input",
+                     (3, 128))
+    with pytest.raises(BundleError, match="precision must be one of fp32, fp16, int8, got 'int4'"):
+        build_engine(FakeTensorRT().module, tmp_path / "m.onnx", "int4", build, "input", (3, 128))
+
+
+@pytest.mark.parametrize(("version", "flags"), [("8.6.2", 1 << 0), ("10.3.0", 0)])
+def test_network_flags_per_tensorrt_version(tmp_path: Path, version: str, flags: int) -> None:
+    rec = FakeTensorRT(version=version)  # JetPack 5 ships TensorRT 8.5/8.6
+    build_engine(rec.module, tmp_path / "m.onnx", "int8", None, "input", (3, 128))
+    assert ("network_flags", flags) in rec.calls and rec.flags() == ["INT8"]
+
+
+def test_tensorrt_11_builds_strongly_typed(tmp_path: Path) -> None:
+    rec = FakeTensorRT(version="11.0.0")
+    build = get_target("jetson-agx-orin").tensorrt_build("int8")
+    build_engine(rec.module, tmp_path / "m.onnx", "int8", build, "input", (3, 128))
+    assert ("network_flags", 1 << 3) in rec.calls and not rec.flags()
+    with pytest.raises(BundleError, match="FP16 only from an FP16-typed ONNX"):
+        build_engine(rec.module, tmp_path / "m.onnx", "fp16", build, "input", (3, 128))
+
+
+def test_lean_runtime_cannot_build(tmp_path: Path) -> None:
+    rec = FakeTensorRT(lean=True)
+    with pytest.raises(BackendUnavailable,
+                       match=r"TensorRT 10.3.0 here is the lean runtime .*edgekd\[tensorrt\]"):
+        build_engine(rec.module, tmp_path / "m.onnx", "int8", {}, "input", (3, 128))
+    assert rec.calls == []
+
+
+def test_build_options_fill_defaults_and_refuse_nonsense() -> None:
+    assert build_options(None) == DEFAULT_BUILD
+    opts = build_options({"opset": 18, "profiles": {"max": "8"}, "fp16_fallback": 1})
+    assert opts == {"workspace_mib": 1024, "profiles": {"min": 1, "opt": 1, "max": 8},
+                    "fp16_fallback": True, "opset": 18}
+    with pytest.raises(BundleError, match=r"1 <= profiles min <= opt <= max .*'min': 4"):
+        build_options({"profiles": {"min": 4, "opt": 4, "max": 2}})
+    with pytest.raises(BundleError, match="non-integer batch size or workspace"):
+        build_options({"workspace_mib": "lots"})
+    with pytest.raises(BundleError, match="profiles must be an object"):
+        build_options({"profiles": [1, 1, 32]})
+
+
+def test_first_load_builds_with_the_manifest_options_then_hits_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    build = {"precision": "int8", "workspace_mib": 256, "profiles": {"max": 8},
+             "fp16_fallback": True}
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", ORIN, fp32=True, build=build))
+    rec = _install(monkeypatch, FakeTensorRT())
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, "edgekd.runtime"):
+        engine = trt_backend.open(b, "int8", threads=None, cache_dir=cache)
+    assert "ignoring bundled engine" in caplog.text and "building a int8 engine" in caplog.text
+    assert ("parse", str(b.root / "model.int8.qdq.onnx")) in rec.calls
+    assert ("pool", "WORKSPACE", 256 << 20) in rec.calls
+    assert rec.flags() == ["INT8", "FP16"]  # the manifest's fp16_fallback
+    # the manifest's ONNX input name; default min/opt batch, the manifest's max
+    assert ("set_shape", "input", (1, 3, 128), (1, 3, 128), (8, 3, 128)) in rec.calls
+    timing = trt_backend.timing_cache_path(cache, H100)
+    assert ("timing_cache_in", b"") in rec.calls and timing.read_bytes() == b"+new"
+    cached = trt_backend.engine_cache_path(cache, b.find("onnx", "int8").sha256, "int8", H100)
+    assert cached.read_bytes() == b"PLAN"
+    assert json.loads(cached.with_suffix(".json").read_text())["stamp"] == H100
+    assert engine.artifact == str(cached) and engine.max_batch == 8
+    x = np.stack([np.full((3, 128), 0.5), np.arange(384).reshape(3, 128)]).astype(np.float32)
+    np.testing.assert_array_equal(engine.new_runner()(x), [[192, 0.5], [73536, 383]])
+
+    rec.calls.clear()
+    again = trt_backend.open(b, "int8", threads=None, cache_dir=cache)
+    assert again.artifact == str(cached) and not [c for c in rec.calls if c[0] == "parse"]
+    # another build on this device starts from the timing cache the first one left
+    trt_backend.open(b, "fp32", threads=None, cache_dir=cache)
+    assert ("parse", str(b.root / "model.fp32.onnx")) in rec.calls
+    assert ("timing_cache_in", b"+new") in rec.calls and rec.flags() == []
+
+
+def test_runner_uses_the_engines_own_tensor_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    # named the way torch-tensorrt names them, not the manifest's "input" / "logits"
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", H100, plan=b"PLAN"))
+    rec = _install(monkeypatch, FakeTensorRT(io=("input_0", "output_0")))
+    engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert engine.artifact == str(b.root / "tensorrt/model.int8.0.engine")
+    assert ("deserialize", b"PLAN0") in rec.calls and not [c for c in rec.calls if c[0] == "parse"]
+    assert engine.details["io"] == ["input_0", "output_0"]
+    runner = engine.new_runner()
+    x = np.stack([np.ones((3, 128)), -np.arange(384).reshape(3, 128)]).astype(np.float32)
+    np.testing.assert_array_equal(runner(x), [[384, 1], [-73536, 0]])
+    np.testing.assert_array_equal(runner(x[1:]), [[-73536, 0]])  # a smaller batch after a larger
+
+
+@pytest.mark.parametrize(("fake", "message"), [
+    (FakeTensorRT(io=("x", "y", "z")), r"one input and one output; this one has inputs \['x'\] "
+                                       r"and outputs \['y', 'z'\]"),
+    (FakeTensorRT(out_dtype="HALF"), "tensor 'y' is HALF, expected float32 I/O"),
+])
+def test_engine_io_must_be_one_float_input_and_output(fake: FakeTensorRT, message: str) -> None:
+    engine = fake.module.Runtime(None).deserialize_cuda_engine(b"PLAN")
+    with pytest.raises(BundleError, match=message):
+        trt_backend.io_tensor_names(fake.module, engine, Path("m.engine"))
 
 
 # -- on a GPU ---------------------------------------------------------------------------------

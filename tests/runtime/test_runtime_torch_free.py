@@ -30,6 +30,8 @@ CHILD = textwrap.dedent("""
 
     import numpy as np
     import edgekd.runtime as rt
+    import edgekd.runtime.backends.tensorrt  # noqa: F401  (the on-device engine build path)
+    import edgekd.runtime.trt_build  # noqa: F401
     from edgekd.runtime.bench import run_benchmark
 
     bundle, cache = sys.argv[1], sys.argv[2]

@@ -4,13 +4,16 @@ Engines are not portable across GPUs or TensorRT versions, so each is stamped wi
 version, GPU name, compute capability, CUDA version). On load: a bundled engine whose stamp
 matches this device is used; else an engine cached in `<cache_dir>/tensorrt/` with a matching
 stamp; else one is built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build`
-options, cached, and a notice is logged. A foreign, stale or undeserializable engine is rebuilt,
-never a crash. Nothing CUDA-related is touched before `probe_cuda` (a subprocess) has seen a GPU:
-TensorRT segfaults rather than raising when no driver is present.
+options by `edgekd.runtime.trt_build.build_engine` (the exporter's builder too; the per-device
+timing cache sits beside the cached engines), cached, and a notice is logged. A foreign, stale
+or undeserializable engine is rebuilt, never a crash. Nothing CUDA-related is touched before
+`probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults rather than raising when no
+driver is present.
 
 Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
-stream and device buffers sized for the profile's largest batch.
+stream and device buffers sized for the profile's largest batch. The I/O tensor names come from
+the engine itself: torch-tensorrt names them differently from the manifest's ONNX names.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from edgekd.io import atomic_write_bytes, atomic_write_json
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
 from edgekd.runtime.probe import probe_cuda
+from edgekd.runtime.trt_build import build_engine, build_options
 
 NAME = "tensorrt"
 PACKAGE_HINT = (
@@ -36,7 +40,6 @@ PACKAGE_HINT = (
     "install cuda-python matching its CUDA)"
 )
 STAMP_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda")
-DEFAULT_BUILD = {"workspace_mib": 1024, "profiles": {"min": 1, "opt": 1, "max": 32}}
 log = logging.getLogger("edgekd.runtime")
 
 
@@ -57,12 +60,24 @@ def stamp_mismatch(stamp: Any, device: dict[str, str]) -> str | None:
     return "built for " + ", ".join(diffs) if diffs else None
 
 
+def _device_key(device: dict[str, str]) -> str:
+    """Short hash of the STAMP_KEYS of a stamp (extra keys such as `jetpack_l4t` ignored)."""
+    stamp = {k: device[k] for k in STAMP_KEYS}
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def engine_cache_path(cache_root: Path, onnx_sha256: str, precision: str,
                       device: dict[str, str]) -> Path:
     """Cache file of the engine for this ONNX, precision and device; its stamp sits beside it
     in `<same name>.json`."""
-    key = hashlib.sha256(json.dumps(device, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_root) / "tensorrt" / f"{onnx_sha256[:16]}-{precision}-{key}.engine"
+    return (Path(cache_root) / "tensorrt"
+            / f"{onnx_sha256[:16]}-{precision}-{_device_key(device)}.engine")
+
+
+def timing_cache_path(cache_root: Path, device: dict[str, str]) -> Path:
+    """TensorRT timing cache shared by every build on this device (export and first load):
+    keyed by the stamp, since TensorRT refuses a cache made on another GPU or version."""
+    return Path(cache_root) / "tensorrt" / f"timing-{_device_key(device)}.cache"
 
 
 def onnx_source(bundle: Bundle, precision: str) -> Artifact | None:
@@ -144,39 +159,21 @@ def _check(cudart: Any, result: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else rest
 
 
-def build_engine(trt: Any, onnx_path: Path, precision: str, build: dict[str, Any],
-                 input_name: str, feature_shape: tuple[int, ...]) -> bytes:
-    """Serialized engine for `onnx_path` with one optimization profile over the batch axis."""
-    if not hasattr(trt, "Builder"):
-        raise BackendUnavailable(
-            "this TensorRT is a lean runtime that cannot build engines, and no engine matching "
-            f"this device is bundled or cached; install the full TensorRT ({PACKAGE_HINT})"
-        )
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from 10 on
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
-                                 int(build.get("workspace_mib", 1024)) << 20)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from Q/DQ
-    prof = {**DEFAULT_BUILD["profiles"], **build.get("profiles", {})}
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *[(int(prof[k]), *feature_shape) for k in ("min", "opt", "max")])
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise BundleError(f"TensorRT could not build an engine from {onnx_path} ({precision})")
-    return bytes(plan)
+def io_tensor_names(trt: Any, engine: Any, where: Path) -> tuple[str, str]:
+    """(input, output) tensor names of a deserialized engine, read from the engine: engines
+    compiled by torch-tensorrt do not use the manifest's ONNX names. BundleError unless it has
+    exactly one float32 input and one float32 output (what the runner feeds and reads)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BundleError(f"{where}: edgekd runs TensorRT engines with one input and one "
+                          f"output; this one has inputs {inputs} and outputs {outputs}")
+    for name in names:
+        if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+            raise BundleError(f"{where}: TensorRT tensor {name!r} is "
+                              f"{engine.get_tensor_dtype(name)}, expected float32 I/O")
+    return inputs[0], outputs[0]
 
 
 class _Runner:
@@ -230,10 +227,8 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     path, build_to, notices = resolve_engine(bundle, precision, device, cache_root)
     for note in notices:
         log.warning("TensorRT: %s", note)
-    io = bundle.manifest["io"]
-    in_name, out_name = io["input"]["name"], io["output"]["name"]
     feat = feature_shape(ModalitySpec.from_dict(bundle.modality))
-    build = {**DEFAULT_BUILD, **bundle.manifest.get("tensorrt_build", {})}
+    build = build_options(bundle.manifest.get("tensorrt_build"))
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path is not None else None
@@ -245,17 +240,21 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
             raise BundleError(f"{bundle.root}: no {precision} ONNX to build a TensorRT engine from")
         log.warning("TensorRT: building a %s engine for %s from %s (first load on this device; "
                     "cached at %s)", precision, device["gpu"], source.path, build_to)
-        plan = build_engine(trt, bundle.path(source), precision, build, in_name, feat)
+        plan = build_engine(trt, bundle.path(source), precision, build,
+                            bundle.manifest["io"]["input"]["name"], feat,
+                            timing_cache=timing_cache_path(cache_root, device))
         atomic_write_bytes(build_to, plan)
         atomic_write_json(build_to.with_suffix(".json"),
                           {"stamp": device, "onnx_sha256": source.sha256, "precision": precision})
         engine = runtime.deserialize_cuda_engine(plan)
         path = build_to
-    max_batch = int({**DEFAULT_BUILD["profiles"], **build.get("profiles", {})}["max"])
+    in_name, out_name = io_tensor_names(trt, engine, path)
+    max_batch = build["profiles"]["max"]
     k = len(bundle.labels)
 
     def new_runner() -> Runner:
         return _Runner(engine, cudart, in_name, out_name, feat, k, max_batch)
 
     return Engine(backend=NAME, precision=precision, artifact=str(path), new_runner=new_runner,
-                  max_batch=max_batch, details={"device": device, "engine": str(path)})
+                  max_batch=max_batch,
+                  details={"device": device, "engine": str(path), "io": [in_name, out_name]})
