@@ -82,9 +82,25 @@ def _student(name: str, seed: int = 0, **kwargs: object) -> torch.nn.Module:
     return create_student(name, _spec(name), K, **kwargs)
 
 
+# Per-architecture arguments for the registry matrix (composite teachers need members).
+MATRIX_TEACHER_ARGS: dict[str, dict[str, object]] = {
+    "fusion": {"modality_dropout": 0.2},
+    "ensemble": {
+        "members": [
+            {"arch": "fusion", "arch_args": {"width": 16, "modality_dropout": 0.2}},
+            {"arch": "fusion", "arch_args": {"width": 8, "fusion": "mean"}},
+        ]
+    },
+}
+
+
 def _teacher(name: str, case: str, seed: int = 0, **kwargs: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_teacher(name, TEACHER_SPECS[case], K, **kwargs)
+
+
+def _matrix_teacher(name: str, case: str, seed: int = 0) -> torch.nn.Module:
+    return _teacher(name, case, seed, **MATRIX_TEACHER_ARGS[name])
 
 
 def _teacher_input(case: str, batch: int, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -112,7 +128,8 @@ def _assert_grads_reach_every_parameter(model: torch.nn.Module) -> None:
 
 def test_registries_list_builtins() -> None:
     assert {"tcn_tiny", "tcn_small", "dscnn_audio"} <= set(list_students())
-    assert "fusion" in list_teachers()
+    assert {"fusion", "ensemble"} <= set(list_teachers())
+    assert set(MATRIX_TEACHER_ARGS) == set(list_teachers()), "give a new teacher matrix arguments"
     assert list_students() == sorted(list_students())
 
 
@@ -336,9 +353,7 @@ def test_causality_check_detects_a_non_causal_model() -> None:
 @pytest.mark.parametrize("case", list(TEACHER_SPECS))
 @pytest.mark.parametrize("name", list_teachers())
 def test_teacher_forward_backward_and_rebuild(name: str, case: str) -> None:
-    model = _teacher(name, case, modality_dropout=0.2)
-    assert isinstance(model.encoders, torch.nn.ModuleDict)
-    assert set(model.encoders) == set(TEACHER_SPECS[case])
+    model = _matrix_teacher(name, case)
     x = _teacher_input(case, 4)
     emb = model.forward_features(x)
     assert emb.shape == (4, model.embed_dim)
@@ -360,7 +375,7 @@ def test_teacher_forward_backward_and_rebuild(name: str, case: str) -> None:
 @pytest.mark.parametrize("name", list_teachers())
 def test_teacher_deterministic_for_a_seed(name: str, case: str) -> None:
     x = _teacher_input(case, 3)
-    a, b, c = (_teacher(name, case, seed=s).eval() for s in (3, 3, 4))
+    a, b, c = (_matrix_teacher(name, case, seed=s).eval() for s in (3, 3, 4))
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     assert not torch.allclose(a(x), c(x))
 
@@ -460,3 +475,32 @@ def test_feature_tap_on_teacher_and_bad_paths() -> None:
         FeatureTap(model, ["encoders.mag"])
     with pytest.raises(ConfigError, match="a list of module paths"):
         FeatureTap(model, "head")
+
+
+@pytest.mark.parametrize("case", list(TEACHER_SPECS))
+def test_fusion_has_one_encoder_per_modality(case: str) -> None:
+    model = _teacher("fusion", case)
+    assert isinstance(model.encoders, torch.nn.ModuleDict)
+    assert set(model.encoders) == set(TEACHER_SPECS[case])
+
+
+def test_ensemble_logits_are_the_mean_of_its_members() -> None:
+    from edgekd.models.teachers import TeacherEnsemble
+
+    members = [_teacher("fusion", "imu", seed=s, width=8 * (s + 1)).eval() for s in (0, 1)]
+    x = _teacher_input("imu", 5)
+    drop = {"gyro"}
+    with torch.no_grad():
+        mean_logits = torch.stack([m(x) for m in members]).mean(0)
+        mean_restricted = torch.stack([m(x, drop) for m in members]).mean(0)
+        model = TeacherEnsemble(members).eval()
+        torch.testing.assert_close(model(x), mean_logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(x, drop), mean_restricted, rtol=0, atol=1e-5)
+    assert model.embed_dim == sum(m.embed_dim for m in members)
+    assert all(m.classifier is None for m in model.members)
+
+
+def test_ensemble_needs_two_members() -> None:
+    one = {"members": [{"arch": "fusion", "arch_args": {}}]}
+    with pytest.raises(ConfigError, match="at least 2 teachers"):
+        _teacher("ensemble", "imu", **one)

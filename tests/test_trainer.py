@@ -191,3 +191,34 @@ def test_audio_student_from_audio_image_teacher(tmp_path: Path) -> None:
     assert run.sidecar["arch"] == "dscnn_audio"
     # Three tone classes are separable from the log-mel alone; chance is 1/3.
     assert _metrics(student)["test"]["accuracy"] >= 0.8
+
+
+def test_teacher_ensemble_run(teacher_run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "teacher-wide"
+    same_data = ["--limit", "1500", "--seed", "0", "--epochs", "1", "--quiet"]
+    args = ["teacher", "--data", "har", "--out", str(other), *same_data]
+    assert run_cli([*args, "--arch-args", '{"width": 32}']).exit_code == 0
+    ens = tmp_path / "ensemble"
+    result = run_cli(["ensemble", str(teacher_run), str(other), "--out", str(ens)])
+    assert result.exit_code == 0, result.output
+    run = load_run(ens, expect_role="teacher")
+    members = [load_run(teacher_run).model, load_run(other).model]
+    x = {
+        m: torch.randn(4, *shape) for m, shape in run.sidecar["arch_args"]["input_shapes"].items()
+    }
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in members]).mean(0)
+        torch.testing.assert_close(run.model(x), expected, rtol=0, atol=1e-5)
+    assert 0.5 < _metrics(ens)["test"]["accuracy"] <= 1.0
+
+    student = tmp_path / "student"
+    fast = ["--epochs", "1", "--limit", "1500", "--quiet"]
+    result = run_cli(["distill", "--teacher", str(ens), "--out", str(student), *fast])
+    assert result.exit_code == 0, result.output
+
+    other_data = tmp_path / "teacher-other-data"
+    args = ["teacher", "--data", "har", "--out", str(other_data), "--limit", "300"]
+    assert run_cli([*args, "--epochs", "1", "--quiet"]).exit_code == 0
+    bad = run_cli(["ensemble", str(teacher_run), str(other_data), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "differ in 'specs'" in bad.output
+    assert not (tmp_path / "x").exists()

@@ -181,6 +181,21 @@ def register(app: typer.Typer) -> None:
         _print_metrics(run_distill(cfg, teacher, out, resume=resume, progress=not quiet), out)
 
     @app.command()
+    @user_errors
+    def ensemble(
+        teachers: Annotated[list[Path], typer.Argument(help="Two or more teacher run folders.")],
+        out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/ensemble"),
+    ) -> None:
+        """Combine teacher runs into one mean-logit ensemble teacher (use it with --teacher)."""
+        from edgekd.distill.ensemble import make_ensemble
+
+        metrics = make_ensemble(teachers, out)
+        typer.echo(
+            f"{out}: ensemble of {len(teachers)} teachers, val acc {metrics['val']['accuracy']:.4f}"
+            f", test acc {metrics['test']['accuracy']:.4f}"
+        )
+
+    @app.command()
     def models() -> None:
         """List the registered teacher and student architectures."""
         from edgekd.models import list_students, list_teachers

@@ -444,9 +444,10 @@ def _labelled(split: Any) -> np.ndarray:
     return np.flatnonzero(split.y >= 0)
 
 
-def _split_tensors(
+def split_tensors(
     ds: Any, name: str, specs: dict[str, Any], d: Dist
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Labelled windows of split `name`, preprocessed with `specs`, on `d.device`."""
     split = ds.splits[name]
     keep = _labelled(split)
     if keep.size == 0:
@@ -470,12 +471,12 @@ def train_teacher(
     teacher = create_teacher(cfg.model.arch, ds.specs, len(ds.labels), **cfg.model.args).to(
         d.device
     )
-    train_x, train_y = _split_tensors(ds, "train", ds.specs, d)
+    train_x, train_y = split_tensors(ds, "train", ds.specs, d)
     data = TrainSet(
         x=train_x,
         y=train_y,
-        val=_split_tensors(ds, "val", ds.specs, d),
-        test=_split_tensors(ds, "test", ds.specs, d),
+        val=split_tensors(ds, "val", ds.specs, d),
+        test=split_tensors(ds, "test", ds.specs, d),
         extras={},
     )
     sidecar = {
@@ -605,8 +606,8 @@ def distill(
     data = TrainSet(
         x=x,
         y=y,
-        val=_split_tensors(ds, "val", {modality: spec}, d),
-        test=_split_tensors(ds, "test", {modality: spec}, d),
+        val=split_tensors(ds, "val", {modality: spec}, d),
+        test=split_tensors(ds, "test", {modality: spec}, d),
         extras=extras,
     )
     data = replace(

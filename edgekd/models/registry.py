@@ -80,6 +80,12 @@ def list_teachers() -> list[str]:
     return sorted(_TEACHERS)
 
 
+def teacher_constructor(name: str) -> Callable[..., torch.nn.Module]:
+    """The registered constructor of teacher `name` (takes shapes, kinds, num_classes, **kw);
+    for composite teachers that build members from stored `arch_args`."""
+    return _lookup(_TEACHERS, "teacher", name).fn
+
+
 def list_students() -> list[str]:
     """Registered student names, sorted."""
     return sorted(_STUDENTS)

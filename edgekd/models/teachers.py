@@ -7,6 +7,7 @@ order, so a rebuild from `arch_args` gives the same weight layout whatever order
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError, InputError
 from edgekd.models.encoders import HeadedModel, _positive, make_encoder
-from edgekd.models.registry import register_teacher
+from edgekd.models.registry import register_teacher, teacher_constructor
 
 FUSIONS = ("concat", "mean")
 
@@ -149,3 +150,52 @@ def fusion(
         fusion=fusion,
         modality_dropout=modality_dropout,
     )
+
+
+class TeacherEnsemble(HeadedModel):
+    """Mean-logit ensemble of K teachers, exposed as one teacher.
+
+    embedding = concat_k(t_k); logits = mean_k(W_k t_k + b_k) = W concat_k(t_k) + mean_k(b_k) with
+    W = [W_1/K, ..., W_K/K]. So the ensemble's classifier is one nn.Linear over the concatenated
+    embedding, and every loss that uses the teacher's classifier works unchanged. The members'
+    own classifiers are folded into it at construction and removed (they would be dead weights).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 teachers, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.embed_dim = sum(m.embed_dim for m in members)
+        k = len(members)
+        self.classifier = nn.Linear(self.embed_dim, members[0].classifier.out_features)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.cat([m.classifier.weight / k for m in members], 1))
+            self.classifier.bias.copy_(torch.stack([m.classifier.bias for m in members]).mean(0))
+        for m in self.members:
+            m.classifier = None
+
+    def forward_features(
+        self, x: Mapping[str, torch.Tensor], drop: Collection[str] = ()
+    ) -> torch.Tensor:
+        return torch.cat([m.forward_features(x, drop=drop) for m in self.members], dim=1)
+
+    def forward(self, x: Mapping[str, torch.Tensor], drop: Collection[str] = ()) -> torch.Tensor:
+        return self.classifier(self.forward_features(x, drop=drop))
+
+
+@register_teacher("ensemble")
+def ensemble(
+    input_shapes: Mapping[str, Sequence[int]],
+    kinds: Mapping[str, str],
+    num_classes: int,
+    members: Sequence[Mapping[str, Any]] = (),
+) -> TeacherEnsemble:
+    """Ensemble of registered teachers; `members` = [{"arch": name, "arch_args": {...}}, ...]."""
+    built = []
+    for member in members:
+        fixed = ("num_classes", "input_shapes")
+        args = {k: v for k, v in member["arch_args"].items() if k not in fixed}
+        fn = teacher_constructor(member["arch"])
+        built.append(fn(input_shapes=input_shapes, kinds=kinds, num_classes=num_classes, **args))
+    return TeacherEnsemble(built)
