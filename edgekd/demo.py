@@ -74,26 +74,18 @@ def _train(out: Path, settings: DemoSettings, progress: bool) -> dict[str, Path]
 def _bench(
     bundle: Path, student_dir: Path, out: Path, settings: DemoSettings, progress: bool
 ) -> dict[str, Any]:
-    import torch
-
-    from edgekd.checkpoint import load_run
+    from edgekd.reference import eager_reference, torch_threads
     from edgekd.runtime.bench import plot, run_benchmark, write_json
 
-    model = load_run(student_dir).model
-    torch.set_num_threads(1)  # same single thread as the runtime rows: an honest reference
-
-    def eager(features: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(features)).numpy()
-
-    report = run_benchmark(
-        bundle,
-        batch_sizes=(1, 32),
-        duration_s=settings.bench_duration_s,
-        threads=1,
-        reference=eager,
-        progress=(lambda msg: _say(progress, f"benchmarking {msg}")),
-    )
+    with torch_threads(1):  # the same single thread as the runtime rows: an honest reference
+        report = run_benchmark(
+            bundle,
+            batch_sizes=(1, 32),
+            duration_s=settings.bench_duration_s,
+            threads=1,
+            reference=eager_reference(student_dir),
+            progress=(lambda msg: _say(progress, f"benchmarking {msg}")),
+        )
     write_json(report, out / "bench.json")
     plot(report, out / "latency.png")
     return report

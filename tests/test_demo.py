@@ -9,9 +9,14 @@ from tests.conftest import run_cli
 
 
 def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
     out = tmp_path / "demo"
     result = run_cli(["demo", "--quick", "--quiet", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # The 1-thread benchmark must not leak into later trainings in this process.
+    assert torch.get_num_threads() == threads
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"teacher", "student (CE only)", "student (distilled)"}
     names = {row["name"] for row in summary["bench"]}

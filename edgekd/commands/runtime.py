@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import json
 import sys
 import wave
@@ -218,31 +220,13 @@ def _info(bundle: Any) -> None:
             console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in m[section].items()))
 
 
-# -- the PyTorch reference row of `bench` -----------------------------------------------------
-def _torch_reference(run_dir: Path, bundle: Any, threads: int | None) -> Any:
-    """features -> logits with the run folder's model in eager FP32, or None without torch."""
-    import importlib.util
+def _same_threads_for_torch(has_torch: bool, threads: int) -> Any:
+    """The PyTorch row gets the runtime rows' thread budget; nothing to set without torch."""
+    if not has_torch:
+        return contextlib.nullcontext()
+    from edgekd.reference import torch_threads
 
-    from edgekd.errors import ConfigError
-
-    if importlib.util.find_spec("torch") is None:
-        return None
-    import torch
-
-    from edgekd.checkpoint import load_run
-
-    run = load_run(run_dir)
-    if list(run.sidecar.get("labels", [])) != bundle.labels:
-        raise ConfigError(f"{run_dir} is not the run this bundle was exported from (its labels "
-                          "differ); pass the right --run folder")
-    torch.set_num_threads(threads or 1)  # same thread budget as the runtime rows
-    net = run.model.eval()
-
-    def reference(features: Any) -> Any:
-        with torch.inference_mode():
-            return net(torch.from_numpy(features)).numpy()
-
-    return reference
+    return torch_threads(threads)
 
 
 def register(app: typer.Typer) -> None:
@@ -332,17 +316,22 @@ def register(app: typer.Typer) -> None:
         source = run_dir or (Path(b.manifest["provenance"]["run_dir"])
                              if b.manifest.get("provenance", {}).get("run_dir") else None)
         reference = None
+        has_torch = importlib.util.find_spec("torch") is not None
         if source is not None and source.is_dir():
-            reference = _torch_reference(source, b, threads)
-            if reference is None:
+            if has_torch:
+                from edgekd.reference import eager_reference
+
+                reference = eager_reference(source, b.labels)
+            else:
                 console.print("[yellow]torch is not installed: no PyTorch reference row[/yellow]")
-        report = run_benchmark(
-            bundle, backends=_csv_list(backend, "backend"),
-            precisions=_csv_list(precision, "precision"), batch_sizes=_int_list(batch, "batch"),
-            duration_s=duration, iterations=iterations, warmup=warmup, threads=threads,
-            reference=reference,
-            progress=lambda name: console.print(f"[dim]measuring {name}...[/dim]"),
-        )
+        with _same_threads_for_torch(has_torch, threads or 1):
+            report = run_benchmark(
+                bundle, backends=_csv_list(backend, "backend"),
+                precisions=_csv_list(precision, "precision"),
+                batch_sizes=_int_list(batch, "batch"), duration_s=duration,
+                iterations=iterations, warmup=warmup, threads=threads, reference=reference,
+                progress=lambda name: console.print(f"[dim]measuring {name}...[/dim]"),
+            )
         console.print(render_table(report))
         for s in report["skipped"]:
             what = s["backend"] + (f"/{s['precision']}" if "precision" in s else "")

@@ -170,10 +170,9 @@ def _metrics_of(folder: Path) -> dict[str, Any] | None:
 
 def execute(job: Job) -> dict[str, Any]:
     """Run (or continue, or reuse) one job; returns its metrics.json content."""
-    import torch
-
     from edgekd.checkpoint import STATE_FILE
     from edgekd.distill.trainer import distill
+    from edgekd.reference import torch_threads
 
     done = _metrics_of(job.out)
     if done is not None:
@@ -181,12 +180,8 @@ def execute(job: Job) -> dict[str, Any]:
     resume = (job.out / STATE_FILE).is_file()
     if not resume and job.out.exists():
         shutil.rmtree(job.out)  # killed before its first epoch finished: nothing to keep
-    previous = torch.get_num_threads()
-    torch.set_num_threads(job.threads)
-    try:
+    with torch_threads(job.threads):
         return distill(job.cfg, job.teacher, job.out, resume=resume, progress=False, fold=job.fold)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _cores() -> int:
