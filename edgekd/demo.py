@@ -36,7 +36,7 @@ class DemoSettings:
     def for_mode(cls, quick: bool) -> DemoSettings:
         if quick:
             return cls(epochs=1, limit=600, calib=64, bench_duration_s=0.05, stream_seconds=60.0)
-        return cls(epochs=20, limit=None, calib=512, bench_duration_s=2.0, stream_seconds=None)
+        return cls(epochs=30, limit=None, calib=512, bench_duration_s=2.0, stream_seconds=None)
 
 
 def _say(progress: bool, text: str) -> None:
