@@ -69,15 +69,18 @@ def plot_stream(
     path: Path,
     title: str,
 ) -> None:
-    """Streamed predictions (one dot per event, green where it equals `expected`, the window's true
-    label) over the true per-sample activity."""
+    """Streamed predictions (one dot per event: green where it equals `expected`, the window's
+    true label, red where not, grey where that label is unknown, -1) over the true activity."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 4))
     labelled = true >= 0
     ax.plot(true_t_s[labelled], true[labelled], ",", color="0.3", label="true activity")
-    ok = predicted == expected
+    known = expected >= 0
+    ok = known & (predicted == expected)
+    bad = known & (predicted != expected)
     ax.scatter(t_s[ok], predicted[ok], s=6, color="tab:green", label="prediction (matches)")
-    ax.scatter(t_s[~ok], predicted[~ok], s=6, color="tab:red", label="prediction (differs)")
+    ax.scatter(t_s[bad], predicted[bad], s=6, color="tab:red", label="prediction (differs)")
+    ax.scatter(t_s[~known], predicted[~known], s=6, color="0.6", label="prediction (unlabelled)")
     ax.set_yticks(np.arange(len(labels)), labels, fontsize=7)
     ax.set(xlabel="stream time (s)", title=title)
     ax.legend(fontsize=7, loc="upper right")
