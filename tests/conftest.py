@@ -30,20 +30,15 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def distill_kd(teacher: Path, out: Path) -> object:
+    """`edgekd distill --recipe kd` with the session's small settings."""
+    args = ["distill", "--teacher", str(teacher), "--out", str(out), "--recipe", "kd"]
+    return run_cli([*args, *STUDENT_ARGS])
+
+
 @pytest.fixture(scope="session")
 def student_run(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "student"
-    result = run_cli(
-        [
-            "distill",
-            "--teacher",
-            str(teacher_run),
-            "--out",
-            str(out),
-            "--recipe",
-            "kd",
-            *STUDENT_ARGS,
-        ]
-    )
+    result = distill_kd(teacher_run, out)
     assert result.exit_code == 0, result.output
     return out

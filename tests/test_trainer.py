@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from edgekd.checkpoint import MODEL_FILE, load_run, read_sidecar
-from tests.conftest import STUDENT_ARGS, run_cli
+from tests.conftest import distill_kd, run_cli
 
 NUM_HAR_CLASSES = 12
 
@@ -54,18 +54,7 @@ def test_student_is_single_modality_and_selected_on_val(student_run: Path) -> No
 
 def test_same_seed_same_metrics(teacher_run: Path, student_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    result = run_cli(
-        [
-            "distill",
-            "--teacher",
-            str(teacher_run),
-            "--out",
-            str(out),
-            "--recipe",
-            "kd",
-            *STUDENT_ARGS,
-        ]
-    )
+    result = distill_kd(teacher_run, out)
     assert result.exit_code == 0, result.output
     assert _metrics(out)["test"] == _metrics(student_run)["test"]
     assert (out / MODEL_FILE).read_bytes() == (student_run / MODEL_FILE).read_bytes()
@@ -203,9 +192,7 @@ def test_teacher_ensemble_run(teacher_run: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     run = load_run(ens, expect_role="teacher")
     members = [load_run(teacher_run).model, load_run(other).model]
-    x = {
-        m: torch.randn(4, *shape) for m, shape in run.sidecar["arch_args"]["input_shapes"].items()
-    }
+    x = {m: torch.randn(4, *shape) for m, shape in run.sidecar["arch_args"]["input_shapes"].items()}
     with torch.no_grad():
         expected = torch.stack([m(x) for m in members]).mean(0)
         torch.testing.assert_close(run.model(x), expected, rtol=0, atol=1e-5)
