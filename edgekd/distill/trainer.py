@@ -249,7 +249,7 @@ class _Progress:
 
     def log(self, line: str) -> None:
         if self.enabled:
-            self.console.print(line)
+            self.console.print(line, soft_wrap=True)  # one line per epoch, also in logs
 
 
 def _format_terms(means: dict[str, float]) -> str:
