@@ -9,6 +9,8 @@ above chance and int8 vs FP32 agreement is meaningful.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +214,12 @@ def build_pooled_bundle(out: Path, spec: ModalitySpec, labels: list[str], seed: 
         w.set("io", {"input": {"name": "input", "shape": ["batch", *shape], "dtype": "float32"},
                      "output": {"name": "logits", "shape": ["batch", k], "dtype": "float32"}})
     return out
+
+
+def run_in_threads(work: Callable[[int], None], n: int) -> None:
+    """Run work(0) .. work(n - 1) in n threads at once and wait for all of them."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,11 +218,7 @@ def test_predict_from_threads_equals_sequential(model_of: ModelOf) -> None:
         for _ in range(20):
             got[i] = model.predict(xs[i]).probs
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    synth.run_in_threads(work, 4)
     for i in range(4):
         np.testing.assert_array_equal(got[i], expected[i])
 

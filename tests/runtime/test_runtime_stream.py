@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import tracemalloc
 from collections.abc import Callable
 
@@ -178,10 +177,6 @@ def test_streams_in_threads_equal_sequential(model_of: ModelOf, backend: str) ->
             events = push_all(stream, recordings[i], [13, 64, 1, 200] * 10)
         got[i] = np.stack([e.probs for e in events])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    synth.run_in_threads(work, 4)
     for i in range(4):
         np.testing.assert_allclose(got[i], expected[i], atol=1e-6)
