@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.config import RECIPES
+from edgekd.distill.loop import StudentObjective, train_step
 from edgekd.distill.losses import DistillCriterion
-from edgekd.distill.trainer import StudentObjective, train_step
 from edgekd.modalities import ModalitySpec
 from edgekd.models import create_student
 

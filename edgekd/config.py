@@ -21,20 +21,78 @@ CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd")
 QUALITY = ("none", "teacher_confidence", "teacher_norm")
 
 
+TEACHER_MODES = ("online", "cached")
+MIXES = ("none", "mixup", "cutmix")
+AUGMENT_POLICIES = ("none", "default", "custom")
+# Shipped defaults, one constant each: the teacher runs on every augmented batch (function
+# matching); "cached" with AugmentConfig(policy="none", mix="none") is the earlier regime.
+DEFAULT_TEACHER_MODE = "online"
+# Epochs when train.epochs is unset: per student modality kind (audio students were still
+# improving at 30); teachers use TEACHER_EPOCHS.
+DEFAULT_EPOCHS = {"timeseries": 60, "audio": 60, "image": 60}
+TEACHER_EPOCHS = 30
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the paired data comes from and how it is split."""
 
-    source: str = "har"  # "har" or a path to manifest.jsonl
+    source: str | None = None  # "har" or a path to manifest.jsonl; None: har / the teacher's
     val_subjects: tuple[str, ...] | None = None  # None: the dataset's default
     limit: int | None = None  # at most this many training windows (quick trials)
+    modalities: tuple[str, ...] | None = None  # teacher: train on these only (None: all)
+    unlabelled: bool = False  # students: add the unlabelled training windows (teacher terms only)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Paired-consistent augmentation of raw training windows (`edgekd.data.augment`).
+
+    `policy`: none; default (safe per-kind ops, `ops` entries override or add); custom (`ops`
+    only). `ops` maps a registered op to its parameters. `mix`: mixup or cutmix with
+    lambda ~ Beta(mix_alpha, mix_alpha), applied to a batch with probability `mix_prob`; every
+    modality of a sample gets the same lambda and partner.
+    """
+
+    policy: str = "default"
+    ops: dict[str, dict[str, float]] = field(default_factory=dict)
+    mix: str = "none"
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        from edgekd.data.augment import check_ops
+
+        if self.policy not in AUGMENT_POLICIES:
+            raise ConfigError(
+                f"augment.policy={self.policy!r} is not one of {', '.join(AUGMENT_POLICIES)}"
+            )
+        if self.mix not in MIXES:
+            raise ConfigError(f"augment.mix={self.mix!r} is not one of {', '.join(MIXES)}")
+        if self.mix_alpha <= 0:
+            raise ConfigError(f"augment.mix_alpha must be > 0, got {self.mix_alpha}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ConfigError(f"augment.mix_prob must be in [0, 1], got {self.mix_prob}")
+        if self.policy == "none" and self.ops:
+            raise ConfigError("augment.ops given with policy none; use policy custom or default")
+        check_ops(self.ops)
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "none" or self.mix != "none"
+
+
+# The shipped augmentation (HAR-safe: rotation <= 15 degrees keeps sitting, standing and lying
+# apart by gravity direction). Mixup (mix="mixup") waits for losses that take soft targets.
+DEFAULT_AUGMENT = AugmentConfig()
+NO_AUGMENT = AugmentConfig(policy="none", mix="none")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by teacher and student training."""
 
-    epochs: int = 30
+    epochs: int | None = None  # None: DEFAULT_EPOCHS / TEACHER_EPOCHS
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -73,6 +131,8 @@ class DistillConfig:
     # QAW robustness check: this share of training windows get Gaussian noise (normalised units)
     # instead of their non-student modalities when the teacher's outputs are computed.
     teacher_corrupt: float = 0.0
+    # online: the frozen teacher runs on each augmented batch; cached: once, on clean windows.
+    teacher_mode: str = DEFAULT_TEACHER_MODE
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -84,6 +144,10 @@ class DistillConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ConfigError(
+                f"teacher_mode={self.teacher_mode!r} is not one of {', '.join(TEACHER_MODES)}"
+            )
         if self.teacher_view not in ("all", "student"):
             raise ConfigError(f"teacher_view={self.teacher_view!r} is not one of all, student")
         if self.tau <= 0:
@@ -134,6 +198,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     distill: DistillConfig = field(default_factory=lambda: DEFAULT_RECIPE)
+    augment: AugmentConfig = field(default_factory=lambda: DEFAULT_AUGMENT)
     student_modality: str | None = None  # None: the dataset's default student modality
 
 

@@ -57,6 +57,10 @@ class ModalitySpec:
     n_fft: int = 400
     hop_length: int = 160
     size: tuple[int, int] = (0, 0)
+    # 3-axis vector channel groups of a timeseries, each with the name of its physical frame:
+    # groups in one frame (e.g. accelerometer and gyroscope in the "device" frame) are rotated
+    # together by augmentation, across modalities. Serialised as {frame: [[c0, c1, c2], ...]}.
+    vectors: tuple[tuple[str, tuple[int, int, int]], ...] = ()
 
     @functools.cached_property
     def normaliser(self) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +107,28 @@ class ModalitySpec:
             )
         if any(not s > 0 for s in self.std):
             raise ConfigError(f"{where}: every std entry must be > 0, got {self.std}")
+        if self.vectors and self.kind != "timeseries":
+            raise ConfigError(f"{where}: vectors are only for timeseries, not {self.kind}")
+        for frame, group in self.vectors:
+            if len(group) != 3 or len(set(group)) != 3 or not all(
+                0 <= c < self.channels for c in group
+            ):
+                raise ConfigError(
+                    f"{where}: vector group {list(group)} of frame {frame!r} must name 3 distinct "
+                    f"channels in 0..{self.channels - 1}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); `from_dict` inverts it."""
         out = dataclasses.asdict(self)
         for key in ("mean", "std", "size"):
             out[key] = list(out[key])
+        del out["vectors"]
+        if self.vectors:  # omitted when empty: specs without vector groups serialise as before
+            frames: dict[str, list[list[int]]] = {}
+            for frame, group in self.vectors:
+                frames.setdefault(frame, []).append(list(group))
+            out["vectors"] = frames
         return out
 
     @classmethod
@@ -124,10 +144,26 @@ class ModalitySpec:
                 values[key] = tuple(float(v) for v in values[key])
         if "size" in values:
             values["size"] = tuple(int(v) for v in values["size"])
+        if "vectors" in values:
+            values["vectors"] = parse_vectors(values["vectors"])
         try:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"invalid modality spec {dict(d)!r}: {exc}") from exc
+
+
+def parse_vectors(frames: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`{frame: [[c0, c1, c2], ...]}` -> the `ModalitySpec.vectors` tuple (checked by the spec)."""
+    if not isinstance(frames, Mapping) or not all(
+        isinstance(groups, list | tuple) and all(isinstance(g, list | tuple) for g in groups)
+        for groups in frames.values()
+    ):
+        raise ConfigError(f"vectors must map a frame name to channel triples, got {frames!r}")
+    return tuple(
+        (str(frame), tuple(int(c) for c in group))
+        for frame, groups in frames.items()
+        for group in groups
+    )
 
 
 def feature_channels(spec: ModalitySpec) -> int:

@@ -156,7 +156,7 @@ class _Zeros(nn.Module):
 
 
 def test_restricted_teacher_zeroes_the_other_modality(teacher_run: Path) -> None:
-    from edgekd.distill.trainer import _teacher_outputs
+    from edgekd.distill.teacher_outputs import teacher_forward as _teacher_outputs
 
     teacher = load_run(teacher_run, expect_role="teacher").model
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_restricted_teacher_zeroes_the_other_modality(teacher_run: Path) -> None
 
 
 def test_corrupt_replaces_a_share_of_teacher_side_windows() -> None:
-    from edgekd.distill.trainer import _corrupt
+    from edgekd.distill.teacher_outputs import corrupt as _corrupt
 
     x = {"accel": torch.ones(20, 3, 8), "gyro": torch.ones(20, 3, 8)}
     _corrupt(x, "accel", 0.25, seed=3)

