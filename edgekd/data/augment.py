@@ -284,9 +284,9 @@ class Policy:
     def raw(
         self, x: Raw, y: np.ndarray, specs: Mapping[str, ModalitySpec], rng: np.random.Generator
     ) -> tuple[Raw, np.ndarray]:
-        """Raw-stage ops then mixing; returns the new windows and labels (int (B,) without
-        mixing, soft float32 (B, C) with it)."""
-        x = dict(x)
+        """Raw-stage ops then mixing on copies of `x`; returns the new windows and labels (int
+        (B,) without mixing, soft float32 (B, C) with it)."""
+        x = {m: np.array(a, dtype=np.float32) for m, a in x.items()}  # ops work in place
         for op, params in self.ops:
             if op.stage == "raw":
                 self._apply(op, params, x, specs, rng)
