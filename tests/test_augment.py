@@ -80,7 +80,9 @@ def test_mixup_uses_one_lambda_and_partner_for_every_modality() -> None:
     # Recover lam and partner from the ids: x_i = lam * i + (1 - lam) * j.
     rng = np.random.default_rng(5)
     partner, lam = rng.permutation(b), rng.beta(1.0, 1.0)
-    np.testing.assert_allclose(out["accel"][:, 0, 0], lam * ids + (1 - lam) * ids[partner], rtol=1e-5)
+    np.testing.assert_allclose(
+        out["accel"][:, 0, 0], lam * ids + (1 - lam) * ids[partner], rtol=1e-5
+    )
     onehot = np.eye(4)[y.clip(0)] * (y >= 0)[:, None]
     np.testing.assert_allclose(soft, lam * onehot + (1 - lam) * onehot[partner], rtol=1e-5)
     assert soft.dtype == np.float32 and soft.shape == (b, 4)
@@ -136,7 +138,9 @@ def test_image_and_audio_ops_keep_shapes_and_ranges() -> None:
     assert out["face"].shape == x["face"].shape and out["voice"].shape == x["voice"].shape
     assert 0.0 <= out["face"].min() and out["face"].max() <= 1.0
     ones = {"voice": np.ones((4, 10, 8), np.float32)}
-    _policy(specs, policy="custom", ops={"spec_mask": {"time": 3, "freq": 2}}).features(ones, specs, rng)
+    _policy(specs, policy="custom", ops={"spec_mask": {"time": 3, "freq": 2}}).features(
+        ones, specs, rng
+    )
     assert set(np.unique(ones["voice"])) <= {0.0, 1.0} and ones["voice"].min() == 0.0
 
 

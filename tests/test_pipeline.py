@@ -167,7 +167,9 @@ def test_distill_from_moved_data(tmp_path: Path) -> None:
     manifest = make_toy_manifest(tmp_path / "data", n_per_class=6, classes=3, seed=0)
     teacher = tmp_path / "teacher"
     fast = ["--epochs", "1", "--batch-size", "16", "--quiet"]
-    assert run_cli(["teacher", "--data", str(manifest), "--out", str(teacher), *fast]).exit_code == 0
+    assert (
+        run_cli(["teacher", "--data", str(manifest), "--out", str(teacher), *fast]).exit_code == 0
+    )
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "data", moved)
     shutil.rmtree(tmp_path / "data")
