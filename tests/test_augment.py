@@ -42,8 +42,8 @@ def test_rotation_preserves_norms_and_is_shared_by_accel_and_gyro() -> None:
     x["gyro"] = 0.5 * x["accel"].copy()  # the gyroscope a scaled copy of the accelerometer
     policy = _policy(policy="custom", ops={"rotate": {"max_deg": 15}})
     out, y = policy.raw(x, np.arange(8) % 4, SPECS, np.random.default_rng(1))
-    np.testing.assert_allclose(np.linalg.norm(out["accel"], axis=2), np.linalg.norm(x["accel"], axis=2),
-                               rtol=1e-5)  # fmt: skip
+    norm = np.linalg.norm
+    np.testing.assert_allclose(norm(out["accel"], axis=2), norm(x["accel"], axis=2), rtol=1e-5)
     # One rotation per sample for both sensors: the copy relation survives.
     np.testing.assert_allclose(out["gyro"], 0.5 * out["accel"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(out["accel"], x["accel"], atol=1e-3)
