@@ -123,7 +123,7 @@ def _header(role: str, arch: str, n: int, unlabelled: int, policy: Policy, mode:
 
 
 @dataclass
-class _TeacherSteps:
+class TeacherSteps:
     loader: Loader
 
     @property
@@ -139,7 +139,7 @@ class _TeacherSteps:
 
 
 @dataclass
-class _StudentSteps:
+class StudentSteps:
     """(x, y, teacher_logits, teacher_emb, teacher_classifier) per step: no teacher, cached
     outputs indexed by window, or the frozen teacher run on the batch's own teacher inputs."""
 
@@ -236,7 +236,7 @@ def train_teacher(
     def body() -> dict[str, Any]:
         return fit(
             TeacherObjective(teacher),
-            _TeacherSteps(loader),
+            TeacherSteps(loader),
             val,
             test,
             cfg,
@@ -372,7 +372,7 @@ def distill(
         else None
     )
     classifier = teacher.classifier if cfg.distill.classifier_loss == "soft_teacher_head" else None
-    source = _StudentSteps(
+    source = StudentSteps(
         loader, modality, teacher if uses_teacher else None, view, cached, classifier,
         cfg.train.seed,
     )  # fmt: skip
