@@ -232,3 +232,25 @@ def test_ddp_resume_is_exact(teacher_run: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _metrics(out)["test"] == _metrics(reference)["test"]
     assert (out / MODEL_FILE).read_bytes() == (reference / MODEL_FILE).read_bytes()
+
+
+def test_one_teacher_output_function_for_cached_online_and_qat(teacher_run: Path) -> None:
+    from edgekd.checkpoint import load_run
+    from edgekd.config import DistillConfig
+    from edgekd.distill.teacher_outputs import student_teacher_outputs, teacher_forward
+
+    from edgekd.modalities import ModalitySpec
+
+    run = load_run(teacher_run, expect_role="teacher")
+    specs = {m: ModalitySpec.from_dict(s) for m, s in run.sidecar["specs"].items()}
+    raw = {m: load_dataset("har", limit=300, seed=0).splits["val"].x[m][:50] for m in specs}
+    clean = {m: torch.from_numpy(preprocess(s, raw[m])) for m, s in specs.items()}
+    logits, emb = student_teacher_outputs(run.model, specs, raw, DistillConfig(), "accel", 0)
+    torch.testing.assert_close((logits, emb), teacher_forward(run.model, clean))
+    corrupted = DistillConfig(teacher_corrupt=0.5)
+    noisy, _ = student_teacher_outputs(run.model, specs, raw, corrupted, "accel", 0)
+    changed = (noisy - logits).abs().amax(1) > 1e-5
+    assert int(changed.sum()) == 25  # round(0.5 * 50) windows saw noise instead of the gyroscope
+    restricted = DistillConfig(teacher_view="student")
+    blind, _ = student_teacher_outputs(run.model, specs, raw, restricted, "accel", 0)
+    torch.testing.assert_close(blind, teacher_forward(run.model, clean, ("gyro",))[0])
