@@ -238,7 +238,6 @@ def test_one_teacher_output_function_for_cached_online_and_qat(teacher_run: Path
     from edgekd.checkpoint import load_run
     from edgekd.config import DistillConfig
     from edgekd.distill.teacher_outputs import student_teacher_outputs, teacher_forward
-
     from edgekd.modalities import ModalitySpec
 
     run = load_run(teacher_run, expect_role="teacher")
