@@ -152,6 +152,8 @@ def test_image_and_audio_ops_keep_shapes_and_ranges() -> None:
         ({"mix": "blend"}, "augment.mix='blend'"),
         ({"mix_prob": 2.0}, "mix_prob"),
         ({"policy": "none", "ops": {"scale": {}}}, "policy none"),
+        ({"ops": {"scale": {"sigma": "big"}}}, "must be numbers"),
+        ({"ops": ["scale"]}, "must map op name"),
     ],
 )
 def test_bad_augment_config(values: dict, message: str, tmp_path) -> None:

@@ -134,6 +134,16 @@ def test_cached_teacher_with_augmentation_is_refused(teacher_run: Path, tmp_path
     assert _metrics(out)["train"]["augment"] == "none"
 
 
+def test_an_op_that_cannot_act_is_refused_before_the_run(teacher_run: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("augment: {policy: custom, ops: {crop: {pad: 2}}}\n")
+    out = tmp_path / "s"
+    args = ["distill", "--teacher", str(teacher_run), "--out", str(out), "--config", str(config)]
+    result = run_cli([*args, *FAST])
+    assert result.exit_code == 2 and "'crop' acts on image" in result.output
+    assert not out.exists()
+
+
 def test_online_teacher_with_unlabelled_windows(teacher_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
     args = ["distill", "--teacher", str(teacher_run), "--out", str(out), "--unlabelled"]

@@ -67,7 +67,10 @@ def list_augments() -> list[str]:
 
 
 def check_ops(ops: Mapping[str, Any]) -> None:
-    """ConfigError for an unknown op or parameter (config load time, before any data)."""
+    """ConfigError for an unknown op or parameter, or a non-numeric value (config load time,
+    before any data)."""
+    if not isinstance(ops, Mapping):
+        raise ConfigError(f"augment.ops must map op name -> parameters, got {ops!r}")
     for name, params in ops.items():
         if name not in _OPS:
             raise ConfigError(
@@ -76,6 +79,11 @@ def check_ops(ops: Mapping[str, Any]) -> None:
             )
         if not isinstance(params, Mapping):
             raise ConfigError(f"augment.ops.{name} must map parameter -> value, got {params!r}")
+        bad = {
+            k: v for k, v in params.items() if isinstance(v, bool) or not isinstance(v, int | float)
+        }
+        if bad:
+            raise ConfigError(f"augment.ops.{name}: parameters must be numbers, got {bad}")
         unknown = set(params) - set(_OPS[name].defaults)
         if unknown:
             raise ConfigError(
