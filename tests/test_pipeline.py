@@ -161,6 +161,16 @@ def test_online_teacher_with_unlabelled_windows(teacher_run: Path, tmp_path: Pat
     assert _metrics(ce)["train"]["unlabelled_windows"] == 0
 
 
+def test_teacher_trains_on_mixed_soft_targets(tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    result = run_cli(["teacher", "--out", str(out), "--mix", "mixup", "--epochs", "2",
+                      "--limit", "600", "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(out)
+    assert "mixup(alpha=1, p=1)" in metrics["train"]["augment"]
+    assert metrics["val"]["accuracy"] > 0.4  # 12 classes: learns through soft labels
+
+
 def test_teacher_on_a_modality_subset(tmp_path: Path) -> None:
     out = tmp_path / "t"
     result = run_cli(["teacher", "--out", str(out), "--modalities", "accel", *FAST])
