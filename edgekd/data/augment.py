@@ -280,6 +280,10 @@ class Policy:
     def active(self) -> bool:
         return bool(self.ops) or self.mix != "none"
 
+    @property
+    def has_features(self) -> bool:
+        return any(op.stage == "features" for op, _ in self.ops)
+
     def describe(self) -> str:
         parts = [
             f"{op.name}(" + ", ".join(f"{k}={v:g}" for k, v in params.items()) + ")"
@@ -300,8 +304,9 @@ class Policy:
                 self._apply(op, params, x, specs, rng)
         if self.mix == "none":
             return x, y
-        return mix_batch(x, y, specs, rng, self.mix, self.mix_alpha, self.mix_prob,
-                         self.num_classes)  # fmt: skip
+        return mix_batch(
+            x, y, specs, rng, self.mix, self.mix_alpha, self.mix_prob, self.num_classes
+        )
 
     def features(self, x: Raw, specs: Mapping[str, ModalitySpec], rng: np.random.Generator) -> None:
         """Feature-stage ops, in place on normalised model inputs."""

@@ -105,7 +105,7 @@ def to_inputs(
         spec = next(view[m] for view in views.values() if m in view)
         feats[m] = preprocess(dataclasses.replace(spec, mean=(), std=()), raw[m], validate=False)
     masks: dict[str, np.ndarray] = {}
-    if policy is not None and rng is not None and aug_specs is not None:
+    if policy is not None and policy.has_features and rng is not None and aug_specs is not None:
         # Feature ops see ones and turn masked positions to 0; the same mask then applies to
         # every view's normalised features.
         ones = {m: np.ones_like(f) for m, f in feats.items()}
@@ -160,8 +160,11 @@ class Loader:
         return len(self.windows)
 
     def steps(self, epoch: int) -> int:
-        return len(shard_batches(len(self.windows), self.batch_size, self.seed, epoch,
-                                 self.rank, self.world))  # fmt: skip
+        return len(
+            shard_batches(
+                len(self.windows), self.batch_size, self.seed, epoch, self.rank, self.world
+            )
+        )
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         batches = shard_batches(

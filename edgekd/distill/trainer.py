@@ -93,8 +93,9 @@ def _eval_set(
     return EvalSet(lambda: eval_batches(windows, view, d.device), single)
 
 
-def _check_specs(ours: Mapping[str, ModalitySpec], theirs: Mapping[str, ModalitySpec],
-                 what: str) -> None:  # fmt: skip
+def _check_specs(
+    ours: Mapping[str, ModalitySpec], theirs: Mapping[str, ModalitySpec], what: str
+) -> None:
     """ConfigError naming every modality/field where `ours` (the data) differs from `theirs`."""
     diffs = []
     for m, spec in theirs.items():
@@ -314,9 +315,10 @@ def distill(
     if uses_teacher:
         # The teacher must get the inputs it was trained on (moved data: also the same
         # normalisation, i.e. the same training windows).
-        _check_specs(ds.specs, teacher_specs if moved else
-                     {m: replace(s, mean=(), std=()) for m, s in teacher_specs.items()},
-                     f"teacher in {teacher_dir}")  # fmt: skip
+        expected = teacher_specs
+        if not moved:
+            expected = {m: replace(s, mean=(), std=()) for m, s in teacher_specs.items()}
+        _check_specs(ds.specs, expected, f"teacher in {teacher_dir}")
     elif moved:
         _check_specs(ds.specs, {modality: teacher_specs[modality]}, f"teacher in {teacher_dir}")
     spec = ds.specs[modality]
@@ -326,9 +328,11 @@ def distill(
         if spec.kind not in DEFAULT_STUDENT:
             raise ConfigError(f"no default student for modality kind {spec.kind!r}; pass --arch")
         cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_STUDENT[spec.kind]))
-    # Augment every modality the step reads, with the dataset's (raw-data) specs.
-    read = list(teacher_specs) if online else [modality]
-    aug_specs = {m: ds.specs[m] for m in read}
+    view = TeacherView.of(cfg.distill, list(teacher_specs), modality)
+    # The modalities each step reads (a restricted teacher never sees the dropped ones), with
+    # the dataset's raw-data specs for augmentation.
+    teacher_reads = {m: s for m, s in teacher_specs.items() if m not in view.drop}
+    aug_specs = {m: ds.specs[m] for m in (teacher_reads if online else [modality])}
     policy = build_policy(cfg.augment, aug_specs, len(ds.labels))
     if uses_teacher and not online and policy.active:
         raise ConfigError(
@@ -351,10 +355,9 @@ def distill(
         p.requires_grad_(False)
     counts = np.bincount(train.y[labelled(train)], minlength=len(ds.labels))
     criterion = _criterion(cfg, student.embed_dim, teacher.embed_dim, counts).to(d.device)
-    view = TeacherView.of(cfg.distill, list(teacher_specs), modality)
     views: dict[str, Mapping[str, ModalitySpec]] = {"student": {modality: spec}}
     if online:
-        views["teacher"] = teacher_specs
+        views["teacher"] = teacher_reads
     loader = Loader(
         windows,
         views,
@@ -373,9 +376,14 @@ def distill(
     )
     classifier = teacher.classifier if cfg.distill.classifier_loss == "soft_teacher_head" else None
     source = StudentSteps(
-        loader, modality, teacher if uses_teacher else None, view, cached, classifier,
+        loader,
+        modality,
+        teacher if uses_teacher else None,
+        view,
+        cached,
+        classifier,
         cfg.train.seed,
-    )  # fmt: skip
+    )
     sidecar = {
         "role": "student",
         "arch": student.arch,
