@@ -408,7 +408,7 @@ def test_cli_controls_teacher_seeds_and_progress(teacher_run: Path, tmp_path: Pa
         "ablation: 4 runs x 2 seeds = 8 trainings + 2 teacher trainings; 0 already finished; "
         "1 job x 1 thread (budget 1 from --threads)"
     )
-    assert any("teacher seed 1 teacher: epoch 3/3" in line for line in lines)
+    assert any("teacher_fused seed 1 training: epoch 3/3" in line for line in lines)
     assert any("logit_kd_unimodal seed 1 final: epoch 1/1" in line for line in lines)
     assert any(line.startswith("[8/8 done] ") and "finished" in line for line in lines)
 

@@ -219,7 +219,7 @@ class Job:
     @property
     def where(self) -> str:
         if self.kind == "teacher":
-            return "teacher"
+            return "training"
         return f"fold {self.fold[0] + 1}/{self.fold[1]}" if self.fold else "final"
 
 
@@ -494,7 +494,7 @@ def _teachers(spec: AblationSpec, names: Sequence[str], threads: int) -> Teacher
         for s, t in zip(seeds, tseeds, strict=True):
             run = out / "fused" / f"seed{t}"
             cfg = replace(tcfg, train=replace(tcfg.train, seed=t))
-            jobs.append(Job("teacher", t, None, cfg, None, run, threads, kind="teacher"))
+            jobs.append(Job("teacher_fused", t, None, cfg, None, run, threads, kind="teacher"))
             fused[s] = run
     unimodal: dict[int, Path] = {}
     if any(split_control(n)[1] == "unimodal" for n in names):
