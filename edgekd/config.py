@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation losses of METHOD.md; all `none` gives the CE-only baseline.
+    """Distillation losses (`edgekd.distill.losses`); all `none` gives the CE-only baseline.
 
     L = lambda_task * CE + lambda_feature * L_feature + lambda_classifier * L_classifier.
     """

@@ -1,4 +1,4 @@
-"""Distillation losses (METHOD.md "Losses"): golden values worked out by hand on tiny tensors."""
+"""Distillation losses: golden values worked out by hand on tiny tensors."""
 
 from __future__ import annotations
 
