@@ -223,7 +223,7 @@ def test_target_rows_and_bad_labels() -> None:
         target_rows(t([[0.5, 0.5]]), 3)
     with pytest.raises(InputError, match=">= 0"):
         target_rows(t([[1.5, -0.5, 0.0]]), 3)
-    with pytest.raises(InputError, match=r"in \[-1, 3\)"):
+    with pytest.raises(InputError, match=r"in \[-1, 3\), found \[3\]"):
         target_rows(torch.tensor([3]), 3)
 
 

@@ -80,8 +80,10 @@ def target_rows(y: torch.Tensor, num_classes: int) -> torch.Tensor:
         return y
     if y.dim() != 1:
         raise InputError(f"class-index labels must have shape (batch,), got {tuple(y.shape)}")
-    if bool(((y < -1) | (y >= num_classes)).any()):
-        raise InputError(f"class-index labels must be in [-1, {num_classes}), got {y.tolist()}")
+    bad = (y < -1) | (y >= num_classes)
+    if bool(bad.any()):
+        found = y[bad].unique().tolist()[:10]
+        raise InputError(f"class-index labels must be in [-1, {num_classes}), found {found}")
     return F.one_hot(y.clamp(min=0), num_classes).to(torch.float32) * (y >= 0)[:, None]
 
 
