@@ -454,3 +454,19 @@ def test_cli_rejects_a_folder_that_is_not_a_teacher(tmp_path: Path) -> None:
     result = run_cli(["ablate", "--teacher", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "not a finished teacher run" in result.output
+
+
+def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
+    from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
+
+    spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
+    settings = _settings(spec, ["ce", "logit_kd"])
+    # Made before data.modalities, --teacher-seeds and --unimodal-teacher existed.
+    old = json.loads(json.dumps(settings))
+    del old["base"]["data"]["modalities"], old["teacher_seeds"], old["unimodal_teacher"]
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    assert _check_settings(tmp_path, settings)["runs"] == settings["runs"]
+    old["base"]["train"]["epochs"] = 7
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"other settings \(base\)"):
+        _check_settings(tmp_path, settings)

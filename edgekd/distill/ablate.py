@@ -606,6 +606,12 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return settings
     old = json.loads(path.read_text())
+    # A config field added since that ablation was made had its default value there.
+    defaults = to_dict(RunConfig())
+    old["base"] = {
+        k: {**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+        for k, v in old.get("base", {}).items()
+    }
     keys = ("teacher", "base", "teacher_seeds", "unimodal_teacher")
     clash = [k for k in keys if old.get(k) != settings[k]]
     clash += [n for n, c in settings["runs"].items() if old["runs"].get(n, c) != c]
