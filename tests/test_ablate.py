@@ -405,7 +405,8 @@ def test_cli_controls_teacher_seeds_and_progress(teacher_run: Path, tmp_path: Pa
     # The plan comes first, then per-run progress from the jobs.
     lines = result.output.splitlines()
     assert lines[0].startswith(
-        "ablation: 4 runs x 2 seeds = 8 trainings + 2 teacher trainings; 0 already finished; "
+        "ablation: 4 runs (ce, logit_kd, logit_kd_restricted, logit_kd_unimodal) x 2 seeds = "
+        "8 trainings + 2 teacher trainings; 0 already finished; "
         "1 job x 1 thread (budget 1 from --threads)"
     )
     assert any("teacher_fused seed 1 training: epoch 3/3" in line for line in lines)

@@ -670,7 +670,8 @@ def describe_plan(
     epoch_s, basis = _epoch_guess(jobs, spec.teacher)
     fits = "" if spec.folds is None else f" x {spec.folds + 1} fits"
     line = (
-        f"ablation: {len(names)} runs x {spec.seeds} seeds{fits} = {len(students)} trainings"
+        f"ablation: {len(names)} runs ({', '.join(names)}) x {spec.seeds} seeds{fits} = "
+        f"{len(students)} trainings"
         + (f" + {teachers} teacher trainings" if teachers else "")
         + f"; {len(jobs) - len(todo)} already finished; {threads.describe()}"
     )
