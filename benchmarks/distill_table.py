@@ -5,12 +5,15 @@ prints a Markdown table headed by the date, the machine and the equivalent comma
 docs/distillation.md. Finished runs in --out are reused, so a killed benchmark continues.
 
     .venv/bin/python benchmarks/distill_table.py [--teacher DIR] [--out runs/distill_table]
-        [--seeds 5] [--runs ce,default,default_restricted] [--jobs 2] [--teacher-dropout 0.3]
-        [--width 12]
+        [--seeds 5] [--runs ce,default,default_restricted] [--jobs 2] [--threads N]
+        [--teacher-dropout 0.3] [--teacher-seeds 0,1,2,3,4] [--unimodal-teacher DIR]
+        [--allow-ood-restricted] [--width 12]
 
-`--teacher-dropout p` trains the teacher with modality dropout, so that its restricted view (the
-`_restricted` control) is a teacher that has learnt to work without the gyroscope; without it the
-control compares against a teacher that never saw a zeroed modality (much weaker).
+`--teacher-dropout p` (default 0.3) trains the teacher with modality dropout, so that its
+restricted view (the `_restricted` control) is a teacher that has learnt to work without the
+gyroscope; `edgekd ablate` refuses that control on a teacher without it unless
+`--allow-ood-restricted`. `--teacher-seeds` retrains the teacher per seed (student seed i learns
+from teacher seed i), so the intervals include the teacher's variance.
 Cost on a 2-core CPU: about 1-2 minutes per 30-epoch student run with 2 jobs on a quiet machine
 (several times that under load), i.e. runs x seeds of those, plus 3-9 minutes for the teacher.
 """
@@ -58,7 +61,11 @@ def main() -> None:
     parser.add_argument("--runs", default=RUNS)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--folds", type=int, default=None)
-    parser.add_argument("--teacher-dropout", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--teacher-dropout", type=float, default=0.3)
+    parser.add_argument("--teacher-seeds", default=None, help="comma-separated, one per --seeds")
+    parser.add_argument("--unimodal-teacher", type=Path, default=None)
+    parser.add_argument("--allow-ood-restricted", action="store_true")
     parser.add_argument("--width", type=int, default=None, help="student width (default: 32)")
     args = parser.parse_args()
     width = {} if args.width is None else {"width": args.width}
@@ -80,6 +87,9 @@ def main() -> None:
             train = replace(base.train, epochs=TEACHER_EPOCHS, batch_size=TEACHER_BATCH)
             cfg = replace(base, train=train)
             train_teacher(cfg, teacher, resume=(teacher / STATE_FILE).is_file())
+    teacher_seeds = None
+    if args.teacher_seeds:
+        teacher_seeds = tuple(int(x) for x in args.teacher_seeds.split(","))
     base = RunConfig(model=student)
     base = replace(base, train=replace(base.train, epochs=EPOCHS))
     spec = AblationSpec(
@@ -90,6 +100,10 @@ def main() -> None:
         folds=args.folds,
         jobs=args.jobs,
         base=base,
+        teacher_seeds=teacher_seeds,
+        unimodal_teacher=args.unimodal_teacher,
+        allow_ood_restricted=args.allow_ood_restricted,
+        threads=args.threads,
     )
     report = ablate(spec)
     command = (
@@ -97,6 +111,9 @@ def main() -> None:
         f"--seeds {args.seeds} --jobs {args.jobs} --epochs {EPOCHS} --arch {student.arch}"
         + (f" --arch-args {shlex.quote(json.dumps(student.args))}" if student.args else "")
         + (f" --folds {args.folds}" if args.folds else "")
+        + (f" --teacher-seeds {args.teacher_seeds}" if args.teacher_seeds else "")
+        + (f" --unimodal-teacher {args.unimodal_teacher}" if args.unimodal_teacher else "")
+        + (" --allow-ood-restricted" if args.allow_ood_restricted else "")
     )
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"machine: {_machine()}")

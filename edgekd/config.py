@@ -17,7 +17,9 @@ from edgekd.errors import ConfigError
 
 FEATURE_LOSSES = ("none", "hard_l2", "soft_margin")
 DISTANCES = ("cosine", "l2", "l2sq")
-CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd")
+CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd", "dist", "dkd", "bkd")
+# Classifier losses that compare the student's and the teacher's logits (logit_standardize applies).
+LOGIT_LOSSES = ("logit_kd", "margin_kd", "dist", "dkd", "bkd")
 QUALITY = ("none", "teacher_confidence", "teacher_norm")
 
 
@@ -110,7 +112,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation losses of METHOD.md; all `none` gives the CE-only baseline.
+    """Distillation losses (`edgekd.distill.losses`); all `none` gives the CE-only baseline.
 
     L = lambda_task * CE + lambda_feature * L_feature + lambda_classifier * L_classifier.
     """
@@ -133,6 +135,15 @@ class DistillConfig:
     teacher_corrupt: float = 0.0
     # online: the frozen teacher runs on each augmented batch; cached: once, on clean windows.
     teacher_mode: str = DEFAULT_TEACHER_MODE
+    # z-score each sample's logits (teacher and student) before the tau softmax (Sun et al. 2024).
+    logit_standardize: bool = False
+    dist_beta: float = 1.0  # DIST inter-class (per-sample) relation weight
+    dist_gamma: float = 1.0  # DIST intra-class (per-class, across the batch) relation weight
+    dkd_alpha: float = 1.0  # DKD target-class (binary) KL weight
+    dkd_beta: float = 8.0  # DKD non-target-class KL weight
+    # BKD class weights 1 / E_c with E_c = (1 - beta^n_c) / (1 - beta) (effective number of
+    # samples); 1.0 is plain inverse frequency, 0.0 uniform weights (logit_kd).
+    bkd_beta: float = 0.999
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -156,6 +167,16 @@ class DistillConfig:
             raise ConfigError(f"teacher_corrupt must be in [0, 1], got {self.teacher_corrupt}")
         if self.quality_temperature <= 0:
             raise ConfigError(f"quality_temperature must be > 0, got {self.quality_temperature}")
+        if self.logit_standardize and self.classifier_loss not in LOGIT_LOSSES:
+            raise ConfigError(
+                f"logit_standardize needs a logit classifier_loss ({', '.join(LOGIT_LOSSES)}), "
+                f"got classifier_loss={self.classifier_loss!r}"
+            )
+        for name in ("dist_beta", "dist_gamma", "dkd_alpha", "dkd_beta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.bkd_beta <= 1.0:
+            raise ConfigError(f"bkd_beta must be in [0, 1], got {self.bkd_beta}")
 
     @property
     def uses_teacher(self) -> bool:
@@ -168,9 +189,16 @@ DEFAULT_RECIPE = DistillConfig(
     feature_loss="none", classifier_loss="logit_kd", tau=2.0, lambda_task=0.7, lambda_classifier=0.3
 )
 
+_KD = DistillConfig(feature_loss="none", classifier_loss="logit_kd", quality="none")
+
+# `kd` and the logit-loss variants differ from it in one setting each (lambda 1 + 1, tau 4).
 RECIPES: dict[str, DistillConfig] = {
     "ce": DistillConfig(feature_loss="none", classifier_loss="none", quality="none"),
-    "kd": DistillConfig(feature_loss="none", classifier_loss="logit_kd", quality="none"),
+    "kd": _KD,
+    "kd_std": replace(_KD, logit_standardize=True),
+    "dist": replace(_KD, classifier_loss="dist"),
+    "dkd": replace(_KD, classifier_loss="dkd"),
+    "bkd": replace(_KD, classifier_loss="bkd"),
     "paper": DistillConfig(
         feature_loss="soft_margin",
         distance="cosine",

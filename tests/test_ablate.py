@@ -11,17 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from edgekd.checkpoint import load_run
 from edgekd.config import DistillConfig
 from edgekd.data.dataset import PairedDataset, Split
 from edgekd.distill.ablate import (
+    Job,
+    _Tracker,
+    augmentation_off,
     gap_closed,
     paired_interval,
     run_config,
+    run_names,
     summarize,
     t_quantile_975,
+    teacher_modality_dropout,
 )
 from edgekd.distill.cv import fold_dataset, fold_subjects
 from edgekd.errors import ConfigError
@@ -36,8 +42,16 @@ TINY = ["--epochs", "1", "--limit", "300", "--batch-size", "64"]
 @pytest.mark.parametrize(
     ("df", "expected"),
     # Published two-sided 95% t quantiles (e.g. NIST/SEMATECH table).
-    [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (40, 2.021), (60, 2.000),
-     (120, 1.980)],  # fmt: skip
+    [
+        (1, 12.706),
+        (2, 4.303),
+        (4, 2.776),
+        (9, 2.262),
+        (30, 2.042),
+        (40, 2.021),
+        (60, 2.000),
+        (120, 1.980),
+    ],  # fmt: skip
 )
 def test_t_quantiles(df: int, expected: float) -> None:
     assert t_quantile_975(df) == pytest.approx(expected, abs=1.5e-3)
@@ -84,9 +98,18 @@ def test_run_names() -> None:
     )  # fmt: skip
     assert run_config("paper_corrupt")[1].teacher_corrupt > 0
     assert not run_config("ce")[1].uses_teacher
-    for bad in ("bogus", "ce_restricted", "_restricted"):
+    for bad in ("bogus", "ce_restricted", "_restricted", "ce_unimodal", "ce_plain_unimodal"):
         with pytest.raises(ConfigError, match="unknown run"):
             run_config(bad)
+    # The new loss rows are their recipes; controls exist for every KD run.
+    for name, loss in (("dist", "dist"), ("dkd", "dkd"), ("bkd", "bkd"), ("kd_std", "logit_kd")):
+        assert run_config(name)[1].classifier_loss == loss
+    assert run_config("kd_std")[1].logit_standardize
+    assert run_config("dkd_unimodal")[1] == run_config("dkd")[1]
+    assert "student's modality only" in run_config("dkd_unimodal")[0]
+    assert run_config("bkd_restricted")[1].teacher_view == "student"
+    assert run_config("ce_plain")[1] == run_config("ce")[1]
+    assert {"ce_plain", "default_unimodal", "paper_restricted"} <= set(run_names())
 
 
 def test_shipped_default_recipe_is_the_run_config_default(tmp_path: Path) -> None:
@@ -107,6 +130,57 @@ def test_shipped_default_recipe_is_the_run_config_default(tmp_path: Path) -> Non
 def test_teacher_corrupt_is_validated() -> None:
     with pytest.raises(ConfigError, match="teacher_corrupt"):
         DistillConfig(teacher_corrupt=1.5)
+
+
+def test_ce_plain_turns_augmentation_off() -> None:
+    from edgekd.config import AugmentConfig, RunConfig
+
+    cfg = RunConfig(augment=AugmentConfig(mix="mixup"))
+    off = augmentation_off(cfg)
+    assert cfg.augment.active and not off.augment.active
+    assert (off.augment.policy, off.augment.mix) == ("none", "none")
+    assert off.distill == cfg.distill and off.train == cfg.train
+
+
+def test_teacher_modality_dropout_from_the_sidecar(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"arch_args": {"modality_dropout": 0.3}}))
+    assert teacher_modality_dropout(tmp_path) == 0.3
+    # An ensemble is as robust as its least robust member.
+    members = [{"arch_args": {"modality_dropout": 0.3}}, {"arch_args": {}}]
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"arch_args": {"members": members}}))
+    assert teacher_modality_dropout(tmp_path) == 0.0
+    with pytest.raises(ConfigError, match="no checkpoint.json"):
+        teacher_modality_dropout(tmp_path / "missing")
+
+
+def _job(run: str, epochs: int, seed: int = 0) -> Job:
+    from edgekd.config import RunConfig, override
+
+    cfg = override(RunConfig(), "train", epochs=epochs)
+    return Job(run, seed, None, cfg, Path("t"), Path("o"), 1)
+
+
+def test_durations() -> None:
+    from edgekd.distill.ablate import _duration
+
+    assert [_duration(s) for s in (12, 89, 3000, 7200)] == ["12 s", "1 min", "50 min", "2.0 h"]
+
+
+def test_progress_lines_name_run_seed_epoch_and_eta() -> None:
+    # Two 10-epoch jobs on 2 workers. After job 0's epoch 1 at 3 s/epoch: its own eta is
+    # 9 * 3 = 27 s; everything left is (9 + 10) epochs * 3 s / 2 workers = 28.5 s.
+    tracker = _Tracker([_job("ce", 10), _job("dkd", 10, seed=1)], workers=2, epoch_s=None)
+    assert tracker.event("start", 1, 0, 0.0) == "[0/2 done] dkd seed 1 final: started"
+    line = tracker.event("epoch", 0, 1, 3.0)
+    assert line == "[0/2 done] ce seed 0 final: epoch 1/10, 3.0 s/epoch, run eta 27 s, all eta 28 s"
+    # Job 1 resumes at epoch 4 and runs at 5 s/epoch: the estimate averages (3 + 5) / 2 = 4 s;
+    # left (9 + 5) * 4 / 2 = 28 s; job 1's own eta 5 * 5 = 25 s.
+    assert tracker.event("start", 1, 4, 0.0).endswith("started (resuming after epoch 4)")
+    assert tracker.event("epoch", 1, 5, 5.0).endswith("run eta 25 s, all eta 28 s")
+    metrics = {"val": {"accuracy": 0.9}, "test": {"accuracy": 0.8, "macro_f1": 0.5}}
+    assert tracker.finish(0, metrics) == (
+        "[1/2 done] ce seed 0 final: finished, val acc 90.00  test acc 80.00 f1 50.00"
+    )
 
 
 # --- cross-validation folds ---------------------------------------------------------------
@@ -265,7 +339,12 @@ def test_cli_folds_score_by_cross_validation(teacher_run: Path, tmp_path: Path) 
     ("extra", "message"),
     [(["--runs", "ce,bogus"], "unknown run 'bogus'"),
      (["--seeds", "0"], "--seeds must be at least 1"),
-     (["--jobs", "0"], "--jobs must be at least 1")],
+     (["--jobs", "0"], "--jobs must be at least 1"),
+     (["--threads", "0"], "--threads must be at least 1"),
+     (["--runs", "ce,logit_kd_restricted"], "trained without modality dropout"),
+     (["--seeds", "2", "--teacher-seeds", "0"], "give 2 teacher seeds (one per --seeds), got 1"),
+     (["--seeds", "2", "--teacher-seeds", "0,x"], "--teacher-seeds must be comma-separated"),
+     (["--seeds", "2", "--teacher-seeds", "1,1"], "--teacher-seeds repeats a seed")],
 )  # fmt: skip
 def test_cli_bad_input(teacher_run: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     out = tmp_path / "bad"
@@ -275,7 +354,115 @@ def test_cli_bad_input(teacher_run: Path, tmp_path: Path, extra: list[str], mess
     assert not (out / "runs").exists()
 
 
+def test_cli_unimodal_teacher_must_be_of_the_student_modality(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bad"
+    result = run_cli(["ablate", "--teacher", str(teacher_run), "--out", str(out), "--runs",
+                      "ce,logit_kd_unimodal", "--unimodal-teacher", str(teacher_run)])  # fmt: skip
+    assert result.exit_code == 2
+    assert "teacher of the student's modality 'accel' alone" in result.output
+    assert "trained on accel, gyro" in result.output
+    assert not out.exists()
+
+
+def _unimodal_teacher(teacher_run: Path, out: Path) -> Path:
+    """A teacher run folder of the accelerometer alone: the fused teacher's architecture built on
+    one modality (untrained weights: the control's plumbing is under test, not its accuracy)."""
+    from edgekd.checkpoint import save_model
+    from edgekd.modalities import ModalitySpec
+    from edgekd.models import create_teacher
+
+    side = load_run(teacher_run, expect_role="teacher").sidecar
+    torch.manual_seed(0)
+    accel = {"accel": ModalitySpec.from_dict(side["specs"]["accel"])}
+    model = create_teacher(side["arch"], accel, len(side["labels"]))
+    keep = {k: v for k, v in side.items() if k not in ("weights_sha256", "edgekd_version")}
+    save_model(
+        out,
+        model,
+        {**keep, "arch_args": model.arch_args, "specs": {"accel": side["specs"]["accel"]}},
+    )
+    for name in ("config.yaml", "metrics.json"):
+        (out / name).write_bytes((teacher_run / name).read_bytes())
+    return out
+
+
+@pytest.mark.slow
+def test_cli_controls_teacher_seeds_and_progress(teacher_run: Path, tmp_path: Path) -> None:
+    unimodal = _unimodal_teacher(teacher_run, tmp_path / "unimodal")
+    out = tmp_path / "abl"
+    runs = "ce,logit_kd,logit_kd_restricted,logit_kd_unimodal"
+    result = run_cli(["ablate", "--teacher", str(teacher_run), "--out", str(out), "--runs", runs,
+                      "--seeds", "2", "--teacher-seeds", "0,1", "--allow-ood-restricted",
+                      "--unimodal-teacher", str(unimodal), "--threads", "1", *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # The plan comes first, then per-run progress from the jobs.
+    lines = result.output.splitlines()
+    assert lines[0].startswith(
+        "ablation: 4 runs (ce, logit_kd, logit_kd_restricted, logit_kd_unimodal) x 2 seeds = "
+        "8 trainings + 2 teacher trainings; 0 already finished; "
+        "1 job x 1 thread (budget 1 from --threads)"
+    )
+    assert any("teacher_fused seed 1 training: epoch 3/3" in line for line in lines)
+    assert any("logit_kd_unimodal seed 1 final: epoch 1/1" in line for line in lines)
+    assert any(line.startswith("[8/8 done] ") and "finished" in line for line in lines)
+
+    # Student seed i learns from teacher seed i; the unimodal runs from the unimodal teacher.
+    def teacher_of(run: str, seed: int) -> str:
+        side = json.loads(
+            (out / "runs" / run / f"seed{seed}" / "final" / "checkpoint.json").read_text()
+        )
+        return side["teacher_dir"]
+
+    for seed in (0, 1):
+        fused = str((out / "teachers" / "fused" / f"seed{seed}").resolve())
+        assert teacher_of("logit_kd", seed) == fused
+        assert teacher_of("logit_kd_restricted", seed) == fused
+        assert teacher_of("logit_kd_unimodal", seed) == str(unimodal.resolve())
+        config = yaml.safe_load(
+            (out / "teachers" / "fused" / f"seed{seed}" / "config.yaml").read_text()
+        )
+        assert config["train"]["seed"] == seed
+        assert config["train"]["epochs"] == 3  # the teacher's own config, not the students'
+    report = json.loads((out / "ablate.json").read_text())
+    assert report["teacher"]["n"] == 2 and report["teacher_seeds"] == [0, 1]
+    teachers = [json.loads((out / "teachers" / "fused" / f"seed{s}" / "metrics.json").read_text())
+                for s in (0, 1)]  # fmt: skip
+    mean = 100 * sum(t["test"]["accuracy"] for t in teachers) / 2
+    assert report["teacher"]["test"]["accuracy"] == pytest.approx(mean)
+    assert report["unimodal_teacher"]["n"] == 1
+    assert report["runs"]["logit_kd_restricted"]["ood_teacher"] is True
+    assert "ood_teacher" not in report["runs"]["logit_kd_unimodal"]
+    cross = report["cross_modal"]["logit_kd"]
+    per = report["runs"]
+    for kind, control in (("restricted", "logit_kd_restricted"), ("unimodal", "logit_kd_unimodal")):
+        diffs = [per["logit_kd"]["per_seed"][s]["test"]["accuracy"]
+                 - per[control]["per_seed"][s]["test"]["accuracy"] for s in ("0", "1")]  # fmt: skip
+        assert cross[kind]["gain"]["accuracy"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert "| logit_kd_restricted (OOD teacher) | 2 |" in result.output
+    assert "OOD teacher: the teacher was trained without modality dropout" in result.output
+    assert "fused teacher - unimodal teacher" in result.output
+    assert "| teacher (student's modality only) |" in result.output
+
+
 def test_cli_rejects_a_folder_that_is_not_a_teacher(tmp_path: Path) -> None:
     result = run_cli(["ablate", "--teacher", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "not a finished teacher run" in result.output
+
+
+def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
+    from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
+
+    spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
+    settings = _settings(spec, ["ce", "logit_kd"])
+    # Made before data.modalities, --teacher-seeds and --unimodal-teacher existed.
+    old = json.loads(json.dumps(settings))
+    del old["base"]["data"]["modalities"], old["teacher_seeds"], old["unimodal_teacher"]
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    assert _check_settings(tmp_path, settings)["runs"] == settings["runs"]
+    old["base"]["train"]["epochs"] = 7
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"other settings \(base\)"):
+        _check_settings(tmp_path, settings)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import yaml
+
 from tests.conftest import run_cli
 
 
@@ -29,7 +32,52 @@ def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
         assert (out / png).stat().st_size > 5_000
         assert f"({png})" in report
     assert "openvino/int8 batch-1 p50" in result.output
+    # Both students: one config but the losses, stated in the report with the recipes and epochs.
+    setup = summary["setup"]
+    assert [r["recipe"] for r in setup["recipes"].values()] == ["ce", "default"]
+    assert setup["shared"]["train"]["epochs"] == 1 and setup["shared"]["data"]["limit"] == 600
+    assert setup["recipes"]["student (distilled)"]["classifier_loss"] == "logit_kd"
+    assert "## Training setup" in report
+    assert "Both students: `tcn_tiny` on `accel`, 1 epochs" in report
+    assert "1 epochs, batch 64, lr 0.003, seed 0" in report
+    assert "| student (distilled) | `default` | logit_kd | none | 2.0 | 0.7 | 0.3 |" in report
+    assert 'README.md, "Measured results"' in report
+    assert "students: same settings" in result.output and "; ce vs" in result.output
     # A second run reuses the finished runs and bundle instead of retraining.
     again = run_cli(["demo", "--quick", "--quiet", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["timings"]["train_s"] < 5
+
+    # A finished run made with other settings is not passed off as this demo's.
+    config = out / "student-ce" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    saved["train"]["epochs"] = 30
+    config.write_text(yaml.safe_dump(saved))
+    clash = run_cli(["demo", "--quick", "--quiet", "--out", str(out)])
+    assert clash.exit_code == 2
+    assert "holds a run with other settings (epochs 30, limit 600)" in clash.output
+
+
+def test_student_setup_refuses_students_that_differ_beyond_the_losses(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgekd.config import RunConfig, override, resolve_recipe, save_config
+    from edgekd.demo import student_setup
+    from edgekd.errors import ConfigError
+
+    runs = {
+        name: tmp_path / name for name in ("teacher", "student (CE only)", "student (distilled)")
+    }
+    base = override(RunConfig(), "train", epochs=3)
+    for run in runs.values():
+        run.mkdir()
+    save_config(base, runs["teacher"] / "config.yaml")
+    save_config(
+        replace(base, distill=resolve_recipe("ce")), runs["student (CE only)"] / "config.yaml"
+    )
+    kd = replace(base, distill=resolve_recipe("default"))
+    save_config(kd, runs["student (distilled)"] / "config.yaml")
+    assert student_setup(runs)["recipes"]["student (CE only)"]["classifier_loss"] == "none"
+    save_config(override(kd, "train", lr=0.1), runs["student (distilled)"] / "config.yaml")
+    with pytest.raises(ConfigError, match="differ in train, not only in the distillation losses"):
+        student_setup(runs)

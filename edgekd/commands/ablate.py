@@ -1,4 +1,4 @@
-"""`edgekd ablate`: the distillation table of METHOD.md over seeds, with paired statistics."""
+"""`edgekd ablate`: the distillation table over seeds, with paired statistics and controls."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[
             str | None,
             typer.Option(
-                help="Comma-separated runs: teacher, ce, hard_l2, logit_kd, soft_margin, "
-                "soft_both, paper, paper_corrupt, default, and NAME_restricted (the teacher sees "
-                "only the student's modality). Default: METHOD.md's table + default(_restricted)."
+                help="Comma-separated runs: teacher, ce, ce_plain (augmentation off), hard_l2, "
+                "logit_kd, kd_std, dist, dkd, bkd, soft_margin, soft_both, paper, paper_corrupt, "
+                "default, and for each KD run NAME_restricted (the teacher sees only the "
+                "student's modality) and NAME_unimodal (a teacher trained on the student's "
+                "modality alone). Default: the method table + default(_restricted)."
             ),
         ] = None,
         seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per run (claims need >= 5).")] = 5,
@@ -36,8 +38,38 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         jobs: Annotated[
-            int, typer.Option(help="Runs in parallel processes (threads split the cores).")
+            int, typer.Option(help="Runs in parallel processes (they split the thread budget).")
         ] = 1,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                help="CPU threads for all jobs together (default: OMP_NUM_THREADS, else the "
+                "usable cores)."
+            ),
+        ] = None,
+        teacher_seeds: Annotated[
+            str | None,
+            typer.Option(
+                help="Comma-separated seeds: retrain the teacher from its config once per seed; "
+                "student seed i learns from teacher seed i (one per --seeds), so the intervals "
+                "include teacher variance."
+            ),
+        ] = None,
+        unimodal_teacher: Annotated[
+            Path | None,
+            typer.Option(
+                help="Teacher run of the student's modality alone for the NAME_unimodal runs "
+                "(default: trained here from the teacher's config)."
+            ),
+        ] = None,
+        allow_ood_restricted: Annotated[
+            bool,
+            typer.Option(
+                "--allow-ood-restricted",
+                help="Run NAME_restricted on a teacher trained without modality dropout "
+                "(out of distribution; flagged in the table).",
+            ),
+        ] = False,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         limit: LimitOpt = None,
@@ -56,8 +88,31 @@ def register(app: typer.Typer) -> None:
         if runs is not None:
             names = tuple(n.strip() for n in runs.split(",") if n.strip())
         spec = AblationSpec(
-            teacher=teacher, out=out, runs=names, seeds=seeds, folds=folds, jobs=jobs, base=base
+            teacher=teacher,
+            out=out,
+            runs=names,
+            seeds=seeds,
+            folds=folds,
+            jobs=jobs,
+            base=base,
+            teacher_seeds=_seed_list(teacher_seeds),
+            unimodal_teacher=unimodal_teacher,
+            allow_ood_restricted=allow_ood_restricted,
+            threads=threads,
         )
         report = run_ablation(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(format_table(report))
         typer.echo(f"\nwrote {out / 'ablate.json'} and {out / 'ablate.png'}")
+
+
+def _seed_list(text: str | None) -> tuple[int, ...] | None:
+    from edgekd.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"--teacher-seeds must be comma-separated integers, got {text!r}"
+        ) from exc

@@ -38,6 +38,19 @@ AugmentOpt = Annotated[
     typer.Option("--augment", help="Augmentation policy: default (safe per kind) | none | custom."),
 ]
 MixOpt = Annotated[str | None, typer.Option("--mix", help="none | mixup | cutmix.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for training (default: OMP_NUM_THREADS, else all cores)."),
+]
+
+
+def _use_threads(requested: int | None) -> None:
+    """Set torch's intra-op threads by the one policy of `edgekd.threads`."""
+    import torch
+
+    from edgekd.threads import plan_threads
+
+    torch.set_num_threads(plan_threads(1, requested).per_job)
 
 
 def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args,  # noqa: ANN001, ANN202
@@ -99,6 +112,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
+        threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -108,6 +122,7 @@ def register(app: typer.Typer) -> None:
         from edgekd.config import override
         from edgekd.distill.trainer import train_teacher
 
+        _use_threads(threads)
         cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
         subset = tuple(m.strip() for m in modalities.split(",")) if modalities else None
         cfg = override(cfg, "data", source=data, modalities=subset)
@@ -126,7 +141,8 @@ def register(app: typer.Typer) -> None:
         teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/student"),
         recipe: Annotated[
-            str | None, typer.Option(help="Named loss recipe: default, paper, kd, ce.")
+            str | None,
+            typer.Option(help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd."),
         ] = None,
         modality: Annotated[
             str | None, typer.Option(help="Student modality (default: the dataset's).")
@@ -147,7 +163,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         margin: Annotated[float | None, typer.Option(help="Feature hinge margin m.")] = None,
         classifier_loss: Annotated[
-            str | None, typer.Option(help="none | logit_kd | soft_teacher_head | margin_kd")
+            str | None, typer.Option(
+                help="none | logit_kd | soft_teacher_head | margin_kd | dist | dkd | bkd"
+            )
         ] = None,
         tau: Annotated[float | None, typer.Option(help="KD temperature.")] = None,
         quality: Annotated[
@@ -182,6 +200,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
+        threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -191,6 +210,7 @@ def register(app: typer.Typer) -> None:
         from edgekd.config import override, resolve_recipe
         from edgekd.distill.trainer import distill as run_distill
 
+        _use_threads(threads)
         cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
         cfg = override(cfg, "data", source=data, unlabelled=unlabelled)
         if recipe is not None:

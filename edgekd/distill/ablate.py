@@ -1,21 +1,30 @@
-"""The distillation ablation of METHOD.md ("What must be shown"): every run over several seeds,
-paired statistics against the CE-only student, and the restricted-teacher control.
+"""The distillation ablation: every run over several seeds, paired statistics against the
+CE-only student, and two controls that separate what is cross-modal from plain KD.
 
 Layout of an ablation folder:
   ablate.json                      results (percent units), written when every job has finished
   ablate.png                       bar chart of test accuracy and macro-F1 (mean +- s.e.)
   settings.json                    what the runs were made with; a resume must match it
+  teachers/fused/seed<t>/          `--teacher-seeds`: the teacher retrained from its config
+  teachers/unimodal/seed<t>/       the `_unimodal` control's teacher (student's modality alone)
   runs/<run>/seed<s>/final/        a `distill` run folder on the teacher's full training split
   runs/<run>/seed<s>/fold<i>of<k>/ a cross-validation fold (`--folds k`), for model selection
 
 Resume: a run folder with `metrics.json` is finished and reused; one with a train state is
-continued (`distill(resume=True)`); anything else is started afresh.
+continued; anything else is started afresh. Teachers are jobs like the students (trained first).
+
+Controls, for each KD run X:
+- `X_restricted`: the same teacher with every modality but the student's zeroed. Refused for a
+  teacher trained without modality dropout (its zeroed view is out of distribution, so the
+  control would measure a broken teacher) unless allowed; such rows are flagged.
+- `X_unimodal`: KD from a teacher trained on the student's modality alone (same config).
 
 Statistics (all in percentage points): per run, mean +- standard error over seeds; the gain over
 CE-only as the mean of per-seed differences (paired by seed) with a two-sided 95% t-interval;
 the share of the teacher-student gap closed, (run - ce) / (teacher - ce), on means; and, for each
-run X that has its restricted-teacher control X_restricted, the cross-modal gain X - X_restricted
-(paired by seed, with its interval) and its share of X's gain over CE.
+run X with a control, the cross-modal gain X - control (paired by seed, with its interval) and
+its share of X's gain over CE. With `--teacher-seeds`, student seed i learns from teacher seed i,
+so the intervals include the teacher's seed-to-seed variance.
 """
 
 from __future__ import annotations
@@ -23,20 +32,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgekd.config import RECIPES, DistillConfig, RunConfig, resolve_recipe, to_dict
+from edgekd.config import (
+    RECIPES,
+    DistillConfig,
+    RunConfig,
+    from_dict,
+    resolve_recipe,
+    to_dict,
+)
 from edgekd.errors import ConfigError
 from edgekd.io import atomic_write_json
 
 RESTRICTED = "_restricted"
+UNIMODAL = "_unimodal"
+CONTROLS = {RESTRICTED: "restricted", UNIMODAL: "unimodal"}
 CORRUPT_SHARE = 0.3  # share of windows whose teacher-side modalities become noise (paper_corrupt)
 METRICS = ("accuracy", "macro_f1")
+POLL_S = 2.0  # how often a worker looks for a newly finished epoch
+
+# The config values that turn training-time augmentation (and mixing) off: the `ce_plain` row,
+# the CE recipe of the earlier no-augmentation regime.
+AUGMENTATION_OFF: dict[str, Any] = {"augment": {"policy": "none", "mix": "none"}}
 
 # Two-sided 95% quantiles of Student's t, t_{0.975, df}, df = 1..30 (standard tables).
 T975 = (
@@ -47,14 +73,27 @@ T975 = (
 Z975 = 1.959963984540054
 
 
+def augmentation_off(cfg: RunConfig) -> RunConfig:
+    """cfg with training-time augmentation and mixing switched off (`AUGMENTATION_OFF`)."""
+    merged = to_dict(cfg)
+    for section, values in AUGMENTATION_OFF.items():
+        merged[section] = {**merged[section], **values}
+    return from_dict(merged)
+
+
 def _runs_table() -> dict[str, tuple[str, DistillConfig]]:
     """Run name -> (meaning, distillation config); built on call so `default` is current."""
     none = RECIPES["ce"]
     paper = RECIPES["paper"]
     return {
         "ce": ("student, CE only", none),
+        "ce_plain": ("student, CE only, augmentation off", none),
         "hard_l2": ("+ hard_l2", replace(none, feature_loss="hard_l2")),
         "logit_kd": ("+ logit_kd (Hinton, recipe kd)", RECIPES["kd"]),
+        "kd_std": ("logit_kd on standardised logits (recipe kd_std)", RECIPES["kd_std"]),
+        "dist": ("+ DIST relation loss (recipe dist)", RECIPES["dist"]),
+        "dkd": ("+ decoupled KD (recipe dkd)", RECIPES["dkd"]),
+        "bkd": ("+ class-balanced logit KD (recipe bkd)", RECIPES["bkd"]),
         "soft_margin": ("+ soft_margin", replace(none, feature_loss="soft_margin")),
         "soft_both": (
             "+ soft_margin + soft_teacher_head",
@@ -73,25 +112,36 @@ DEFAULT_RUNS = (
     "teacher", "ce", "hard_l2", "logit_kd", "soft_margin", "soft_both", "paper", "paper_corrupt",
     "default", "default_restricted",
 )  # fmt: skip
+PLAIN_RUNS = ("ce_plain",)  # runs trained with augmentation off
 
 
 def run_names() -> list[str]:
-    """Every accepted run name: the table's, `teacher`, and `X_restricted` for each KD run X."""
-    base = list(_runs_table())
-    return ["teacher", *base, *(f"{n}{RESTRICTED}" for n in base if n != "ce")]
+    """Every accepted run name: the table's, `teacher`, and the controls of each KD run X."""
+    table = _runs_table()
+    kd = [n for n, (_, cfg) in table.items() if cfg.uses_teacher]
+    return ["teacher", *table, *(f"{n}{suffix}" for suffix in CONTROLS for n in kd)]
+
+
+def split_control(name: str) -> tuple[str, str | None]:
+    """(base run, control kind or None): `default_unimodal` -> (`default`, `unimodal`)."""
+    for suffix, kind in CONTROLS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, None
 
 
 def run_config(name: str) -> tuple[str, DistillConfig]:
     """(meaning, DistillConfig) of a run name; ConfigError for an unknown one."""
     table = _runs_table()
-    if name.endswith(RESTRICTED) and name[: -len(RESTRICTED)] in table:
-        base = name[: -len(RESTRICTED)]
-        if base != "ce":
-            meaning, cfg = table[base]
+    base, control = split_control(name)
+    if control is not None and base in table and table[base][1].uses_teacher:
+        meaning, cfg = table[base]
+        if control == "restricted":
             return f"{meaning}, teacher sees the student's modality only", replace(
                 cfg, teacher_view="student"
             )
-    if name in table:
+        return f"{meaning}, teacher trained on the student's modality only", cfg
+    if control is None and name in table:
         return table[name]
     raise ConfigError(f"unknown run {name!r}; choose from {', '.join(run_names())}")
 
@@ -150,15 +200,23 @@ def gap_closed(run: float, ce: float, teacher: float) -> float | None:
 
 @dataclass(frozen=True)
 class Job:
-    """One `distill` run of the ablation (picklable: it crosses into worker processes)."""
+    """One training of the ablation (picklable: it crosses into worker processes). A `teacher`
+    job trains a teacher (`teacher` is then None); any other trains a student from `teacher`."""
 
     run: str
     seed: int
     fold: tuple[int, int] | None
     cfg: RunConfig
-    teacher: Path
+    teacher: Path | None
     out: Path
     threads: int
+    kind: str = "student"
+
+    @property
+    def where(self) -> str:
+        if self.kind == "teacher":
+            return "training"
+        return f"fold {self.fold[0] + 1}/{self.fold[1]}" if self.fold else "final"
 
 
 def _metrics_of(folder: Path) -> dict[str, Any] | None:
@@ -168,10 +226,49 @@ def _metrics_of(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def execute(job: Job) -> dict[str, Any]:
-    """Run (or continue, or reuse) one job; returns its metrics.json content."""
+def _epochs_done(folder: Path) -> list[float]:
+    """Seconds of each finished epoch of a run folder (from its history.json), [] when none."""
+    try:
+        history = json.loads((folder / "history.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught between write and rename
+        return []
+    return [float(h["seconds"]) for h in history]
+
+
+@contextmanager
+def _watch(folder: Path, report: Callable[[int, float], None]) -> Iterator[None]:
+    """While the block runs, call report(epochs done, mean seconds per epoch) from a thread each
+    time the run in `folder` finishes an epoch (the trainer writes history.json per epoch); a last
+    look when the block ends reports epochs finished since the last poll."""
+    stop = threading.Event()
+    seen = len(_epochs_done(folder))
+
+    def poll() -> None:
+        nonlocal seen
+        seconds = _epochs_done(folder)
+        if len(seconds) > seen:
+            seen = len(seconds)
+            report(seen, sum(seconds) / seen)
+
+    def loop() -> None:
+        while not stop.wait(POLL_S):
+            poll()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        poll()
+
+
+def execute(job: Job, index: int = 0, events: Any = None) -> dict[str, Any]:
+    """Run (or continue, or reuse) one job; returns its metrics.json content. `events` (a queue,
+    or None) receives ("start" | "epoch", index, epochs done, mean epoch seconds) tuples."""
     from edgekd.checkpoint import STATE_FILE
-    from edgekd.distill.trainer import distill
+    from edgekd.distill.trainer import distill, train_teacher
     from edgekd.reference import torch_threads
 
     done = _metrics_of(job.out)
@@ -180,33 +277,110 @@ def execute(job: Job) -> dict[str, Any]:
     resume = (job.out / STATE_FILE).is_file()
     if not resume and job.out.exists():
         shutil.rmtree(job.out)  # killed before its first epoch finished: nothing to keep
-    with torch_threads(job.threads):
+
+    def report(epochs: int, seconds: float) -> None:
+        if events is not None:
+            events.put(("epoch", index, epochs, seconds))
+
+    if events is not None:
+        events.put(("start", index, len(_epochs_done(job.out)), 0.0))
+    with torch_threads(job.threads), _watch(job.out, report):
+        if job.kind == "teacher":
+            return train_teacher(job.cfg, job.out, resume=resume, progress=False)
         return distill(job.cfg, job.teacher, job.out, resume=resume, progress=False, fold=job.fold)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> list[dict]:
-    """Execute jobs, `workers` processes at a time (in this process when workers == 1); returns
-    each job's metrics, in the order of `jobs`."""
+class _Tracker:
+    """Progress of a list of jobs, for the lines `run_jobs` logs: which run, seed, epoch, ETAs."""
+
+    def __init__(self, jobs: Sequence[Job], workers: int, epoch_s: float | None) -> None:
+        self.jobs, self.workers = jobs, workers
+        self.done = [0] * len(jobs)
+        self.finished: set[int] = set()
+        self.epoch_s = epoch_s  # running estimate of seconds per epoch
+        self.measured: list[float] = []
+
+    def _remaining_s(self) -> float | None:
+        if self.epoch_s is None:
+            return None
+        left = sum(
+            max(j.cfg.train.epochs - self.done[i], 0)
+            for i, j in enumerate(self.jobs)
+            if i not in self.finished
+        )
+        return left * self.epoch_s / self.workers
+
+    def _head(self, i: int) -> str:
+        job = self.jobs[i]
+        return f"[{len(self.finished)}/{len(self.jobs)} done] {job.run} seed {job.seed} {job.where}"
+
+    def event(self, kind: str, i: int, epochs: int, seconds: float) -> str:
+        job = self.jobs[i]
+        total = job.cfg.train.epochs
+        self.done[i] = epochs
+        if kind == "start":
+            return f"{self._head(i)}: started" + (
+                f" (resuming after epoch {epochs})" if epochs else ""
+            )
+        self.measured.append(seconds)
+        self.epoch_s = sum(self.measured) / len(self.measured)
+        left = self._remaining_s()
+        return (
+            f"{self._head(i)}: epoch {epochs}/{total}, {seconds:.1f} s/epoch, "
+            f"run eta {_duration((total - epochs) * seconds)}"
+            + ("" if left is None else f", all eta {_duration(left)}")
+        )
+
+    def finish(self, i: int, metrics: dict[str, Any]) -> str:
+        self.finished.add(i)
+        self.done[i] = self.jobs[i].cfg.train.epochs
+        val, test = metrics["val"], metrics["test"]
+        shown = f"val acc {100 * val['accuracy']:.2f}"
+        if self.jobs[i].fold is None:
+            shown += f"  test acc {100 * test['accuracy']:.2f} f1 {100 * test['macro_f1']:.2f}"
+        return f"{self._head(i)}: finished, {shown}"
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    workers: int,
+    log: Callable[[str], None],
+    epoch_s: float | None = None,
+) -> list[dict]:
+    """Execute jobs, `workers` processes at a time (in this process when workers == 1), logging a
+    line when a job starts, finishes an epoch and finishes; returns each job's metrics, in the
+    order of `jobs`. `epoch_s`: a first guess of seconds per epoch for the overall ETA."""
+    tracker = _Tracker(jobs, workers, epoch_s)
     results: dict[int, dict] = {}
     if workers == 1:
+        events: queue.SimpleQueue = queue.SimpleQueue()
         for i, job in enumerate(jobs):
-            results[i] = execute(job)
-            log(_done_line(job, results[i], i + 1, len(jobs)))
+            lines = threading.Thread(target=_drain_forever, args=(events, tracker, log))
+            lines.start()
+            try:
+                results[i] = execute(job, i, events)
+            finally:
+                events.put(None)
+                lines.join()
+            log(tracker.finish(i, results[i]))
         return [results[i] for i in range(len(jobs))]
     import multiprocessing
 
     # spawn: a forked child would inherit torch's thread pools and this process's state
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(execute, job): i for i, job in enumerate(jobs)}
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        shared = manager.Queue()
+        pending = {pool.submit(execute, job, i, shared): i for i, job in enumerate(jobs)}
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            finished, _ = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+            _drain(shared, tracker, log)
             for future in finished:
                 i = pending.pop(future)
                 error = future.exception()
@@ -215,17 +389,127 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None]) -> l
                         other.cancel()
                     raise error
                 results[i] = future.result()
-                log(_done_line(jobs[i], results[i], len(results), len(jobs)))
+                log(tracker.finish(i, results[i]))
+        _drain(shared, tracker, log)
     return [results[i] for i in range(len(jobs))]
 
 
-def _done_line(job: Job, metrics: dict, i: int, n: int) -> str:
-    where = f"fold {job.fold[0] + 1}/{job.fold[1]}" if job.fold else "final"
-    val, test = metrics["val"], metrics["test"]
-    shown = f"val acc {100 * val['accuracy']:.2f}"
-    if job.fold is None:
-        shown += f"  test acc {100 * test['accuracy']:.2f} f1 {100 * test['macro_f1']:.2f}"
-    return f"[{i}/{n}] {job.run} seed {job.seed} {where}: {shown}"
+def _drain(events: Any, tracker: _Tracker, log: Callable[[str], None]) -> None:
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return
+        log(tracker.event(*event))
+
+
+def _drain_forever(events: Any, tracker: _Tracker, log: Callable[[str], None]) -> None:
+    """Log events until a None arrives (the in-process job has ended)."""
+    while (event := events.get()) is not None:
+        log(tracker.event(*event))
+
+
+# --- teachers -----------------------------------------------------------------------------
+
+
+def teacher_modality_dropout(teacher: Path) -> float:
+    """The modality dropout a teacher run was trained with (0 when none; the smallest member's
+    for an ensemble), from its checkpoint sidecar."""
+    from edgekd.checkpoint import SIDECAR_FILE
+
+    path = Path(teacher) / SIDECAR_FILE
+    if not path.is_file():
+        raise ConfigError(f"{teacher} is not a teacher run: no {SIDECAR_FILE}")
+
+    def of(args: dict[str, Any]) -> float:
+        members = args.get("members")
+        if members:
+            return min(of(m.get("arch_args", {})) for m in members)
+        return float(args.get("modality_dropout", 0.0))
+
+    return of(json.loads(path.read_text()).get("arch_args", {}))
+
+
+def _sidecar(run: Path) -> dict[str, Any]:
+    from edgekd.checkpoint import SIDECAR_FILE
+
+    return json.loads((Path(run) / SIDECAR_FILE).read_text())
+
+
+def _teacher_config(teacher: Path) -> RunConfig:
+    from edgekd.checkpoint import CONFIG_FILE, json_safe_yaml
+
+    path = Path(teacher) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"retraining the teacher needs its {CONFIG_FILE}, but {teacher} has none "
+            "(an ensemble?); pass teacher runs made by `edgekd teacher`"
+        )
+    return from_dict(json_safe_yaml(path))
+
+
+def student_modality(spec: AblationSpec) -> str:
+    """The students' modality: the base config's, else the teacher's default student."""
+    return spec.base.student_modality or _sidecar(spec.teacher).get("default_student")
+
+
+def _check_unimodal(run: Path, modality: str, given: bool) -> None:
+    """A `_unimodal` control teacher must be a finished teacher of `modality` alone."""
+    if not (Path(run) / "metrics.json").is_file():
+        raise ConfigError(f"--unimodal-teacher {run} is not a finished teacher run")
+    specs = sorted(_sidecar(run).get("specs", {}))
+    if specs != [modality]:
+        why = (
+            "pass a teacher trained on that modality alone"
+            if given
+            else "the teacher trainer ignored data.modalities; pass --unimodal-teacher DIR"
+        )
+        raise ConfigError(
+            f"the unimodal control needs a teacher of the student's modality {modality!r} alone, "
+            f"but {run} was trained on {', '.join(specs)}: {why}"
+        )
+
+
+@dataclass(frozen=True)
+class Teachers:
+    """Which teacher each student seed learns from, and the teacher trainings that needs."""
+
+    fused: dict[int, Path]  # student seed -> fused teacher
+    unimodal: dict[int, Path]  # student seed -> unimodal teacher (empty without _unimodal runs)
+    jobs: tuple[Job, ...]  # teachers to train (or reuse) before the students
+
+
+def _teachers(spec: AblationSpec, names: Sequence[str], threads: int) -> Teachers:
+    out = Path(spec.out) / "teachers"
+    seeds = range(spec.seeds)
+    jobs: list[Job] = []
+    tseeds = spec.teacher_seeds
+    fused = {s: Path(spec.teacher) for s in seeds}
+    if tseeds is not None:
+        tcfg = _teacher_config(spec.teacher)
+        for s, t in zip(seeds, tseeds, strict=True):
+            run = out / "fused" / f"seed{t}"
+            cfg = replace(tcfg, train=replace(tcfg.train, seed=t))
+            jobs.append(Job("teacher_fused", t, None, cfg, None, run, threads, kind="teacher"))
+            fused[s] = run
+    unimodal: dict[int, Path] = {}
+    if any(split_control(n)[1] == "unimodal" for n in names):
+        if spec.unimodal_teacher is not None:
+            _check_unimodal(spec.unimodal_teacher, student_modality(spec), given=True)
+            unimodal = {s: Path(spec.unimodal_teacher) for s in seeds}
+        else:
+            tcfg = _teacher_config(spec.teacher)
+            only = replace(tcfg.data, modalities=(student_modality(spec),))
+            for s in seeds:
+                t = tcfg.train.seed if tseeds is None else tseeds[s]
+                run = out / "unimodal" / f"seed{t}"
+                if run not in unimodal.values():
+                    cfg = replace(tcfg, data=only, train=replace(tcfg.train, seed=t))
+                    jobs.append(
+                        Job("teacher_unimodal", t, None, cfg, None, run, threads, "teacher")
+                    )
+                unimodal[s] = run
+    return Teachers(fused=fused, unimodal=unimodal, jobs=tuple(jobs))
 
 
 # --- the ablation -------------------------------------------------------------------------
@@ -234,7 +518,14 @@ def _done_line(job: Job, metrics: dict, i: int, n: int) -> str:
 @dataclass(frozen=True)
 class AblationSpec:
     """What to run: run names, seeds 0..seeds-1, optional CV folds, the base run config (its
-    train/data/model sections; the distill section is each run's), processes in parallel."""
+    train/data/model sections; the distill section is each run's), processes in parallel.
+
+    `teacher_seeds`: retrain the teacher from its config once per listed seed (student seed i
+    learns from teacher seed i; as many as `seeds`). `unimodal_teacher`: the `_unimodal` control's
+    teacher (else trained from the teacher's config on the student's modality alone).
+    `allow_ood_restricted`: run `_restricted` controls on a teacher without modality dropout.
+    `threads`: the CPU thread budget (`edgekd.threads`), split over the jobs.
+    """
 
     teacher: Path
     out: Path
@@ -243,6 +534,10 @@ class AblationSpec:
     folds: int | None = None
     jobs: int = 1
     base: RunConfig = RunConfig()
+    teacher_seeds: tuple[int, ...] | None = None
+    unimodal_teacher: Path | None = None
+    allow_ood_restricted: bool = False
+    threads: int | None = None
 
 
 def _check(spec: AblationSpec) -> list[str]:
@@ -255,19 +550,49 @@ def _check(spec: AblationSpec) -> list[str]:
         raise ConfigError(f"--folds must be at least 2 (or omitted), got {spec.folds}")
     if not (Path(spec.teacher) / "metrics.json").is_file():
         raise ConfigError(f"{spec.teacher} is not a finished teacher run (no metrics.json)")
+    if spec.teacher_seeds is not None:
+        if len(spec.teacher_seeds) != spec.seeds:
+            raise ConfigError(
+                f"--teacher-seeds pairs student seed i with teacher seed i: give {spec.seeds} "
+                f"teacher seeds (one per --seeds), got {len(spec.teacher_seeds)}"
+            )
+        if len(set(spec.teacher_seeds)) != len(spec.teacher_seeds):
+            raise ConfigError(f"--teacher-seeds repeats a seed: {list(spec.teacher_seeds)}")
     names = [n for n in dict.fromkeys(spec.runs) if n != "teacher"]
     for name in names:
         run_config(name)
+    restricted = [n for n in names if split_control(n)[1] == "restricted"]
+    dropout = teacher_modality_dropout(spec.teacher)
+    if restricted and dropout == 0 and not spec.allow_ood_restricted:
+        raise ConfigError(
+            f"{', '.join(restricted)}: the teacher in {spec.teacher} was trained without modality "
+            "dropout (arch_args.modality_dropout is 0), so its view with the other modalities "
+            "zeroed is out of distribution and the control would measure a broken teacher. "
+            "Train the teacher with --modality-dropout (e.g. 0.3), use the X_unimodal control, "
+            "or pass --allow-ood-restricted to run it anyway (the table flags it)"
+        )
     return ["ce", *(n for n in names if n != "ce")]
+
+
+def _run_base(spec: AblationSpec, name: str) -> RunConfig:
+    return augmentation_off(spec.base) if name in PLAIN_RUNS else spec.base
 
 
 def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
     base = to_dict(spec.base)
     base.pop("distill")
+    runs = {n: to_dict(run_config(n)[1]) for n in names}
+    for n in names:
+        if n in PLAIN_RUNS:
+            runs[n]["base_overrides"] = AUGMENTATION_OFF
     return {
         "teacher": str(Path(spec.teacher).resolve()),
         "base": base,
-        "runs": {n: to_dict(run_config(n)[1]) for n in names},
+        "teacher_seeds": None if spec.teacher_seeds is None else list(spec.teacher_seeds),
+        "unimodal_teacher": None
+        if spec.unimodal_teacher is None
+        else str(Path(spec.unimodal_teacher).resolve()),
+        "runs": runs,
     }
 
 
@@ -277,7 +602,14 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return settings
     old = json.loads(path.read_text())
-    clash = [k for k in ("teacher", "base") if old.get(k) != settings[k]]
+    # A config field added since that ablation was made had its default value there.
+    defaults = to_dict(RunConfig())
+    old["base"] = {
+        k: {**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+        for k, v in old.get("base", {}).items()
+    }
+    keys = ("teacher", "base", "teacher_seeds", "unimodal_teacher")
+    clash = [k for k in keys if old.get(k) != settings[k]]
     clash += [n for n, c in settings["runs"].items() if old["runs"].get(n, c) != c]
     if clash:
         raise ConfigError(
@@ -287,35 +619,87 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "runs": {**old["runs"], **settings["runs"]}}
 
 
-def plan(spec: AblationSpec, names: Sequence[str]) -> list[Job]:
-    """Every job of the ablation, final fits first (so a short ablation reports test early)."""
-    threads = max(1, _cores() // spec.jobs)
+def plan(
+    spec: AblationSpec, names: Sequence[str], teachers: Teachers | None = None, threads: int = 1
+) -> list[Job]:
+    """Every student job of the ablation, final fits first (so a short ablation reports test
+    early); each learns from its seed's teacher (the unimodal one for `_unimodal` runs)."""
+    teachers = teachers or Teachers({}, {}, ())
     jobs: list[Job] = []
     folds = [None] if spec.folds is None else [None, *((i, spec.folds) for i in range(spec.folds))]
     for fold in folds:
         for seed in range(spec.seeds):
             for name in names:
+                base = _run_base(spec, name)
                 cfg = replace(
-                    spec.base,
-                    distill=run_config(name)[1],
-                    train=replace(spec.base.train, seed=seed),
+                    base, distill=run_config(name)[1], train=replace(base.train, seed=seed)
+                )
+                unimodal = split_control(name)[1] == "unimodal"
+                teacher = (teachers.unimodal if unimodal else teachers.fused).get(
+                    seed, Path(spec.teacher)
                 )
                 where = "final" if fold is None else f"fold{fold[0]}of{fold[1]}"
                 out = Path(spec.out) / "runs" / name / f"seed{seed}" / where
-                jobs.append(Job(name, seed, fold, cfg, Path(spec.teacher), out, threads))
+                jobs.append(Job(name, seed, fold, cfg, teacher, out, threads))
     return jobs
+
+
+def _epoch_guess(jobs: Sequence[Job], teacher: Path) -> tuple[float | None, str]:
+    """(seconds per epoch, where from) for the first ETA: finished runs of this ablation when
+    there are any, else the teacher's own training (a rough guide: another model)."""
+    seen = [m["train"]["epoch_seconds_mean"] for j in jobs if (m := _metrics_of(j.out))]
+    seen = [s for s in seen if s]
+    if seen:
+        return sum(seen) / len(seen), f"{len(seen)} finished runs here"
+    metrics = _metrics_of(Path(teacher)) or {}
+    guess = metrics.get("train", {}).get("epoch_seconds_mean")
+    return (guess, "the teacher's epochs") if guess else (None, "")
+
+
+def describe_plan(
+    spec: AblationSpec, names: Sequence[str], jobs: Sequence[Job], threads: Any
+) -> tuple[str, float | None]:
+    """The line printed before anything trains, and the seconds-per-epoch guess behind it."""
+    students = [j for j in jobs if j.kind == "student"]
+    teachers = len(jobs) - len(students)
+    todo = [j for j in jobs if _metrics_of(j.out) is None]
+    epoch_s, basis = _epoch_guess(jobs, spec.teacher)
+    fits = "" if spec.folds is None else f" x {spec.folds + 1} fits"
+    line = (
+        f"ablation: {len(names)} runs ({', '.join(names)}) x {spec.seeds} seeds{fits} = "
+        f"{len(students)} trainings"
+        + (f" + {teachers} teacher trainings" if teachers else "")
+        + f"; {len(jobs) - len(todo)} already finished; {threads.describe()}"
+    )
+    if epoch_s is not None and todo:
+        epochs = sum(j.cfg.train.epochs for j in todo)
+        line += f"; about {_duration(epochs * epoch_s / spec.jobs)} (from {basis})"
+    return line, epoch_s
 
 
 def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the ablation; write ablate.json and ablate.png; return the results."""
+    from edgekd.threads import plan_threads
+
+    threads = plan_threads(spec.jobs, spec.threads)
     names = _check(spec)
     out = Path(spec.out)
+    teachers = _teachers(spec, names, threads.per_job)
     settings = _check_settings(out, _settings(spec, names))
     atomic_write_json(out / "settings.json", settings)
-    jobs = plan(spec, names)
-    results = run_jobs(jobs, spec.jobs, log)
-    teacher = json.loads((Path(spec.teacher) / "metrics.json").read_text())
-    report = summarize_runs(jobs, results, teacher, spec)
+    jobs = plan(spec, names, teachers, threads.per_job)
+    line, epoch_s = describe_plan(spec, names, [*teachers.jobs, *jobs], threads)
+    log(line)
+    run_jobs(teachers.jobs, max(1, min(spec.jobs, len(teachers.jobs))), log, epoch_s)
+    if teachers.unimodal and spec.unimodal_teacher is None:
+        for run in dict.fromkeys(teachers.unimodal.values()):
+            try:
+                _check_unimodal(run, student_modality(spec), given=False)
+            except ConfigError:
+                shutil.rmtree(run)  # a fused teacher under the unimodal name must not be reused
+                raise
+    results = run_jobs(jobs, spec.jobs, log, epoch_s)
+    report = summarize_runs(jobs, results, teachers, spec)
     atomic_write_json(out / "ablate.json", report)
     plot(report, out / "ablate.png")
     return report
@@ -325,8 +709,23 @@ def _pct(metrics: dict[str, Any]) -> dict[str, float]:
     return {m: 100 * metrics[m] for m in METRICS}
 
 
+def _teacher_summary(dirs: Iterable[Path]) -> dict[str, Any]:
+    """Mean test/val of distinct teacher runs (percent), with their folders."""
+    unique = list(dict.fromkeys(Path(d) for d in dirs))
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in unique]
+    mean = {
+        split: {m: sum(100 * x[split][m] for x in metrics) / len(metrics) for m in METRICS}
+        for split in ("test", "val")
+    }
+    return {"dir": str(unique[0]) if len(unique) == 1 else [str(d) for d in unique], **mean,
+            "n": len(unique)}  # fmt: skip
+
+
 def summarize_runs(
-    jobs: Sequence[Job], results: Sequence[dict], teacher: dict[str, Any], spec: AblationSpec
+    jobs: Sequence[Job],
+    results: Sequence[dict],
+    teachers: Teachers | None,
+    spec: AblationSpec,
 ) -> dict[str, Any]:
     """The ablation report (percent units) from finished jobs' metrics (in the order of jobs)."""
     per: dict[str, dict[int, dict[str, Any]]] = {}
@@ -342,10 +741,14 @@ def summarize_runs(
             folds = entry.pop("folds")
             if folds:
                 entry["cv"] = {m: sum(f[m] for f in folds) / len(folds) for m in METRICS}
-    teacher_test = _pct(teacher["test"])
+    teachers = teachers or Teachers({}, {}, ())
+    teacher = _teacher_summary(teachers.fused.values() or [spec.teacher])
+    ood = teacher_modality_dropout(spec.teacher) == 0
     runs: dict[str, Any] = {}
     for name, seeds in per.items():
         row: dict[str, Any] = {"meaning": run_config(name)[0], "per_seed": seeds}
+        if split_control(name)[1] == "restricted" and ood:
+            row["ood_teacher"] = True
         for split in ("val", "test", "cv"):
             if all(split in e for e in seeds.values()):
                 row[split] = {m: summarize([e[split][m] for e in seeds.values()]) for m in METRICS}
@@ -356,29 +759,35 @@ def summarize_runs(
             continue
         row["gain"] = {m: paired_interval(_col(per[name], m), _col(ce, m)) for m in METRICS}
         row["gap_closed"] = {
-            m: gap_closed(row["test"][m]["mean"], runs["ce"]["test"][m]["mean"], teacher_test[m])
+            m: gap_closed(row["test"][m]["mean"], runs["ce"]["test"][m]["mean"], teacher["test"][m])
             for m in METRICS
         }
     cross: dict[str, Any] = {}
     for name in runs:
-        control = f"{name}{RESTRICTED}"
-        if control in runs:
+        for suffix, kind in CONTROLS.items():
+            control = f"{name}{suffix}"
+            if control not in runs:
+                continue
             diff = {m: paired_interval(_col(per[name], m), _col(per[control], m)) for m in METRICS}
             gain = runs[name]["gain"]["accuracy"]["mean"]
             share = diff["accuracy"]["mean"] / gain if gain > 0 else None
-            cross[name] = {"gain": diff, "share_of_kd_gain": share}
+            cross.setdefault(name, {})[kind] = {"gain": diff, "share_of_kd_gain": share}
     best_by = "cv" if spec.folds else "val"
     ranked = sorted(runs, key=lambda n: -runs[n][best_by]["accuracy"]["mean"])
-    return {
+    report = {
         "unit": "percent",
-        "teacher": {"dir": str(spec.teacher), "test": teacher_test, "val": _pct(teacher["val"])},
+        "teacher": teacher,
         "seeds": spec.seeds,
+        "teacher_seeds": None if spec.teacher_seeds is None else list(spec.teacher_seeds),
         "folds": spec.folds,
         "selection": best_by,
         "best": ranked[0],
         "runs": runs,
         "cross_modal": cross,
     }
+    if teachers.unimodal:
+        report["unimodal_teacher"] = _teacher_summary(teachers.unimodal.values())
+    return report
 
 
 def _col(seeds: dict[int, dict[str, Any]], metric: str) -> dict[int, float]:
@@ -409,16 +818,20 @@ def format_table(report: dict[str, Any]) -> str:
         "ΔF1 vs CE [95% CI]", "gap closed (acc)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    t = report["teacher"]["test"]
-    lines.append(
-        f"| teacher (all modalities) | - | - | {t['accuracy']:.2f} | {t['macro_f1']:.2f} "
-        "| - | - | - |"
-    )
+    teachers = [("teacher (all modalities)", report["teacher"])]
+    if "unimodal_teacher" in report:
+        teachers.append(("teacher (student's modality only)", report["unimodal_teacher"]))
+    for label, teacher in teachers:
+        t, n = teacher["test"], teacher.get("n", 1)
+        label += f", mean of {n} seeds" if n > 1 else ""
+        lines.append(f"| {label} | - | - | {t['accuracy']:.2f} | {t['macro_f1']:.2f} | - | - | - |")
+    flagged = False
     for name, row in report["runs"].items():
         gain = row.get("gain", {})
         closed = row.get("gap_closed", {}).get("accuracy")
+        flagged |= bool(row.get("ood_teacher"))
         cells = [
-            name,
+            f"{name} (OOD teacher)" if row.get("ood_teacher") else name,
             str(row["test"]["accuracy"]["n"]),
             _ms(row[sel]["accuracy"]) if sel in row else "-",
             _ms(row["test"]["accuracy"]),
@@ -428,14 +841,22 @@ def format_table(report: dict[str, Any]) -> str:
             "-" if closed is None else f"{closed:.0%}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    for name, cm in report["cross_modal"].items():
-        share = cm["share_of_kd_gain"]
+    if flagged:
         lines.append(
-            f"\ncross-modal gain of {name} (fused teacher - restricted teacher, test acc): "
-            f"{_ci(cm['gain']['accuracy'])} points; macro-F1 {_ci(cm['gain']['macro_f1'])}; "
-            + "share of its KD gain: "
-            + ("n/a" if share is None else f"{share:.0%}")
+            "\nOOD teacher: the teacher was trained without modality dropout, so its view with "
+            "the other modalities zeroed is out of distribution; that control understates what "
+            "a teacher of the student's modality can give (prefer the _unimodal control)."
         )
+    meaning = {"restricted": "restricted teacher", "unimodal": "unimodal teacher"}
+    for name, controls in report["cross_modal"].items():
+        for kind, cm in controls.items():
+            share = cm["share_of_kd_gain"]
+            lines.append(
+                f"\ncross-modal gain of {name} (fused teacher - {meaning[kind]}, test acc): "
+                f"{_ci(cm['gain']['accuracy'])} points; macro-F1 {_ci(cm['gain']['macro_f1'])}; "
+                + "share of its KD gain: "
+                + ("n/a" if share is None else f"{share:.0%}")
+            )
     return "\n".join(lines)
 
 

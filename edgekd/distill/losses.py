@@ -1,8 +1,14 @@
-"""Distillation losses of METHOD.md ("Losses"), one small module each, combined by DistillCriterion.
+"""Distillation losses, one small module each, combined by DistillCriterion.
 
 Notation: s_i student embedding, p the projector, t_i teacher embedding, z^S_i / z^T_i student /
-teacher logits, y_i the label (-1 = unlabelled), w_i the per-sample quality weight (default 1),
-B the batch size. Every loss returns `LossTerm(value, active)`: `value` is a scalar tensor,
+teacher logits, y_i the label, w_i the per-sample quality weight (default 1), B the batch size,
+C the number of classes.
+
+Labels come in two forms, accepted by every term: int64 (B,) class indices with -1 = unlabelled,
+or float (B, C) soft targets (mixup), a row of zeros = unlabelled. Internally both become target
+rows r_i in R^C (one-hot for an index); a row is labelled when it sums to more than 0.
+
+Every loss returns `LossTerm(value, active)`: `value` is a scalar tensor,
 `active` is the share of samples whose hinge is positive for the hinge losses (SoftMargin,
 MarginKD) and None for the others.
 
@@ -12,6 +18,7 @@ stray `requires_grad` on its outputs must not make the student's step update it)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -19,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.config import DISTANCES, QUALITY, DistillConfig
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, InputError
 
 PROJECTORS = ("linear", "identity")
 
@@ -50,18 +57,66 @@ def _kl_per_sample(
     """tau^2 * KL(softmax(z^T/tau) || softmax(z^S/tau)) per sample, shape (B,)."""
     log_ps = F.log_softmax(student_logits / tau, dim=1)
     log_pt = F.log_softmax(teacher_logits.detach() / tau, dim=1)
-    return tau**2 * F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=1)
+    return tau**2 * _kl_rows(log_pt, log_ps)
 
 
-def _labelled_mean(per_sample: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of per_sample over samples with y >= 0; 0 (keeping the graph) when there are none."""
-    mask = (y >= 0).to(per_sample.dtype)
+def _kl_rows(log_t: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+    """KL(t || s) per row from log-probabilities, shape (B,)."""
+    return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1)
+
+
+def target_rows(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels as float (B, C) target rows: one-hot for an index, zeros for -1, soft rows as given.
+
+    InputError for a shape or value that is neither form (a soft row must be >= 0).
+    """
+    if y.dtype.is_floating_point:
+        if y.dim() != 2 or y.shape[1] != num_classes:
+            raise InputError(
+                f"soft targets must have shape (batch, {num_classes}), got {tuple(y.shape)}"
+            )
+        if bool((y < 0).any()):
+            raise InputError("soft targets must be >= 0 (a row of zeros marks an unlabelled one)")
+        return y
+    if y.dim() != 1:
+        raise InputError(f"class-index labels must have shape (batch,), got {tuple(y.shape)}")
+    bad = (y < -1) | (y >= num_classes)
+    if bool(bad.any()):
+        found = y[bad].unique().tolist()[:10]
+        raise InputError(f"class-index labels must be in [-1, {num_classes}), found {found}")
+    return F.one_hot(y.clamp(min=0), num_classes).to(torch.float32) * (y >= 0)[:, None]
+
+
+def _labelled(rows: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows that carry a label."""
+    return rows.sum(dim=1) > 0
+
+
+def _labelled_mean(per_sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean of per_sample over labelled rows; 0 (keeping the graph) when there are none."""
+    mask = _labelled(rows).to(per_sample.dtype)
     return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample CE, 0 for unlabelled samples (y == -1)."""
-    return F.cross_entropy(logits, y, reduction="none", ignore_index=-1)
+def _cross_entropy(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE with probability targets, -sum_c r_ic log softmax(z_i)_c; 0 for unlabelled
+    rows. For a one-hot row this is the usual CE."""
+    return -(rows * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def _teacher_target_rows(rows: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Target rows normalised to sum 1; an unlabelled row becomes the one-hot of the teacher's top
+    class (there is no label, and the teacher's own target is what its logits encode)."""
+    labelled = _labelled(rows)
+    top = F.one_hot(teacher_logits.detach().argmax(dim=1), rows.shape[1]).to(rows.dtype)
+    norm = rows / rows.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return torch.where(labelled[:, None], norm, top)
+
+
+def standardize_logits(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): (z_i - mean(z_i)) / (std(z_i) + eps) per
+    sample, std with Bessel's correction as in the authors' code; applied before the tau softmax."""
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
 
 
 class HardL2(nn.Module):
@@ -141,11 +196,156 @@ class MarginKD(LogitKD):
         )
 
 
-class SoftTeacherHead(nn.Module):
-    """Classifier-level soft constraint: mean over labelled i of w_i * CE(W_T p(s_i) + b_T, y_i).
+def _pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of the rows of a and b, shape (rows,): cosine of the centred rows."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
-    The teacher's classifier is applied with detached weights: the gradient reaches the projected
-    student embedding p(s_i) but never W_T or b_T. Samples with y_i = -1 are skipped.
+
+class DIST(nn.Module):
+    """DIST (Huang et al., NeurIPS 2022): match relations, not exact probabilities.
+
+    With P^S = softmax(z^S/tau), P^T = softmax(z^T/tau) (B x C):
+      inter = mean_i w_i (1 - rho(P^S_i, P^T_i))        (per sample, across classes)
+      intra = mean_c (1 - rho(P^S_:c, P^T_:c))           (per class, across the batch)
+      L = tau^2 * (beta * inter + gamma * intra)
+    rho is the Pearson correlation (eps 1e-8 in the denominator, as in the authors' code). Quality
+    weights w_i scale the per-sample inter term only: intra compares whole batch columns. Labels
+    are not used, so soft targets need nothing special.
+    """
+
+    def __init__(self, tau: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ConfigError(f"tau must be > 0, got {tau}")
+        self.tau, self.beta, self.gamma = float(tau), float(beta), float(gamma)
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> LossTerm:
+        ps = F.softmax(student_logits / self.tau, dim=1)
+        pt = F.softmax(teacher_logits.detach() / self.tau, dim=1)
+        inter = _weighted_mean(1.0 - _pearson(ps, pt), weights)
+        intra = (1.0 - _pearson(ps.T, pt.T)).mean()
+        return LossTerm(self.tau**2 * (self.beta * inter + self.gamma * intra), None)
+
+
+def _log_weight(mask: torch.Tensor) -> torch.Tensor:
+    """log of class weights in [0, 1], with log 0 taken as -1e4 rather than -inf: exp() of it is
+    exactly 0, while 0 * log 0 terms stay finite in a KL and its gradient."""
+    return torch.log(mask.clamp(min=0.0)).clamp(min=-1e4)
+
+
+def _masked_log_softmax(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log(m_c e^z_c / sum_k m_k e^z_k): softmax(z) restricted to the classes weighted by
+    mask in [0, 1], renormalised."""
+    return F.log_softmax(z + _log_weight(mask), dim=1)
+
+
+def _log_binary(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log(sum_c m_c p_c, sum_c (1 - m_c) p_c) with p = softmax(z), shape (B, 2)."""
+    masses = [torch.logsumexp(z + _log_weight(m), dim=1) for m in (mask, 1.0 - mask)]
+    return torch.stack(masses, dim=1) - torch.logsumexp(z, dim=1, keepdim=True)
+
+
+class DKD(nn.Module):
+    """Decoupled KD (Zhao et al., CVPR 2022): L = tau^2 * (alpha * TCKD + beta * NCKD).
+
+    For target class t and p = softmax(z/tau):
+      TCKD = KL(b^T || b^S) with b = (p_t, 1 - p_t)            (binary: target vs the rest)
+      NCKD = KL(q^T || q^S) with q_c = p_c / (1 - p_t), c != t  (among the non-target classes)
+    Soft targets: the target mask is the target row r_i normalised to sum 1 (for an index label
+    the one-hot, so the definitions above hold exactly): b = (sum_c r_c p_c, sum_c (1 - r_c) p_c)
+    and q_c = (1 - r_c) p_c / sum_k (1 - r_k) p_k; a mixup row of classes a and b splits each
+    class's mass between "target" and "non-target" by its share. Unlabelled samples take the
+    teacher's top class as their target. Averaged over samples with quality weights w_i.
+    The paper's linear warm-up of the DKD weight is not applied here.
+    """
+
+    def __init__(self, tau: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ConfigError(f"tau must be > 0, got {tau}")
+        self.tau, self.alpha, self.beta = float(tau), float(alpha), float(beta)
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> LossTerm:
+        """`targets`: the labels y in either form (index or soft rows)."""
+        rows = target_rows(targets, student_logits.shape[1])
+        r = _teacher_target_rows(rows, teacher_logits)
+        zs, zt = student_logits / self.tau, teacher_logits.detach() / self.tau
+        tckd = _kl_rows(_log_binary(zt, r), _log_binary(zs, r))
+        nckd = _kl_rows(_masked_log_softmax(zt, 1 - r), _masked_log_softmax(zs, 1 - r))
+        per_sample = self.tau**2 * (self.alpha * tckd + self.beta * nckd)
+        return LossTerm(_weighted_mean(per_sample, weights), None)
+
+
+def class_balanced_weights(class_counts: Sequence[int], beta: float) -> torch.Tensor:
+    """Per-class weights v_c from labelled training counts n_c, shape (C,).
+
+    Effective number of samples (Cui et al., CVPR 2019): E_c = (1 - beta^n_c) / (1 - beta), and
+    v_c proportional to 1 / E_c, scaled so that sum_c n_c v_c = sum_c n_c (the average weight
+    over the training windows is 1, so the KD term keeps logit_kd's scale). beta = 1 is the limit
+    E_c = n_c (inverse frequency: v_c = N / (C n_c)); beta = 0 gives v_c = 1. A class with no
+    window counts as one (its weight stays finite for an unlabelled window the teacher puts there).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"bkd_beta must be in [0, 1], got {beta}")
+    if len(class_counts) == 0 or any(int(c) < 0 for c in class_counts):
+        raise ConfigError(f"class_counts must be non-negative per-class counts, got {class_counts}")
+    n = torch.tensor([max(int(c), 1) for c in class_counts], dtype=torch.float64)
+    effective = n if beta == 1.0 else (1.0 - beta**n) / (1.0 - beta)
+    inverse = 1.0 / effective
+    return (inverse * n.sum() / (n * inverse).sum()).to(torch.float32)
+
+
+class ClassBalancedKD(nn.Module):
+    """BKD: logit KD with per-class weights, mean_i w_i v(i) tau^2 KL(p^T_i || p^S_i).
+
+    v(i) = sum_c r_ic v_c over the sample's target row (normalised to sum 1; the one-hot of an
+    index label, the mix of a soft target, the teacher's top class for an unlabelled sample), with
+    v_c from `class_balanced_weights`, so the rare classes' KD is not drowned by the common ones.
+    """
+
+    def __init__(self, class_weights: torch.Tensor, tau: float = 4.0) -> None:
+        super().__init__()
+        self.kd = LogitKD(tau)
+        self.register_buffer("class_weights", class_weights.detach().to(torch.float32))
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> LossTerm:
+        classes = student_logits.shape[1]
+        if classes != self.class_weights.shape[0]:
+            raise InputError(
+                f"bkd has class weights for {self.class_weights.shape[0]} classes, "
+                f"the logits have {classes}"
+            )
+        rows = _teacher_target_rows(target_rows(targets, classes), teacher_logits)
+        per_class = rows @ self.class_weights.to(rows.dtype)
+        combined = per_class if weights is None else weights.detach() * per_class
+        return self.kd(student_logits, teacher_logits, combined)
+
+
+class SoftTeacherHead(nn.Module):
+    """Classifier-level soft constraint: mean over labelled i of w_i * CE(W_T p(s_i) + b_T, r_i).
+
+    CE with probability targets r_i (one-hot for an index label, the soft row for mixup). The
+    teacher's classifier is applied with detached weights: the gradient reaches the projected
+    student embedding p(s_i) but never W_T or b_T. Unlabelled samples are skipped.
     """
 
     def forward(
@@ -157,10 +357,11 @@ class SoftTeacherHead(nn.Module):
     ) -> LossTerm:
         bias = None if teacher_classifier.bias is None else teacher_classifier.bias.detach()
         logits = F.linear(projected, teacher_classifier.weight.detach(), bias)
-        ce = _cross_entropy(logits, y)
+        rows = target_rows(y, logits.shape[1])
+        ce = _cross_entropy(logits, rows)
         if weights is not None:
             ce = ce * weights.detach()
-        return LossTerm(_labelled_mean(ce, y), None)
+        return LossTerm(_labelled_mean(ce, rows), None)
 
 
 @torch.no_grad()
@@ -173,8 +374,9 @@ def quality_weights(
 ) -> torch.Tensor:
     """Per-sample weights w_i = B * softmax(q / T_q)_i (they average 1), without gradient.
 
-    q_i: `teacher_confidence` = softmax(z^T_i)[y_i] (the teacher's top-class probability when
-    y_i = -1, as there is no label); `teacher_norm` = ||t_i||_2; `none`: w_i = 1.
+    q_i: `teacher_confidence` = sum_c softmax(z^T_i)_c r_ic, the teacher's probability of the
+    label (of the soft target's mix); its top-class probability for an unlabelled sample, as there
+    is no label; `teacher_norm` = ||t_i||_2; `none`: w_i = 1.
     """
     if kind not in QUALITY:
         raise ConfigError(f"quality={kind!r} is not one of {', '.join(QUALITY)}")
@@ -186,8 +388,8 @@ def quality_weights(
         if teacher_logits is None:
             raise ConfigError("quality='teacher_confidence' needs the teacher's logits")
         probs = F.softmax(teacher_logits.float(), dim=1)
-        labelled = probs.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
-        q = torch.where(y >= 0, labelled, probs.max(dim=1).values)
+        rows = target_rows(y, probs.shape[1])
+        q = torch.where(_labelled(rows), (probs * rows).sum(dim=1), probs.max(dim=1).values)
     else:
         if teacher_emb is None:
             raise ConfigError("quality='teacher_norm' needs the teacher's embeddings")
@@ -219,10 +421,15 @@ class Projector(nn.Module):
 class DistillCriterion(nn.Module):
     """L = lambda_task * L_task + lambda_feature * L_feature + lambda_classifier * L_classifier.
 
-    L_task = CE(z^S_i, y_i) averaged over labelled samples (y_i >= 0) only; quality weights never
-    touch it. Unlabelled samples (y_i = -1) contribute no task loss and no `soft_teacher_head`
-    loss (both need a label), but do contribute to `logit_kd`, `margin_kd` and the feature terms,
-    which only compare the student with the teacher.
+    L_task = CE(z^S_i, r_i) (probability targets) averaged over labelled samples only; quality
+    weights never touch it. Unlabelled samples contribute no task loss and no `soft_teacher_head`
+    loss (both need a label), but do contribute to the logit terms (`logit_kd`, `margin_kd`,
+    `dist`, `dkd`, `bkd`; the last two use the teacher's top class as their target) and the feature
+    terms, which only compare the student with the teacher.
+
+    `logit_standardize`: the logit terms see z-scored student and teacher logits
+    (`standardize_logits`); the task CE keeps the raw student logits.
+    `class_counts`: labelled training windows per class, required by `bkd` (its class weights).
 
     The projector exists only when a term uses it (feature losses, soft_teacher_head); otherwise
     `self.projector` is None and the criterion has no parameters (DDP would reject unused ones).
@@ -236,7 +443,11 @@ class DistillCriterion(nn.Module):
     """
 
     def __init__(
-        self, cfg: DistillConfig, student_dim: int, teacher_dim: int | None = None
+        self,
+        cfg: DistillConfig,
+        student_dim: int,
+        teacher_dim: int | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -246,6 +457,11 @@ class DistillCriterion(nn.Module):
                 f"feature_loss={cfg.feature_loss!r} / classifier_loss={cfg.classifier_loss!r} "
                 "project the student into the teacher's space: teacher_dim is required"
             )
+        if cfg.classifier_loss == "bkd" and class_counts is None:
+            raise ConfigError(
+                "classifier_loss='bkd' weighs classes by their training counts: "
+                "class_counts (labelled training windows per class) is required"
+            )
         self.projector = (
             Projector(student_dim, teacher_dim, cfg.projector) if needs_projector else None
         )
@@ -254,12 +470,7 @@ class DistillCriterion(nn.Module):
             "hard_l2": HardL2(),
             "soft_margin": SoftMargin(cfg.margin, cfg.distance),
         }[cfg.feature_loss]
-        self.classifier_term: nn.Module | None = {
-            "none": None,
-            "logit_kd": LogitKD(cfg.tau),
-            "soft_teacher_head": SoftTeacherHead(),
-            "margin_kd": MarginKD(cfg.tau, cfg.classifier_margin),
-        }[cfg.classifier_loss]
+        self.classifier_term: nn.Module | None = _classifier_term(cfg, class_counts)
 
     def forward(
         self,
@@ -270,8 +481,10 @@ class DistillCriterion(nn.Module):
         teacher_classifier: nn.Linear | None,
         y: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
+        """`y`: int64 (B,) labels with -1 = unlabelled, or float (B, C) soft targets."""
         cfg = self.cfg
-        task = _labelled_mean(_cross_entropy(student_logits, y), y)
+        rows = target_rows(y, student_logits.shape[1])
+        task = _labelled_mean(_cross_entropy(student_logits, rows), rows)
         zero = task.new_zeros(())
         out = {
             "task": task,
@@ -284,7 +497,7 @@ class DistillCriterion(nn.Module):
             weights = None
             if cfg.quality != "none":
                 weights = quality_weights(
-                    cfg.quality, teacher_logits, teacher_emb, y, cfg.quality_temperature
+                    cfg.quality, teacher_logits, teacher_emb, rows, cfg.quality_temperature
                 )
             projected = None if self.projector is None else self.projector(student_emb)
             if self.feature_term is not None:
@@ -293,13 +506,19 @@ class DistillCriterion(nn.Module):
                 out["feature"], out["active_feature"] = term.value, _active(term, zero)
             if isinstance(self.classifier_term, SoftTeacherHead):
                 _require(teacher_classifier, "teacher_classifier", "soft_teacher_head")
-                term = self.classifier_term(projected, teacher_classifier, y, weights)
+                term = self.classifier_term(projected, teacher_classifier, rows, weights)
                 out["classifier"], out["active_classifier"] = term.value, _active(term, zero)
             elif self.classifier_term is not None:
                 _require(
                     teacher_logits, "teacher_logits", f"classifier_loss={cfg.classifier_loss!r}"
                 )
-                term = self.classifier_term(student_logits, teacher_logits, weights)
+                zs, zt = student_logits, teacher_logits
+                if cfg.logit_standardize:
+                    zs, zt = standardize_logits(zs), standardize_logits(zt)
+                if isinstance(self.classifier_term, DKD | ClassBalancedKD):
+                    term = self.classifier_term(zs, zt, rows, weights)
+                else:
+                    term = self.classifier_term(zs, zt, weights)
                 out["classifier"], out["active_classifier"] = term.value, _active(term, zero)
         out["total"] = (
             cfg.lambda_task * out["task"]
@@ -307,6 +526,26 @@ class DistillCriterion(nn.Module):
             + cfg.lambda_classifier * out["classifier"]
         )
         return out
+
+
+def _classifier_term(cfg: DistillConfig, class_counts: Sequence[int] | None) -> nn.Module | None:
+    name = cfg.classifier_loss
+    if name == "none":
+        return None
+    if name == "soft_teacher_head":
+        return SoftTeacherHead()
+    if name == "margin_kd":
+        return MarginKD(cfg.tau, cfg.classifier_margin)
+    if name == "dist":
+        return DIST(cfg.tau, cfg.dist_beta, cfg.dist_gamma)
+    if name == "dkd":
+        return DKD(cfg.tau, cfg.dkd_alpha, cfg.dkd_beta)
+    if name == "bkd":
+        assert class_counts is not None  # checked by DistillCriterion
+        return ClassBalancedKD(class_balanced_weights(class_counts, cfg.bkd_beta), cfg.tau)
+    if name == "logit_kd":
+        return LogitKD(cfg.tau)
+    raise ConfigError(f"classifier_loss={name!r} has no loss module")
 
 
 def _active(term: LossTerm, zero: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ and is refused together with augmentation (the cache would not match what the st
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -257,10 +256,9 @@ def train_teacher(
 def _criterion(cfg: RunConfig, student_dim: int, teacher_dim: int, counts: np.ndarray) -> nn.Module:
     from edgekd.distill.losses import DistillCriterion
 
-    kwargs: dict[str, Any] = {}
-    if "class_counts" in inspect.signature(DistillCriterion).parameters:
-        kwargs["class_counts"] = [int(c) for c in counts]
-    return DistillCriterion(cfg.distill, student_dim, teacher_dim, **kwargs)
+    return DistillCriterion(
+        cfg.distill, student_dim, teacher_dim, class_counts=[int(c) for c in counts]
+    )
 
 
 def distill(
