@@ -179,6 +179,8 @@ class Bundle:
         if not entry:
             return None, None
         path = beside_eval_path(self.root)
+        if not path.is_file():
+            return None, f"{path} not found"
         try:
             _verify_file(path, str(entry["sha256"]), int(entry["size"]))
         except BundleError as exc:
