@@ -38,10 +38,17 @@ def require_extra(extra: str, what: str) -> None:
     """MissingExtra naming `pip install 'edgekd[<extra>]'` unless the extra's modules exist.
 
     Uses `find_spec` only: nothing is imported, so the check costs microseconds."""
-    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    missing = [m for m in EXTRAS[extra] if not _findable(m)]
     if missing:
         raise MissingExtra(f"{what} needs the '{extra}' extra ({', '.join(missing)} not "
                            f"installed): pip install 'edgekd[{extra}]'")
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # e.g. a broken install or a blocked import
+        return False
 
 
 def user_errors(fn: F) -> F:
