@@ -225,3 +225,37 @@ def test_incomplete_or_invalid_content_leaves_nothing(tmp_path: Path) -> None:
         w.set("modality", SPEC)
         w.set("io", IO)
     assert [a.path for a in read_bundle(out).artifacts] == ["m.onnx"]
+
+
+def test_writer_options_reach_writers_deep_inside_an_export(tmp_path: Path) -> None:
+    """`export_run(with_eval=..., sign_key=...)` sets them for the writers it creates."""
+    from edgekd.export.bundle import writer_options
+
+    key = tmp_path / "k.key"
+    with writer_options(with_eval=True, sign_key=key):
+        inside = BundleWriter(tmp_path / "a.edgekd")
+        explicit = BundleWriter(tmp_path / "b.edgekd", with_eval=False)  # an argument wins
+    outside = BundleWriter(tmp_path / "c.edgekd")
+    assert (inside.with_eval, inside.sign_key) == (True, key)
+    assert (explicit.with_eval, explicit.sign_key) == (False, key)
+    assert (outside.with_eval, outside.sign_key) == (False, None)
+
+
+def test_eval_inside_or_beside(tmp_path: Path) -> None:
+    x, y = np.zeros((3, 128, 3), np.float32), np.arange(3, dtype=np.int64)
+    for with_eval in (True, False):
+        out = tmp_path / f"{with_eval}.edgekd"
+        with BundleWriter(out, with_eval=with_eval) as w:
+            w.add_file("model.fp32.onnx", b"m", format="onnx", precision="fp32")
+            w.add_npz("eval", x=x, y=y)
+            w.set("labels", ["a", "b"])
+            w.set("modality", SPEC)
+            w.set("io", IO)
+        b = read_bundle(out)
+        beside = tmp_path / f"{with_eval}.eval.npz"
+        if with_eval:
+            assert b.data_path("eval") == out / "eval.npz" and not beside.exists()
+        else:
+            assert b.data_path("eval") is None and b.beside_eval() == (beside, None)
+            assert b.manifest["eval_beside"]["size"] == beside.stat().st_size
+    assert leftovers(tmp_path) == []
