@@ -17,7 +17,8 @@ from edgekd.commands import user_errors
 BundleArg = Annotated[Path, typer.Argument(help="Bundle folder (NAME.edgekd).")]
 BackendOpt = Annotated[str, typer.Option(help="auto, openvino, onnxruntime or tensorrt.")]
 PrecisionOpt = Annotated[str | None, typer.Option(
-    help="fp32, fp16, bf16 or int8 (default: the bundle target's, else the best available).")]
+    help="fp32, fp16, bf16, int8 (default: the bundle target's, else the best available), or "
+    "auto (the fastest here within the export's accuracy budget).")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU inference threads (default 1).")]
 InputOpt = Annotated[Path, typer.Option(
     "--input", "-i", help="Recording: .csv or .npy (T, C) samples, or .wav (16-bit PCM).")]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -102,6 +101,8 @@ def recover_interrupted(root: Path, *, finish: bool) -> str | None:
         os.rename(backup, root)
         return f"restored {root} from {backup.name} (an interrupted replacement)"
     if finish:
+        import shutil  # lazily: loads never get here, and their import time counts
+
         shutil.rmtree(backup, ignore_errors=True)
         return f"removed {backup.name} left by an interrupted replacement"
     return None

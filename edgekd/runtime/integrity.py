@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import BundleError, ConfigError
-from edgekd.io import atomic_write_bytes, atomic_write_json
 
 DIGEST_KEY = "digest"
 SIGNATURE = "signature.json"
@@ -96,6 +95,8 @@ def key_id(public_key: Any) -> str:
 def keygen(out_dir: str | Path) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair into `out_dir`: (private key path (mode 0600), public key
     path). ConfigError if either file exists (a signing key is never overwritten)."""
+    from edgekd.io import atomic_write_bytes
+
     serialization, ed25519 = _crypto()
     out = Path(out_dir).expanduser()
     priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
@@ -174,6 +175,7 @@ def signature_record(digest: str, private_key_path: str | Path) -> dict[str, str
 def sign_bundle(root: str | Path, private_key_path: str | Path) -> dict[str, str]:
     """Sign the bundle folder `root` in place (replacing any signature): writes signature.json
     atomically after checking the manifest digest. Returns the record written."""
+    from edgekd.io import atomic_write_json
     from edgekd.runtime.bundle import read_bundle
 
     bundle = read_bundle(root, verify=True, trusted_keys=[])

@@ -22,7 +22,6 @@ from edgekd.runtime.backends import BACKENDS, Engine, Runner, backend_module, pi
 from edgekd.runtime.backends import cache_dir as default_cache_dir
 from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
 from edgekd.runtime.integrity import resolve_trusted_keys
-from edgekd.runtime.probe import driver_library_present
 
 if TYPE_CHECKING:  # stream.py imports this module
     from edgekd.runtime.stream import Stream
@@ -232,6 +231,8 @@ def load(
 
         engine, selection = choose(b, backend, threads, cache, open_one)
         return Model(b, engine, spec, time.perf_counter() - t0, selection)
+    from edgekd.runtime.probe import driver_library_present
+
     names = BACKENDS if backend == "auto" else (backend,)
     reasons = []
     for name in names:

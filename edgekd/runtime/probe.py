@@ -10,7 +10,6 @@ starting it costs a Python interpreter, tens of milliseconds of every `backend="
 
 from __future__ import annotations
 
-import ctypes.util
 import glob
 import json
 import os
@@ -93,6 +92,8 @@ def driver_library_present() -> bool:
         for folder in glob.glob(pattern):
             if os.path.exists(os.path.join(folder, DRIVER_LIBRARY)):
                 return True
+    import ctypes.util  # lazily: it costs milliseconds of every runtime import
+
     return ctypes.util.find_library("cuda") is not None
 
 
