@@ -7,7 +7,8 @@ points); FP32 is the reference and always a candidate; a reduced precision the e
 measure (e.g. bf16) is not. Each candidate is compiled and timed for AUTO_ITERATIONS batch-1
 calls after AUTO_WARMUP; the lowest median wins. The choice is cached as JSON in
 `<cache_dir>/auto/<bundle digest>-<device stamp hash>.json`, the stamp being CPU model,
-machine, GPUs, backend library versions and threads: a new device or library measures again.
+machine, GPUs, backend library versions, threads and the competing backends: a new device,
+library or backend set measures again.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
             available.append(name)
         except BackendUnavailable as exc:
             log.debug("auto: %s skipped: %s", name, exc)
-    stamp = device_stamp(threads, with_gpu="tensorrt" in available)
+    # the backends that could compete are part of the key: an `auto` choice is not valid for a
+    # call restricted to one backend, nor the reverse
+    stamp = {**device_stamp(threads, with_gpu="tensorrt" in available), "backends": available}
     path = _cache_file(cache, bundle, stamp)
     cached = _cached_choice(path, bundle, available)
     if cached is not None:

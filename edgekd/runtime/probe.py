@@ -4,8 +4,8 @@ TensorRT's lean runtime does not raise without a driver: its next call segfaults
 CUDA-related is touched in this process until a subprocess has shown that a driver and a GPU
 answer. The probe uses only ctypes against libcuda (no cuda-python needed) and reads the
 TensorRT version without creating any TensorRT object. The result is cached per process.
-Where no CUDA driver library exists at all (most CPU-only devices) the subprocess is skipped:
-starting it costs a Python interpreter, tens of milliseconds of every `backend="auto"` load.
+Where no CUDA driver library exists at all (most CPU-only devices), `cuda_status` and
+`backend="auto"` skip the subprocess: it costs an interpreter start, tens of milliseconds.
 """
 
 from __future__ import annotations

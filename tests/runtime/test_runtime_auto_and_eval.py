@@ -104,6 +104,11 @@ def test_precision_auto_measures_once_then_uses_the_cache(bundle_path: Path, tmp
     assert again.selection["source"] == "cache" and again.precision == model.precision
     explicit = load(bundle_path, backend="onnxruntime", precision="fp32", cache_dir=cache)
     assert explicit.precision == "fp32" and explicit.selection is None
+    monkeypatch.undo()
+    both = load(bundle_path, backend="auto", precision="auto", cache_dir=cache)
+    assert both.selection["source"] == "measured"  # other competitors: its own cache entry
+    assert {c["backend"] for c in both.selection["candidates"]} == {"openvino", "onnxruntime"}
+    assert len(list((cache / "auto").iterdir())) == 2
 
 
 def test_precision_auto_with_nothing_in_budget_is_refused(bundle_path: Path, tmp_path: Path,
@@ -139,9 +144,6 @@ def test_auto_backend_skips_the_cuda_probe_without_a_driver(
         bundle_path: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probe_mod, "_cache", None)
     monkeypatch.setattr(probe_mod, "driver_library_present", lambda: False)
-    import edgekd.runtime.model as model_mod
-
-    monkeypatch.setattr(model_mod, "driver_library_present", lambda: False)
 
     def no_probe(timeout_s: float) -> dict:
         raise AssertionError("the probe subprocess must not start without a driver library")

@@ -148,6 +148,11 @@ def test_nothing_is_cached_from_a_refused_bundle(bundle_copy: Path, keys: dict,
     with pytest.raises(BundleError, match="unsigned bundle"):
         load(bundle_copy, precision="auto", trusted_keys=[keys["ours"][1]], cache_dir=cache)
     assert not cache.exists()
+    with (bundle_copy / "openvino/model.int8.bin").open("r+b") as fh:
+        fh.write(b"\0\0\0\0")
+    with pytest.raises(BundleError, match="model.int8.bin: sha256 does not match"):
+        load(bundle_copy, backend="openvino", precision="int8", cache_dir=cache)
+    assert not cache.exists()  # not even an empty OpenVINO cache folder
 
 
 def test_keygen_writes_a_private_key_only_we_can_read(tmp_path: Path, bundle_path: Path) -> None:

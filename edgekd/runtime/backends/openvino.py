@@ -106,6 +106,7 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     artifact = _source(bundle, precision)
     if artifact is None:
         raise BackendUnavailable(f"{bundle.root} has no {precision} model for {NAME}")
+    source = str(_model_path(bundle, artifact))  # hashed before anything is written
     core = ov.Core()
     ov_cache = None if cache_dir is None else cache_dir / "openvino"
     if ov_cache is not None:
@@ -117,7 +118,6 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
         "INFERENCE_PRECISION_HINT": _HINTS[precision],
     }
     t0 = time.perf_counter()
-    source = str(_model_path(bundle, artifact))
     compiled = core.compile_model(core.read_model(source), "CPU", config)
     compile_s = time.perf_counter() - t0
 
