@@ -317,17 +317,17 @@ class BundleWriter:
             _fsync(self._eval_staged)
         _pause_point("staged")
         self._publish()
+        if self._eval_staged is not None:  # after the bundle: a failed publish keeps old + old
+            os.replace(self._eval_staged, beside_eval_path(self.out))
+            self._eval_staged = None
         _fsync(self.out.parent)  # make the renames themselves durable
         self.manifest = manifest
 
     def _publish(self) -> None:
-        """Rename eval beside (if any), then the bundle. With `force` the old bundle goes to
-        `.NAME.old` first: a crash between the two bundle renames is undone by the next
-        writer or reader (`recover_interrupted`), which renames it back."""
+        """Rename the staged bundle into place. With `force` the old bundle goes to
+        `.NAME.old` first: a crash between the two renames is undone by the next writer or
+        reader (`recover_interrupted`), which renames it back."""
         staging = self.staging
-        if self._eval_staged is not None:
-            os.replace(self._eval_staged, beside_eval_path(self.out))
-            self._eval_staged = None
         if not self.out.exists():
             try:
                 os.rename(staging, self.out)
