@@ -193,8 +193,14 @@ _COLD_START = textwrap.dedent("""
         x = np.zeros(raw_shape(model.spec), dtype=np.float32)
     model.predict(x)
     ttfp = time.perf_counter() - t0
-    print(json.dumps({"ttfp_ms": ttfp * 1e3, "load_s": model.load_s,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    # VmHWM: ru_maxrss survives exec on Linux, so it would report the parent's peak
+    try:
+        with open("/proc/self/status") as fh:
+            hwm = next(line for line in fh if line.startswith("VmHWM:"))
+        peak_mb = int(hwm.split()[1]) / 1024.0
+    except (OSError, StopIteration):
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"ttfp_ms": ttfp * 1e3, "load_s": model.load_s, "peak_rss_mb": peak_mb,
                       "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}))
 """)
 

@@ -63,6 +63,8 @@ def test_bench_cold_start_and_recommendation(bundle_path: Path, cache_root: Path
         cold = row["cold_start"]
         assert cold["torch_loaded"] is False, cold
         assert 0 < cold["ttfp_ms"] < cold["process_ms"] and cold["peak_rss_mb"] > 10
+        # its own peak, not this (torch-laden) process's, which ru_maxrss would report
+        assert cold["peak_rss_mb"] < row["memory"]["peak_rss_mb"]
     rec = report["recommendation"]
     # int8 drops 0 points on the synthetic set (budget 5): the faster of fp32 / int8 wins
     fastest = min(report["rows"], key=lambda r: r["latency"]["p50"])
