@@ -23,7 +23,7 @@ COMMAND_MODULES = ("train", "export", "runtime", "sign", "ablate", "demo")
 # Extra -> import names that must be findable (the ones every command of the extra needs; the
 # rest of an extra, e.g. nncf or torchao, is checked by the code path that uses it).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "train": ("torch", "safetensors", "PIL"),
+    "train": ("torch", "safetensors"),
     "export": ("torch", "safetensors", "onnx", "onnxscript", "onnxruntime", "openvino"),
 }
 COMMAND_EXTRAS: dict[str, str] = {
