@@ -30,3 +30,7 @@ class BackendUnavailable(EdgeKDError):
 
 class ExportError(EdgeKDError):
     """Export failed: lint violations, accuracy drop over the limit, unsupported target."""
+
+
+class MissingExtra(EdgeKDError):
+    """A command needs an optional part of edgekd that is not installed (names the pip line)."""

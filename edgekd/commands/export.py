@@ -53,6 +53,14 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--force", help="Replace an existing bundle at --out.")
         ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+        with_eval: Annotated[
+            bool, typer.Option("--with-eval", help="Keep the held-out windows inside the bundle "
+                               "(default: beside it as NAME.eval.npz).")
+        ] = False,
+        sign_key: Annotated[
+            Path | None, typer.Option("--sign-key", help="Ed25519 private key (PEM) to sign "
+                                      "the bundle with (see `edgekd keygen`).")
+        ] = None,
     ) -> None:
         """Export a trained student to a bundle: ONNX, int8 QDQ, OpenVINO IR, TensorRT engine or
         its build options, golden/eval windows, and an accuracy report per backend."""
@@ -72,6 +80,8 @@ def register(app: typer.Typer) -> None:
             backend_quantizer=backend_quantizer,
             trt_frontend=trt_frontend,
             progress=not quiet,
+            with_eval=with_eval,
+            sign_key=sign_key,
         )
         total = sum(result.sizes.values())
         typer.echo(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import json
 import sys
 import wave
@@ -18,7 +17,8 @@ from edgekd.commands import user_errors
 BundleArg = Annotated[Path, typer.Argument(help="Bundle folder (NAME.edgekd).")]
 BackendOpt = Annotated[str, typer.Option(help="auto, openvino, onnxruntime or tensorrt.")]
 PrecisionOpt = Annotated[str | None, typer.Option(
-    help="fp32, fp16, bf16 or int8 (default: the bundle target's, else the best available).")]
+    help="fp32, fp16, bf16, int8 (default: the bundle target's, else the best available), or "
+    "auto (the fastest here within the export's accuracy budget).")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU inference threads (default 1).")]
 InputOpt = Annotated[Path, typer.Option(
     "--input", "-i", help="Recording: .csv or .npy (T, C) samples, or .wav (16-bit PCM).")]
@@ -36,6 +36,9 @@ PlotOpt = Annotated[Path | None, typer.Option(
     "--plot", help="Write latency distributions as PNG here.")]
 RunOpt = Annotated[Path | None, typer.Option(
     "--run", help="The student's run folder: adds a PyTorch eager FP32 row (needs torch).")]
+TrustedKeyOpt = Annotated[list[Path] | None, typer.Option(
+    "--trusted-key", help="Ed25519 public key (PEM) the bundle must be signed by; repeatable "
+    "(default: the paths in $EDGEKD_TRUSTED_KEYS, if set).")]
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -174,8 +177,11 @@ def _info(bundle: Any) -> None:
     console = Console(soft_wrap=True)  # long lines stay whole (greppable, copyable)
     model, mod, target = m.get("model", {}), m["modality"], m.get("target", {})
     checked = ("[green]all sha256 verified[/green]" if bundle.verified
-               else "[yellow]not verified[/yellow]")
-    console.print(f"[bold]{bundle.root}[/bold]  schema {m['schema_version']}  {checked}")
+               else "[yellow]files not verified[/yellow]")
+    signed = (f"signed by trusted key {bundle.signer}" if bundle.signer
+              else "signature not checked")
+    console.print(f"[bold]{bundle.root}[/bold]  schema {m['schema_version']}  digest "
+                  f"{bundle.digest[:16]}  {checked}  {signed}")
     console.print(f"model: {model.get('name', '?')}  arch {model.get('arch', '?')}  "
                   f"params {model.get('params', '?')}")
     console.print(f"labels ({len(m['labels'])}): {', '.join(m['labels'])}")
@@ -203,6 +209,12 @@ def _info(bundle: Any) -> None:
     for kind in ("golden", "eval"):
         if m.get(kind):
             table.add_row(m[kind]["path"], "npz", "-", _size(m[kind]["size"]), kind)
+    if m.get("eval_beside"):
+        from edgekd.runtime.bundle import beside_eval_path
+
+        beside = beside_eval_path(bundle.root)
+        table.add_row(f"../{beside.name}", "npz", "-", _size(m["eval_beside"]["size"]),
+                      "eval, beside the bundle" + ("" if beside.is_file() else " (missing)"))
     console.print(table)
     if m.get("accuracy"):
         acc = Table(title="accuracy (held-out data)")
@@ -236,11 +248,12 @@ def register(app: typer.Typer) -> None:
         bundle: BundleArg,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest.")] = False,
         verify: Annotated[bool, typer.Option(help="Check every file's sha256 first.")] = True,
+        trusted_key: TrustedKeyOpt = None,
     ) -> None:
         """Summarise a bundle: labels, modality, artifacts, accuracy, target, provenance."""
         from edgekd.runtime import read_bundle
 
-        b = read_bundle(bundle, verify=verify)
+        b = read_bundle(bundle, verify=verify, trusted_keys=trusted_key or None)
         if as_json:
             typer.echo(json.dumps(b.manifest, indent=2))
         else:
@@ -256,6 +269,7 @@ def register(app: typer.Typer) -> None:
         backend: BackendOpt = "auto",
         precision: PrecisionOpt = None,
         threads: ThreadsOpt = None,
+        trusted_key: TrustedKeyOpt = None,
     ) -> None:
         """Classify a recording: one line per window (end time, label, score)."""
         import numpy as np
@@ -263,7 +277,8 @@ def register(app: typer.Typer) -> None:
         from edgekd.errors import InputError
         from edgekd.runtime import load
 
-        model = load(bundle, backend=backend, precision=precision, threads=threads)
+        model = load(bundle, backend=backend, precision=precision, threads=threads,
+                     trusted_keys=trusted_key or None)
         samples = read_samples(input, model.spec)
         typer.echo(f"# {model.backend}/{model.precision}, {len(samples)} samples from {input}",
                    err=True)
@@ -303,39 +318,51 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
         plot_out: PlotOpt = None,
         run_dir: RunOpt = None,
+        cold: Annotated[bool, typer.Option(
+            help="Time to first prediction + its peak RSS, per row, in a fresh process.")] = True,
+        trusted_key: TrustedKeyOpt = None,
     ) -> None:
-        """Latency, throughput, streaming cost, memory and accuracy per backend x precision."""
+        """Latency, throughput, streaming cost, memory, cold start and accuracy per backend x
+        precision, and which one `--precision auto` would choose."""
         from rich.console import Console
 
+        from edgekd.commands import require_extra
         from edgekd.runtime import read_bundle
         from edgekd.runtime.bench import plot, render_table, run_benchmark, write_json
 
         # a pipe or file gets the full table rather than rich's 80-column default
         console = Console() if sys.stdout.isatty() else Console(width=200)
-        b = read_bundle(bundle)
-        source = run_dir or (Path(b.manifest["provenance"]["run_dir"])
-                             if b.manifest.get("provenance", {}).get("run_dir") else None)
+        b = read_bundle(bundle, verify=False, trusted_keys=trusted_key or None)
         reference = None
-        has_torch = importlib.util.find_spec("torch") is not None
-        if source is not None and source.is_dir():
-            if has_torch:
-                from edgekd.reference import eager_reference
+        if run_dir is not None:  # only when asked for: torch being importable is no reason
+            require_extra("train", "the PyTorch reference row (--run)")
+            from edgekd.errors import ConfigError
+            from edgekd.reference import eager_reference
 
-                reference = eager_reference(source, b.labels)
-            else:
-                console.print("[yellow]torch is not installed: no PyTorch reference row[/yellow]")
-        with _same_threads_for_torch(has_torch, threads or 1):
+            if not run_dir.is_dir():
+                raise ConfigError(f"--run {run_dir}: no such run folder")
+            reference = eager_reference(run_dir, b.labels)
+        with _same_threads_for_torch(reference is not None, threads or 1):
             report = run_benchmark(
-                bundle, backends=_csv_list(backend, "backend"),
+                b.root, backends=_csv_list(backend, "backend"),
                 precisions=_csv_list(precision, "precision"),
                 batch_sizes=_int_list(batch, "batch"), duration_s=duration,
                 iterations=iterations, warmup=warmup, threads=threads, reference=reference,
                 progress=lambda name: console.print(f"[dim]measuring {name}...[/dim]"),
+                trusted_keys=trusted_key or None, cold=cold,
             )
         console.print(render_table(report))
         for s in report["skipped"]:
             what = s["backend"] + (f"/{s['precision']}" if "precision" in s else "")
             console.print(f"[yellow]skipped {what}: {s['reason']}[/yellow]")
+        for note in report["notes"]:
+            console.print(f"[yellow]note: {note}[/yellow]")
+        rec = report["recommendation"]
+        if rec is None:
+            console.print("recommended (--precision auto): none within the accuracy budget")
+        else:
+            console.print(f"recommended (--precision auto): {rec['backend']}/{rec['precision']}"
+                          f"  p50 {rec['p50_ms']:.3f} ms  ({rec['why']})")
         if json_out is not None:
             write_json(report, json_out)
             console.print(f"report: {json_out}")

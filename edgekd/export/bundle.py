@@ -7,17 +7,26 @@
         w.set("labels", labels); w.set("modality", spec.to_dict()); w.set("io", io)
 
 Files are staged in a hidden folder next to `out`; on a clean exit sizes and sha256 are computed
-from the staged bytes, `manifest.json` is written last, and the folder is renamed into place. An
-exception inside the block removes the staging folder and leaves `out` as it was.
+from the staged bytes, `manifest.json` (with its digest) is written last, `signature.json` when a
+signing key is given, and the folder is renamed into place. An exception inside the block removes
+the staging folder and leaves `out` as it was. Held-out windows (`add_npz("eval", ...)`) go beside
+the bundle as `<stem>.eval.npz` unless `with_eval`. Leftovers of a killed writer (staging folders,
+a half-done `force` swap) are cleaned up or restored by the next writer of the same `out`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import json
 import os
 import secrets
 import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -29,16 +38,49 @@ from edgekd import __version__
 from edgekd.errors import BundleError, ExportError
 from edgekd.runtime.bundle import (
     DATA_FILES,
+    EVAL_BESIDE,
     FORMAT,
     MANIFEST,
     REQUIRED_SECTIONS,
     RESERVED_KEYS,
     SCHEMA_VERSION,
     artifact_problem,
+    backup_path,
+    beside_eval_path,
     check_relpath,
     file_record,
     read_bundle,
+    recover_interrupted,
+    sha256_file,
 )
+from edgekd.runtime.integrity import DIGEST_KEY, SIGNATURE, digest_entry, signature_record
+
+# Test hook: a writer pauses (prints `paused at STEP` on stderr, then sleeps) at the named step,
+# so a test can SIGKILL a real export there. Steps: staged, moved-aside, swapped.
+PAUSE_ENV = "EDGEKD_WRITER_PAUSE_AT"
+_STALE_KINDS = ("staging", "eval")
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """Defaults of BundleWriters created inside `writer_options` (e.g. deep inside an export)."""
+
+    with_eval: bool = False
+    sign_key: Path | None = None
+
+
+_OPTIONS: ContextVar[WriterOptions | None] = ContextVar("edgekd_writer_options", default=None)
+
+
+@contextlib.contextmanager
+def writer_options(*, with_eval: bool = False, sign_key: Path | None = None) -> Iterator[None]:
+    """Within the block, BundleWriters keep eval.npz inside when `with_eval` and sign with
+    `sign_key` (a PEM Ed25519 private key) unless told otherwise."""
+    token = _OPTIONS.set(WriterOptions(with_eval, None if sign_key is None else Path(sign_key)))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
 
 
 class BundleWriter:
@@ -49,18 +91,34 @@ class BundleWriter:
     never replaced (force must not be able to delete an arbitrary directory).
     """
 
-    def __init__(self, out: Path, force: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        force: bool = False,
+        *,
+        with_eval: bool | None = None,
+        sign_key: Path | None = None,
+    ) -> None:
+        defaults = _OPTIONS.get() or WriterOptions()
         self.out = Path(out).expanduser().absolute()
         self.force = force
+        self.with_eval = defaults.with_eval if with_eval is None else with_eval
+        self.sign_key = defaults.sign_key if sign_key is None else Path(sign_key)
         self.manifest: dict[str, Any] | None = None  # the published manifest, after a clean exit
         self._staging: Path | None = None
+        self._eval_staged: Path | None = None  # eval.npz waiting beside the bundle
         self._sections: dict[str, Any] = {}
         self._artifacts: list[dict[str, Any]] = []
         self._data: dict[str, str] = {}
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> BundleWriter:
+        if self.out.parent.is_dir():
+            recover_interrupted(self.out, finish=True)
+            self._remove_stale()
         self._check_target()
+        if self.sign_key is not None:  # fail before the work, not after it
+            signature_record("0" * 64, self.sign_key)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._staging = self._sibling("staging")
         self._staging.mkdir()  # plain mkdir: the published folder gets the usual umask modes
@@ -79,6 +137,8 @@ class BundleWriter:
         finally:
             if self._staging.exists():
                 shutil.rmtree(self._staging, ignore_errors=True)
+            if self._eval_staged is not None:
+                self._eval_staged.unlink(missing_ok=True)
 
     @property
     def staging(self) -> Path:
@@ -133,7 +193,9 @@ class BundleWriter:
         return x, b
 
     def add_npz(self, kind: str, **arrays: np.ndarray) -> Path:
-        """Write `golden.npz` or `eval.npz` (numeric arrays only: it is read without pickle)."""
+        """Write `golden.npz` or `eval.npz` (numeric arrays only: it is read without pickle).
+        Without `with_eval`, eval goes beside the bundle (`<stem>.eval.npz`), recorded in the
+        manifest by sha256 and size only."""
         if kind not in DATA_FILES:
             raise ExportError(f"add_npz kind must be one of {', '.join(DATA_FILES)}, got {kind!r}")
         if kind in self._data:
@@ -145,7 +207,10 @@ class BundleWriter:
                 )
         buf = _io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-        dest = self._claim(f"{kind}.npz")
+        if kind == "eval" and not self.with_eval:
+            dest = self._eval_staged = self._sibling("eval")
+        else:
+            dest = self._claim(f"{kind}.npz")
         dest.write_bytes(buf.getvalue())
         self._data[kind] = f"{kind}.npz"
         return dest
@@ -173,11 +238,27 @@ class BundleWriter:
         return dest
 
     def _sibling(self, kind: str) -> Path:
-        """An unused hidden name next to `out` (same filesystem, so renames are atomic)."""
+        """An unused hidden name next to `out` (same filesystem, so renames are atomic); it
+        carries our pid so that a later writer can tell a dead writer's leftovers."""
         while True:
-            path = self.out.parent / f".{self.out.name}.{secrets.token_hex(4)}.{kind}"
+            path = self.out.parent / f".{self.out.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
             if not path.exists():
                 return path
+
+    def _remove_stale(self) -> None:
+        """Delete staging folders / eval files of writers of `out` that no longer run."""
+        prefix = f".{self.out.name}."
+        for path in self.out.parent.iterdir():
+            name = path.name
+            kind = name.rsplit(".", 1)[-1]
+            if not name.startswith(prefix) or kind not in _STALE_KINDS:
+                continue
+            pid_text = name[len(prefix) :].split("-", 1)[0]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def _check_target(self) -> None:
         if not (self.out.exists() or self.out.is_symlink()):
@@ -205,27 +286,47 @@ class BundleWriter:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **self._sections.get("provenance", {}),
         }
+        data = {kind: file_record(self.staging, rel) for kind, rel in self._data.items()
+                if self._eval_staged is None or kind != "eval"}
+        if self._eval_staged is not None:
+            data[EVAL_BESIDE] = {"sha256": sha256_file(self._eval_staged),
+                                 "size": self._eval_staged.stat().st_size}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
             **{k: v for k, v in self._sections.items() if k != "provenance"},
             "artifacts": artifacts,
-            **{kind: file_record(self.staging, rel) for kind, rel in self._data.items()},
+            **data,
             "provenance": provenance,
         }
+        manifest[DIGEST_KEY] = digest_entry(manifest)
         # Inside staging a plain write is atomic enough: the folder rename publishes it.
-        text = json.dumps(manifest, indent=2) + "\n"
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         (self.staging / MANIFEST).write_text(text, encoding="utf-8")
+        if self.sign_key is not None:
+            record = signature_record(manifest[DIGEST_KEY]["value"], self.sign_key)
+            (self.staging / SIGNATURE).write_text(json.dumps(record, indent=2) + "\n",
+                                                  encoding="utf-8")
         try:
-            read_bundle(self.staging, verify=True)  # the reader is the judge of what we wrote
+            # the reader is the judge of what we wrote
+            read_bundle(self.staging, verify=True, trusted_keys=[])
         except BundleError as exc:
             raise ExportError(f"the bundle written does not read back: {exc}") from exc
         _fsync_tree(self.staging)
+        if self._eval_staged is not None:
+            _fsync(self._eval_staged)
+        _pause_point("staged")
         self._publish()
-        _fsync(self.out.parent)  # make the rename itself durable
+        if self._eval_staged is not None:  # after the bundle: a failed publish keeps old + old
+            os.replace(self._eval_staged, beside_eval_path(self.out))
+            self._eval_staged = None
+        _fsync(self.out.parent)  # make the renames themselves durable
         self.manifest = manifest
 
     def _publish(self) -> None:
+        """Rename the staged bundle into place. With `force` the old bundle goes to
+        `.NAME.old` first: a crash between the two renames is undone by the next writer or
+        reader (`recover_interrupted`), which renames it back."""
         staging = self.staging
         if not self.out.exists():
             try:
@@ -234,14 +335,38 @@ class BundleWriter:
                 raise ExportError(f"cannot publish the bundle at {self.out}: {exc}") from exc
             return
         self._check_target()
-        backup = self._sibling("old")
+        backup = backup_path(self.out)
+        if backup.exists():
+            raise ExportError(f"{backup} exists (another export replacing {self.out}?); "
+                              "remove it and retry")
         os.rename(self.out, backup)
+        _pause_point("moved-aside")
         try:
             os.rename(staging, self.out)
         except OSError as exc:
             os.rename(backup, self.out)  # the old bundle survives
             raise ExportError(f"cannot replace {self.out}: {exc}; the old bundle was kept") from exc
+        _pause_point("swapped")
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _pause_point(step: str) -> None:
+    if os.environ.get(PAUSE_ENV) == step:
+        print(f"paused at {step}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
 
 
 def _fsync(path: str | Path) -> None:

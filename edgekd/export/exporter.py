@@ -144,6 +144,8 @@ def export_run(
     trt_frontend: str = "onnx",
     seed: int = 0,
     progress: bool = True,
+    with_eval: bool = False,
+    sign_key: Path | None = None,
 ) -> ExportResult:
     """Export the student in `run_dir` to the bundle folder `out` for `target`.
 
@@ -154,7 +156,9 @@ def export_run(
     torch FP32 on held-out windows. `backend_quantizer="nncf"` replaces the OpenVINO int8 IR by
     NNCF's accuracy-controlled one. `trt_frontend`: "onnx" (TensorRT's ONNX parser) or
     "torch-tensorrt". `seed` picks calibration and held-out windows. `progress`: rich step lines
-    on stderr. Raises ConfigError (options, run folder), DataError, BackendUnavailable,
+    on stderr. `with_eval`: keep the held-out windows inside the bundle (default: beside it as
+    `<stem>.eval.npz`). `sign_key`: Ed25519 private key (PEM) to sign the bundle with.
+    Raises ConfigError (options, run folder), DataError, BackendUnavailable,
     ExportError (lint, accuracy, a backend failing).
     """
     opts = ExportOptions(
@@ -172,7 +176,10 @@ def export_run(
     )
     out = Path(out)
     tgt, prec = opts.resolve(out)
-    return _Export(Path(run_dir), out, opts, tgt, prec, _Steps(progress)).run()
+    from edgekd.export.bundle import writer_options
+
+    with writer_options(with_eval=with_eval, sign_key=sign_key):
+        return _Export(Path(run_dir), out, opts, tgt, prec, _Steps(progress)).run()
 
 
 class _Steps:

@@ -3,9 +3,13 @@
 For each row: load/compile time, first-inference time, model-only latency per batch size
 (p50/p90/p95/p99/mean/stdev/min/max in ms, every sample kept in `values`), throughput
 (windows/s), end-to-end stream push latency (validation + preprocessing + inference + events)
-beside the model's share of it, process peak RSS, and accuracy on the bundle's eval.npz. A reference
-row (e.g. PyTorch eager FP32) is measured the same way when the caller passes a callable; the
-runtime itself never imports torch. Latency figures follow optimum-benchmark's shape:
+beside the model's share of it, process peak RSS, accuracy on the held-out windows (eval.npz
+inside the bundle, else `<stem>.eval.npz` beside it if its sha256 matches the manifest, else no
+accuracy), and the cold start: time to first prediction (import + load + one predict) and peak RSS
+of a fresh process that imports only `edgekd.runtime` (torch blocked). The bundle is read once and
+each artifact hashed once, however many rows use it. A reference row (e.g. PyTorch eager FP32) is
+measured the same way when the caller passes a callable; the runtime itself never imports torch.
+Latency figures follow optimum-benchmark's shape:
 `{"unit": "ms", "count", "mean", "stdev", "min", "max", "p50", "p90", "p95", "p99", "values"}`.
 """
 
@@ -13,8 +17,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
+import json
 import os
 import platform
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,14 +30,17 @@ from typing import Any
 
 import numpy as np
 
+import edgekd
 from edgekd.errors import BackendUnavailable, ConfigError
 from edgekd.io import atomic_write_bytes, atomic_write_json
 from edgekd.metrics import classification_report
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
+from edgekd.runtime.autoselect import budget, cpu_fields
 from edgekd.runtime.backends import BACKENDS, backend_module
 from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
+from edgekd.runtime.integrity import TRUSTED_KEYS_ENV, resolve_trusted_keys
 from edgekd.runtime.model import Model, load, softmax
-from edgekd.runtime.probe import probe_cuda
+from edgekd.runtime.probe import cuda_status
 
 MIN_SAMPLES = 10  # timed calls per figure, even when the duration runs out first
 DEFAULT_DURATION_S = 2.0
@@ -87,11 +98,7 @@ def _read(path: str) -> str | None:
 
 def environment(threads: int | None = None) -> dict[str, Any]:
     """CPU model, cores, flags, frequency governor, library versions and the CUDA probe."""
-    cpuinfo = _read("/proc/cpuinfo") or ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = cpu_fields()
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     versions = {}
     for dist in _VERSIONED:
@@ -107,7 +114,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         physical = None
     governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    probe = probe_cuda()
+    probe = cuda_status()
     return {
         "cpu": fields.get("model name") or platform.processor() or platform.machine(),
         "cores_logical": os.cpu_count(), "cores_physical": physical, "cores_usable": affinity,
@@ -139,15 +146,103 @@ def _memory() -> dict[str, float | None]:
 
 
 # -- rows -------------------------------------------------------------------------------------
-def _inputs(bundle: Bundle, spec: ModalitySpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw windows to time with (eval.npz, else golden.npz, else seeded noise) and their labels."""
-    for kind in ("eval", "golden"):
-        path = bundle.data_path(kind)
-        if path is not None:
-            with np.load(path, allow_pickle=False) as data:
-                return data["x"], (data["y"] if kind == "eval" and "y" in data else None)
+def _inputs(bundle: Bundle, spec: ModalitySpec
+            ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """Raw windows to time with and their labels, and a note when there are no labels. Held-out
+    windows come from eval.npz inside the bundle, else from `<stem>.eval.npz` beside it (only if
+    it matches the manifest); without them golden.npz (else seeded noise) is timed unlabelled."""
+    path, why_not = bundle.data_path("eval"), None
+    if path is None:
+        path, why_not = bundle.beside_eval()
+    if path is not None:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], (data["y"] if "y" in data else None), None
+    note = f"no eval data ({why_not or 'none inside or beside the bundle'}): accuracy omitted"
+    golden = bundle.data_path("golden")
+    if golden is not None:
+        with np.load(golden, allow_pickle=False) as data:
+            return data["x"], None, note
     rng = np.random.default_rng(0)
-    return rng.normal(size=(64, *raw_shape(spec))).astype(np.float32), None
+    return rng.normal(size=(64, *raw_shape(spec))).astype(np.float32), None, note
+
+
+# Runs in a fresh interpreter: imports only edgekd.runtime (torch import fails), then load and
+# one predict. Prints one JSON line.
+_COLD_START = textwrap.dedent("""
+    import time
+    t0 = time.perf_counter()
+    import importlib.abc, json, resource, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in the cold-start process")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    import numpy as np
+    import edgekd.runtime as rt
+    bundle, backend, precision, threads, cache = sys.argv[1:6]
+    model = rt.load(bundle, backend=backend, precision=precision, threads=int(threads),
+                    cache_dir=cache or None)
+    golden = model.bundle.data_path("golden")
+    if golden is not None:
+        x = np.load(golden, allow_pickle=False)["x"][0]
+    else:
+        from edgekd.modalities import raw_shape
+        x = np.zeros(raw_shape(model.spec), dtype=np.float32)
+    model.predict(x)
+    ttfp = time.perf_counter() - t0
+    # VmHWM: ru_maxrss survives exec on Linux, so it would report the parent's peak
+    try:
+        with open("/proc/self/status") as fh:
+            hwm = next(line for line in fh if line.startswith("VmHWM:"))
+        peak_mb = int(hwm.split()[1]) / 1024.0
+    except (OSError, StopIteration):
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"ttfp_ms": ttfp * 1e3, "load_s": model.load_s, "peak_rss_mb": peak_mb,
+                      "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}))
+""")
+
+
+def cold_start(bundle: str | Path, backend: str, precision: str, *, threads: int | None = None,
+               cache_dir: str | Path | None = None, trusted_keys: Sequence[Path] = (),
+               timeout_s: float = 120.0) -> dict[str, Any]:
+    """Time to first prediction in a fresh runtime-only process: `{"ttfp_ms" (import + load +
+    first predict, from the child's first line), "process_ms" (the same plus interpreter start,
+    as the parent saw it), "load_s", "peak_rss_mb", "torch_loaded"}` or `{"error": ...}`."""
+    env = dict(os.environ)
+    package_root = str(Path(edgekd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env[TRUSTED_KEYS_ENV] = os.pathsep.join(str(k) for k in trusted_keys)
+    args = [sys.executable, "-c", _COLD_START, str(bundle), backend, precision,
+            str(threads or 1), "" if cache_dir is None else str(cache_dir)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"cold-start process timed out after {timeout_s:g} s"}
+    process_ms = (time.perf_counter() - t0) * 1e3
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"cold-start process failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()[-300:]}"}
+    return {**out, "process_ms": process_ms}
+
+
+def recommend(report: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The measured row `precision="auto"` would choose: the lowest batch-1 p50 among rows
+    within the export's accuracy budget (see edgekd.runtime.autoselect); None if none is."""
+    best = None
+    for row in report["rows"]:
+        if row["backend"] == "reference":
+            continue
+        ok, why = budget(manifest, row["backend"], row["precision"])
+        if ok and (best is None or row["latency"]["p50"] < best["p50_ms"]):
+            best = {"backend": row["backend"], "precision": row["precision"],
+                    "p50_ms": row["latency"]["p50"], "why": why}
+    return best
 
 
 def _batch(x: np.ndarray, size: int) -> np.ndarray:
@@ -254,6 +349,8 @@ def run_benchmark(
     reference: Features | None = None,
     reference_name: str = "pytorch-eager/fp32",
     progress: Callable[[str], None] | None = None,
+    trusted_keys: Sequence[str | Path] | None = None,
+    cold: bool = True,
 ) -> dict[str, Any]:
     """Measure every (backend, precision) the bundle offers; returns the JSON-safe report
     `{"bundle", "environment", "settings", "rows": [...], "skipped": [...]}`.
@@ -261,7 +358,10 @@ def run_benchmark(
     `reference`: features (B, *feature_shape) float32 -> logits (B, K), e.g. a torch model in
     eval mode wrapped by the caller; measured as a row named `reference_name` with backend
     "reference" (model-only figures and accuracy; no load time, no stream).
-    `load_s` of the other rows is what `load` costs: read, verify every sha256, compile.
+    `load_s` of the other rows is what `load` costs after the bundle was read: hashing the
+    artifact the first time a row uses it, and compiling. `cold`: add each row's cold start
+    (`cold_start`). `trusted_keys` as for `load`. The report's `recommendation` is what
+    `precision="auto"` would pick from these rows; `notes` says e.g. why accuracy is missing.
     Unavailable backends are listed under `skipped` when `backends` is "all", else raise.
     """
     if not batch_sizes or min(batch_sizes) < 1:
@@ -272,9 +372,10 @@ def run_benchmark(
     for p in precisions:
         if p != "all" and p not in PRECISIONS:
             raise ConfigError(f"unknown precision {p!r}; choose all or {', '.join(PRECISIONS)}")
-    b = read_bundle(bundle)
+    keys = resolve_trusted_keys(trusted_keys)
+    b = read_bundle(bundle, verify=False, trusted_keys=keys)
     spec = ModalitySpec.from_dict(b.modality)
-    x, y = _inputs(b, spec)
+    x, y, note = _inputs(b, spec)
     k = len(b.labels)
     timing = {"warmup": warmup, "iterations": iterations, "duration_s": duration_s}
     say = progress or (lambda _msg: None)
@@ -295,8 +396,8 @@ def run_benchmark(
                             f"{', '.join(offered) or 'nothing'} for this bundle"})
         for precision in wanted:
             say(f"{name}/{precision}")
-            model = load(bundle, backend=name, precision=precision, threads=threads,
-                         cache_dir=cache_dir)
+            model = load(b, backend=name, precision=precision, threads=threads,
+                         cache_dir=cache_dir, trusted_keys=[])  # keys checked when read
             run = model.runner()
             row = _row(f"{name}/{precision}", name, precision, run, model.infer, spec, x, y, k,
                        batch_sizes, timing)
@@ -305,20 +406,26 @@ def run_benchmark(
             row["details"] = model.engine.details
             row["stream"] = _stream_figures(model, x, timing, row["batches"])
             row["memory"] = _memory()
+            row["cold_start"] = (cold_start(b.root, name, precision, threads=threads,
+                                            cache_dir=cache_dir, trusted_keys=keys)
+                                 if cold else None)
             rows.append(row)
     if reference is not None:
         say(reference_name)
         row = _row(reference_name, "reference", "fp32", reference,
                    lambda f: softmax(reference(f)), spec, x, y, k, batch_sizes, timing)
-        row.update(load_s=None, artifact=None, details={}, stream=None, memory=_memory())
+        row.update(load_s=None, artifact=None, details={}, stream=None, memory=_memory(),
+                   cold_start=None)
         rows.append(row)
-    return {
+    report = {
         "bundle": str(b.root), "model": b.manifest.get("model", {}), "labels": b.labels,
         "environment": environment(threads),
         "settings": {"backends": names, "precisions": list(precisions),
                      "batch_sizes": list(batch_sizes), **timing, "threads": threads or 1},
-        "rows": rows, "skipped": skipped,
+        "rows": rows, "skipped": skipped, "notes": [note] if note else [],
     }
+    report["recommendation"] = recommend(report, b.manifest)
+    return report
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -334,11 +441,15 @@ def render_table(report: dict[str, Any]) -> Any:
     table = Table(title=f"edgekd bench: {report['bundle']}  (threads={settings['threads']})")
     for col in ("backend/precision", "load s", "first ms", "p50 ms", "p90 ms", "p99 ms",
                 "mean ms", "stdev ms", f"win/s @{big}", "push p50 ms", "push overhead us",
-                "peak RSS MB", "accuracy"):
+                "peak RSS MB", "TTFP ms", "TTFP RSS MB", "accuracy"):
         first = col == "backend/precision"
         table.add_column(col, justify="left" if first else "right", no_wrap=first)
+    has_accuracy = any(row["accuracy"] for row in report["rows"])
+    if not has_accuracy:  # no eval data: the column would be all dashes
+        table.columns.pop()
     for row in report["rows"]:
         lat, stream, acc = row["latency"], row["stream"], row["accuracy"]
+        cold = row.get("cold_start") or {}
         table.add_row(
             row["name"], num(row["load_s"], ".3f"), num(row["first_inference_ms"], ".2f"),
             num(lat["p50"], ".3f"), num(lat["p90"], ".3f"), num(lat["p99"], ".3f"),
@@ -347,7 +458,9 @@ def render_table(report: dict[str, Any]) -> Any:
             num(stream and stream["push_latency"]["p50"], ".3f"),
             num(stream and stream["overhead_us"], ".1f"),
             num(row["memory"]["peak_rss_mb"], ".0f"),
-            num(acc and acc["accuracy"] * 100, ".2f") + ("%" if acc else ""),
+            num(cold.get("ttfp_ms"), ".0f"), num(cold.get("peak_rss_mb"), ".0f"),
+            *([num(acc and acc["accuracy"] * 100, ".2f") + ("%" if acc else "")]
+              if has_accuracy else []),
         )
     return table
 

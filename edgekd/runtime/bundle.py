@@ -3,27 +3,41 @@
 The schema constants, the path rules and the hashing live here so that `edgekd.export.bundle`
 (the writer) and the runtime (the reader) cannot drift apart: export imports runtime, never the
 reverse. Nothing in a bundle is ever unpickled or executed; a manifest is untrusted input.
+
+Reading checks the manifest digest first (and the signature, when trusted keys are given), then
+the schema. File hashes are checked either all at once (`verify=True`) or each file the first
+time its path is asked for (`Bundle.path`, `Bundle.data_path`): a load hashes only what it opens.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekd.errors import BundleError
+from edgekd.runtime.integrity import (
+    DIGEST_KEY,
+    check_digest,
+    check_signature,
+    resolve_trusted_keys,
+)
 
 FORMAT = "edgekd-bundle"
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2  # 2: manifest digest, held-out windows beside the bundle
+SUPPORTED_SCHEMA_VERSIONS = (2,)
 MANIFEST = "manifest.json"
+SUFFIX = ".edgekd"
 ARTIFACT_FORMATS = ("onnx", "openvino_xml", "openvino_bin", "tensorrt_engine")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DATA_FILES = ("golden", "eval")  # optional npz entries: {"path", "sha256", "size"}
+EVAL_BESIDE = "eval_beside"  # {"sha256", "size"} of `<stem>.eval.npz` next to the bundle
 REQUIRED_SECTIONS = ("labels", "modality", "io", "artifacts")
-RESERVED_KEYS = ("schema_version", "format", "artifacts", *DATA_FILES)
+RESERVED_KEYS = ("schema_version", "format", "artifacts", *DATA_FILES, EVAL_BESIDE, DIGEST_KEY)
 _HASH_CHUNK = 1 << 20
 
 
@@ -60,6 +74,40 @@ def artifact_problem(rel: str, fmt: Any, precision: Any) -> str | None:
     return None
 
 
+def beside_eval_path(root: Path) -> Path:
+    """Where held-out windows kept out of a bundle live: out/har.edgekd -> out/har.eval.npz."""
+    root = Path(root)
+    stem = root.name[: -len(SUFFIX)] if root.name.endswith(SUFFIX) else root.name
+    return root.parent / f"{stem}.eval.npz"
+
+
+def backup_path(root: Path) -> Path:
+    """Where `--force` moves the old bundle while the new one is renamed in."""
+    return Path(root).parent / f".{Path(root).name}.old"
+
+
+def recover_interrupted(root: Path, *, finish: bool) -> str | None:
+    """Repair what a replacement killed between its renames left (see docs/bundle.md).
+
+    Old bundle moved aside but no new one in place: the old one is renamed back. With `finish`
+    (the writer), a backup next to a complete bundle is the swap's leftover and is removed.
+    Returns what was done, or None.
+    """
+    root = Path(root)
+    backup = backup_path(root)
+    if not backup.is_dir() or backup.is_symlink():
+        return None
+    if not (root.exists() or root.is_symlink()):
+        os.rename(backup, root)
+        return f"restored {root} from {backup.name} (an interrupted replacement)"
+    if finish:
+        import shutil  # lazily: loads never get here, and their import time counts
+
+        shutil.rmtree(backup, ignore_errors=True)
+        return f"removed {backup.name} left by an interrupted replacement"
+    return None
+
+
 def file_record(root: Path, rel: str) -> dict[str, Any]:
     """`{"path", "sha256", "size"}` of the file `root/rel` as the manifest stores it."""
     path = Path(root) / check_relpath(rel)
@@ -81,12 +129,19 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle whose manifest passed the schema checks (and, if `verified`, every sha256)."""
+    """A bundle whose manifest passed the digest and schema checks (and, if `verified`, every
+    sha256 at read time; otherwise each file is checked when its path is first asked for).
+
+    digest: the manifest digest; signer: key_id of the trusted key that signed it, or None.
+    """
 
     root: Path
     manifest: dict[str, Any]
     artifacts: tuple[Artifact, ...]
     verified: bool
+    digest: str = ""
+    signer: str | None = None
+    _checked: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def labels(self) -> list[str]:
@@ -101,14 +156,42 @@ class Bundle:
         return dict(self.manifest.get("target") or {})
 
     def path(self, artifact: Artifact | str) -> Path:
-        """Absolute path of an artifact (or of a relative path checked like one)."""
+        """Absolute path of an artifact (or of a relative path checked like one). A listed file
+        is checked against its size and sha256 the first time (BundleError if it differs)."""
         rel = artifact.path if isinstance(artifact, Artifact) else check_relpath(artifact)
+        listed = next((a for a in self.artifacts if a.path == rel), None)
+        if listed is not None:
+            self._check(rel, listed.sha256, listed.size)
         return self.root / rel
 
     def data_path(self, kind: str) -> Path | None:
-        """Path of `golden.npz` / `eval.npz` if the manifest lists it, else None."""
+        """Path of `golden.npz` / `eval.npz` if the manifest lists it (checked like `path`),
+        else None."""
         entry = self.manifest.get(kind)
-        return self.root / entry["path"] if entry else None
+        if not entry:
+            return None
+        self._check(entry["path"], str(entry["sha256"]), int(entry["size"]))
+        return self.root / entry["path"]
+
+    def beside_eval(self) -> tuple[Path | None, str | None]:
+        """(`<stem>.eval.npz` next to the bundle if the manifest records one and the file
+        matches it, else None; why not, or None when the manifest records none)."""
+        entry = self.manifest.get(EVAL_BESIDE)
+        if not entry:
+            return None, None
+        path = beside_eval_path(self.root)
+        if not path.is_file():
+            return None, f"{path} not found"
+        try:
+            _verify_file(path, str(entry["sha256"]), int(entry["size"]))
+        except BundleError as exc:
+            return None, str(exc)
+        return path, None
+
+    def _check(self, rel: str, sha256: str, size: int) -> None:
+        if not self.verified and rel not in self._checked:
+            _verify_file(self.root / rel, sha256, size)
+            self._checked.add(rel)
 
     def find(self, fmt: str, precision: str, backend: str | None = None) -> Artifact | None:
         """The artifact of this format and precision meant for `backend` (or for any backend).
@@ -180,11 +263,14 @@ def parse_manifest(manifest: Any, where: Path) -> tuple[Artifact, ...]:
             _require(isinstance(entry, dict) and {"path", "sha256", "size"} <= set(entry), where,
                      f"{kind} must be an object with path, sha256 and size")
             check_relpath(entry["path"])
+    entry = manifest.get(EVAL_BESIDE)
+    if entry is not None:
+        _require(isinstance(entry, dict) and {"sha256", "size"} <= set(entry), where,
+                 f"{EVAL_BESIDE} must be an object with sha256 and size")
     return tuple(artifacts)
 
 
-def _verify_file(root: Path, rel: str, sha256: str, size: int) -> None:
-    path = root / rel
+def _verify_file(path: Path, sha256: str, size: int) -> None:
     if not path.is_file():
         raise BundleError(f"{path}: listed in the manifest but missing (re-export the bundle)")
     actual_size = path.stat().st_size
@@ -198,10 +284,20 @@ def _verify_file(root: Path, rel: str, sha256: str, size: int) -> None:
         )
 
 
-def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Read `path/manifest.json`, check its schema and (if `verify`) every listed file's size and
-    sha256, before anything is loaded. BundleError names the first offending file."""
-    root = Path(path).expanduser().resolve()
+def read_bundle(
+    path: str | Path,
+    *,
+    verify: bool = True,
+    trusted_keys: Sequence[str | Path] | None = None,
+) -> Bundle:
+    """Read `path/manifest.json` and check, in this order: its digest; its signature when trusted
+    keys are given (None: $EDGEKD_TRUSTED_KEYS; an unsigned or otherwise-signed bundle is then
+    refused); its schema; and, if `verify`, every listed file's size and sha256 (else each file
+    when first used). BundleError says which file or field is wrong."""
+    root = Path(path).expanduser().absolute()
+    if not root.exists():
+        recover_interrupted(root, finish=False)
+    root = root.resolve()
     if not root.is_dir():
         raise BundleError(f"bundle folder not found: {root}")
     mpath = root / MANIFEST
@@ -211,17 +307,25 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
+    _require(isinstance(manifest, dict), mpath, "manifest must be a JSON object")
+    if DIGEST_KEY not in manifest:
+        parse_manifest(manifest, mpath)  # an old or foreign manifest: say why in its terms
+        raise BundleError(f"{mpath}: field 'digest' missing: the manifest is not protected")
+    # Digest first: nothing else in the manifest is believed before it matches.
+    digest = check_digest(manifest, mpath)
+    keys = resolve_trusted_keys(trusted_keys)
+    signer = check_signature(root, digest, keys) if keys else None
     artifacts = parse_manifest(manifest, mpath)
     if verify:
         for a in artifacts:
-            _verify_file(root, a.path, a.sha256, a.size)
+            _verify_file(root / a.path, a.sha256, a.size)
         for kind in DATA_FILES:
             entry = manifest.get(kind)
             if entry:
-                _verify_file(root, entry["path"], str(entry["sha256"]), int(entry["size"]))
-    return Bundle(root, manifest, artifacts, verify)
+                _verify_file(root / entry["path"], str(entry["sha256"]), int(entry["size"]))
+    return Bundle(root, manifest, artifacts, verify, digest, signer)
 
 
-def verify_bundle(path: str | Path) -> Bundle:
+def verify_bundle(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> Bundle:
     """`read_bundle(path, verify=True)`: raises BundleError unless every file matches."""
-    return read_bundle(path, verify=True)
+    return read_bundle(path, verify=True, trusted_keys=trusted_keys)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.backends import BACKENDS, Engine, Runner, backend_module, pick_precision
 from edgekd.runtime.backends import cache_dir as default_cache_dir
 from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
+from edgekd.runtime.integrity import resolve_trusted_keys
 
 if TYPE_CHECKING:  # stream.py imports this module
     from edgekd.runtime.stream import Stream
@@ -56,11 +58,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Model:
     """A verified bundle compiled on one backend. Build it with `edgekd.runtime.load`."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, spec: ModalitySpec, load_s: float) -> None:
+    def __init__(self, bundle: Bundle, engine: Engine, spec: ModalitySpec, load_s: float,
+                 selection: dict[str, Any] | None = None) -> None:
         self.bundle = bundle
         self.engine = engine
         self.spec = spec
-        self.load_s = load_s  # seconds: read + verify + compile
+        self.load_s = load_s  # seconds: read + verify what is loaded + compile (+ auto timing)
+        self.selection = selection  # how precision="auto" chose, else None
         self.labels = bundle.labels
         self._local = threading.local()
 
@@ -79,8 +83,11 @@ class Model:
     @property
     def info(self) -> dict[str, Any]:
         """Backend, precision, artifact, load time and backend details (JSON-safe)."""
-        return {"backend": self.backend, "precision": self.precision,
-                "artifact": self.engine.artifact, "load_s": self.load_s, **self.engine.details}
+        out = {"backend": self.backend, "precision": self.precision,
+               "artifact": self.engine.artifact, "load_s": self.load_s, **self.engine.details}
+        if self.selection is not None:
+            out["auto"] = self.selection
+        return out
 
     def runner(self) -> Runner:
         """This thread's runner (features -> logits), created on first use."""
@@ -170,34 +177,68 @@ def _open_engine(name: str, bundle: Bundle, precision: str | None, threads: int 
     return module.open(bundle, chosen, threads=threads, cache_dir=cache)
 
 
+def _read(bundle: str | Path | Bundle, trusted_keys: Sequence[str | Path] | None) -> Bundle:
+    """The bundle, digest-checked (and signature-checked when keys apply); files unhashed."""
+    keys = resolve_trusted_keys(trusted_keys)
+    if isinstance(bundle, Bundle) and (bundle.signer is not None or not keys):
+        return bundle
+    root = bundle.root if isinstance(bundle, Bundle) else bundle
+    return read_bundle(root, verify=False, trusted_keys=keys)
+
+
 def load(
     bundle: str | Path | Bundle,
     backend: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
+    trusted_keys: Sequence[str | Path] | None = None,
 ) -> Model:
-    """Verify the bundle (schema, every sha256) and compile it on a backend.
+    """Check the bundle and compile it on a backend.
 
+    Checks, before anything is compiled: the manifest digest, the signature when trusted keys
+    apply, the schema, and the size and sha256 of golden.npz and of each file the backend opens
+    (not every artifact: the others are never read).
     backend: "auto" (TensorRT if a CUDA GPU and TensorRT are present, else OpenVINO, else ONNX
     Runtime) or one of "tensorrt", "openvino", "onnxruntime".
     precision: None = the manifest target's precision if this backend has it, else the best
-    available (int8 > fp16 > fp32); or "fp32", "fp16", "bf16", "int8".
+    available (int8 > fp16 > fp32); "fp32", "fp16", "bf16", "int8"; or "auto": the fastest
+    artifact here within the export's accuracy budget, measured once per bundle and device
+    and cached (see `edgekd.runtime.autoselect`).
     threads: CPU inference threads (default 1: lowest, steadiest streaming latency).
     cache_dir: compiled engines / OpenVINO model cache (default $EDGEKD_CACHE or XDG cache).
+    trusted_keys: Ed25519 public key files (PEM); a bundle not signed by one of them is refused.
+    None = $EDGEKD_TRUSTED_KEYS (path list); [] = no signature required.
     Raises BundleError, BackendUnavailable (with the package to install) or ConfigError.
     """
     t0 = time.perf_counter()
-    if precision is not None and precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision is not None and precision != "auto" and precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose auto or one of "
+                          f"{', '.join(PRECISIONS)}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    b = bundle if isinstance(bundle, Bundle) and bundle.verified else read_bundle(bundle)
+    if backend != "auto":
+        backend_module(backend)  # ConfigError for an unknown name before any file is read
+    b = _read(bundle, trusted_keys)
     spec = _check_model_sections(b)
+    b.data_path("golden")  # hashes golden.npz: self_check and auto timing trust it
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if precision == "auto":
+        from edgekd.runtime.autoselect import choose
+
+        def open_one(name: str, prec: str) -> Engine:
+            return _open_engine(name, b, prec, threads, cache)
+
+        engine, selection = choose(b, backend, threads, cache, open_one)
+        return Model(b, engine, spec, time.perf_counter() - t0, selection)
+    from edgekd.runtime.probe import driver_library_present
+
     names = BACKENDS if backend == "auto" else (backend,)
     reasons = []
     for name in names:
+        if backend == "auto" and name == "tensorrt" and not driver_library_present():
+            reasons.append(f"{name}: no CUDA driver library")  # no probe subprocess needed
+            continue
         try:
             engine = _open_engine(name, b, precision, threads, cache)
         except BackendUnavailable as exc:

@@ -4,15 +4,25 @@ TensorRT's lean runtime does not raise without a driver: its next call segfaults
 CUDA-related is touched in this process until a subprocess has shown that a driver and a GPU
 answer. The probe uses only ctypes against libcuda (no cuda-python needed) and reads the
 TensorRT version without creating any TensorRT object. The result is cached per process.
+Where no CUDA driver library exists at all (most CPU-only devices), `cuda_status` and
+`backend="auto"` skip the subprocess: it costs an interpreter start, tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import subprocess
 import sys
 import threading
 from typing import Any
+
+DRIVER_LIBRARY = "libcuda.so.1"
+# Where distributions, NVIDIA's installers, WSL and JetPack put the driver library.
+_DRIVER_DIRS = ("/usr/lib64", "/usr/lib", "/lib64", "/lib", "/usr/lib/*-linux-gnu",
+                "/lib/*-linux-gnu", "/usr/lib/wsl/lib", "/usr/lib/*-linux-gnu/tegra",
+                "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib")
 
 PROBE_TIMEOUT_S = 30.0
 
@@ -74,6 +84,19 @@ _cache: dict[str, Any] | None = None
 _lock = threading.Lock()
 
 
+def driver_library_present() -> bool:
+    """Whether a CUDA driver library can be found without loading it: $LD_LIBRARY_PATH and
+    the usual system folders, then the loader cache (`ctypes.util.find_library`)."""
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    for pattern in (*dirs, *_DRIVER_DIRS):
+        for folder in glob.glob(pattern):
+            if os.path.exists(os.path.join(folder, DRIVER_LIBRARY)):
+                return True
+    import ctypes.util  # lazily: it costs milliseconds of every runtime import
+
+    return ctypes.util.find_library("cuda") is not None
+
+
 def _run_probe(timeout_s: float) -> dict[str, Any]:
     base: dict[str, Any] = {"cuda": False, "cuda_version": None, "gpus": [], "tensorrt": None,
                             "cuda_python": False}
@@ -102,3 +125,12 @@ def probe_cuda(timeout_s: float = PROBE_TIMEOUT_S, *, refresh: bool = False) -> 
         if _cache is None or refresh:
             _cache = _run_probe(timeout_s)
         return dict(_cache)
+
+
+def cuda_status() -> dict[str, Any]:
+    """`probe_cuda()`, or its negative answer without a subprocess when no driver library
+    exists (what `backend="auto"` and `edgekd bench` use)."""
+    if not driver_library_present():
+        return {"cuda": False, "cuda_version": None, "gpus": [], "tensorrt": None,
+                "cuda_python": False, "error": f"no CUDA driver ({DRIVER_LIBRARY} not found)"}
+    return probe_cuda()

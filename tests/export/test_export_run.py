@@ -88,7 +88,7 @@ def test_calibration_record_matches_the_training_windows(
 def test_accuracy_report_and_eval_windows(cpu_bundle: ExportResult) -> None:
     acc = cpu_bundle.manifest["accuracy"]
     assert list(acc) == ["torch_fp32", "fp32", "fp32_openvino", "int8_onnxruntime", "int8_openvino"]
-    with np.load(cpu_bundle.out / "eval.npz") as ev:
+    with np.load(cpu_bundle.out.parent / "har.eval.npz") as ev:  # beside the bundle
         x, y = ev["x"], ev["y"]
     assert x.shape[1:] == (128, 3) and y.dtype == np.int64 and 0 < len(y) <= 1024
     assert all(v["n"] == len(y) for v in acc.values())

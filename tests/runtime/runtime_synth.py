@@ -136,8 +136,10 @@ def base_spec() -> ModalitySpec:
                         window=WINDOW, hop=HOP)
 
 
-def build_bundle(out: Path, work: Path, *, openvino_ir: bool = True) -> Path:
-    """Build the full test bundle at `out` (FP32 + int8 QDQ ONNX, OpenVINO IR, golden, eval)."""
+def build_bundle(out: Path, work: Path, *, openvino_ir: bool = True,
+                 with_eval: bool = True) -> Path:
+    """Build the full test bundle at `out` (FP32 + int8 QDQ ONNX, OpenVINO IR, golden, eval
+    inside, or beside as `<stem>.eval.npz` without `with_eval`)."""
     import onnxruntime as ort
 
     work.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ def build_bundle(out: Path, work: Path, *, openvino_ir: bool = True) -> Path:
     logits = sess.run(None, {"input": preprocess(spec, golden_x)})[0]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    with BundleWriter(out, force=True) as w:
+    with BundleWriter(out, force=True, with_eval=with_eval) as w:
         w.add_file("model.fp32.onnx", fp32, format="onnx", precision="fp32")
         w.add_file("model.int8.qdq.onnx", int8, format="onnx", precision="int8",
                    quantizer="ort-ptq-minmax")
@@ -179,6 +181,7 @@ def build_bundle(out: Path, work: Path, *, openvino_ir: bool = True) -> Path:
                                  "profiles": {"min": 1, "opt": 1, "max": 32}})
         w.set("calibration", {"method": "minmax", "samples": 64, "source": "synth:train"})
         w.set("accuracy", accuracy)
+        w.set("export", {"options": {"max_drop": 5.0}})  # the accuracy budget of precision auto
         w.set("target", {"name": "cpu", "backend": "openvino", "precision": "int8"})
     return out
 

@@ -14,6 +14,7 @@ from edgekd.errors import BundleError, ExportError
 from edgekd.export.bundle import BundleWriter
 from edgekd.runtime import load, read_bundle
 from edgekd.runtime.bundle import SCHEMA_VERSION, check_relpath, sha256_file
+from edgekd.runtime.integrity import digest_entry
 
 SPEC = {"name": "accel", "kind": "timeseries", "rate_hz": 50.0, "channels": 3, "window": 128,
         "hop": 64}
@@ -63,16 +64,23 @@ def test_real_bundle_lists_every_artifact(bundle_path: Path) -> None:
     assert b.find("onnx", "bf16") is None
 
 
-@pytest.mark.parametrize("victim", ["model.int8.qdq.onnx", "openvino/model.int8.bin", "eval.npz"])
-def test_one_changed_byte_is_caught_and_named(bundle_copy: Path, victim: str) -> None:
+@pytest.mark.parametrize(("victim", "backend"), [
+    ("model.int8.qdq.onnx", "onnxruntime"), ("openvino/model.int8.bin", "openvino"),
+    ("openvino/model.int8.xml", "openvino"), ("eval.npz", None),
+])
+def test_one_changed_byte_is_caught_and_named(bundle_copy: Path, victim: str,
+                                              backend: str | None) -> None:
     path = bundle_copy / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=rf"{victim}: sha256 does not match"):
         read_bundle(bundle_copy)
-    with pytest.raises(BundleError, match="sha256"):
-        load(bundle_copy, backend="onnxruntime")  # nothing is loaded from a tampered bundle
+    if backend is not None:  # nothing is loaded from a tampered file...
+        with pytest.raises(BundleError, match=rf"{victim}: sha256 does not match"):
+            load(bundle_copy, backend=backend, precision="int8")
+    # ...and a load hashes only what it opens: the FP32 model still loads
+    assert load(bundle_copy, backend="onnxruntime", precision="fp32").precision == "fp32"
 
 
 def test_truncated_and_missing_files(bundle_copy: Path) -> None:
@@ -87,16 +95,18 @@ def test_truncated_and_missing_files(bundle_copy: Path) -> None:
 
 
 def _edit_manifest(bundle: Path, **changes: object) -> None:
+    """Edit the manifest and re-digest it, as a careless tool would: the schema checks remain."""
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
+    manifest["digest"] = digest_entry(manifest)
     path.write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"schema_version": 2}, r"unknown schema_version 2; this edgekd reads 1"),
+        ({"schema_version": 1}, r"unknown schema_version 1; this edgekd reads 2"),
         ({"format": "zip"}, r"format is 'zip', expected 'edgekd-bundle'"),
         ({"labels": []}, r"labels must be a non-empty list of strings"),
         ({"io": {"input": {"name": "input"}}}, r"io.input must be an object with a name and"),
@@ -215,3 +225,37 @@ def test_incomplete_or_invalid_content_leaves_nothing(tmp_path: Path) -> None:
         w.set("modality", SPEC)
         w.set("io", IO)
     assert [a.path for a in read_bundle(out).artifacts] == ["m.onnx"]
+
+
+def test_writer_options_reach_writers_deep_inside_an_export(tmp_path: Path) -> None:
+    """`export_run(with_eval=..., sign_key=...)` sets them for the writers it creates."""
+    from edgekd.export.bundle import writer_options
+
+    key = tmp_path / "k.key"
+    with writer_options(with_eval=True, sign_key=key):
+        inside = BundleWriter(tmp_path / "a.edgekd")
+        explicit = BundleWriter(tmp_path / "b.edgekd", with_eval=False)  # an argument wins
+    outside = BundleWriter(tmp_path / "c.edgekd")
+    assert (inside.with_eval, inside.sign_key) == (True, key)
+    assert (explicit.with_eval, explicit.sign_key) == (False, key)
+    assert (outside.with_eval, outside.sign_key) == (False, None)
+
+
+def test_eval_inside_or_beside(tmp_path: Path) -> None:
+    x, y = np.zeros((3, 128, 3), np.float32), np.arange(3, dtype=np.int64)
+    for with_eval in (True, False):
+        out = tmp_path / f"{with_eval}.edgekd"
+        with BundleWriter(out, with_eval=with_eval) as w:
+            w.add_file("model.fp32.onnx", b"m", format="onnx", precision="fp32")
+            w.add_npz("eval", x=x, y=y)
+            w.set("labels", ["a", "b"])
+            w.set("modality", SPEC)
+            w.set("io", IO)
+        b = read_bundle(out)
+        beside = tmp_path / f"{with_eval}.eval.npz"
+        if with_eval:
+            assert b.data_path("eval") == out / "eval.npz" and not beside.exists()
+        else:
+            assert b.data_path("eval") is None and b.beside_eval() == (beside, None)
+            assert b.manifest["eval_beside"]["size"] == beside.stat().st_size
+    assert leftovers(tmp_path) == []

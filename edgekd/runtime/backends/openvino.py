@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.errors import BackendUnavailable
+from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
 
@@ -32,6 +32,17 @@ def check_available() -> None:
 def _source(bundle: Bundle, precision: str) -> Artifact | None:
     stored = "fp32" if precision == "bf16" else precision  # bf16 runs the FP32 model
     return bundle.find("openvino_xml", stored, NAME) or bundle.find("onnx", stored, NAME)
+
+
+def _model_path(bundle: Bundle, artifact: Artifact) -> Path:
+    """Path of the model to read, after checking it and, for an IR, its .bin (OpenVINO reads
+    the .bin beside the .xml by name, so it must be a listed, verified file too)."""
+    if artifact.format == "openvino_xml":
+        weights = artifact.path.removesuffix(".xml") + ".bin"
+        if not any(a.path == weights for a in bundle.artifacts):
+            raise BundleError(f"{bundle.root}: {artifact.path} has no listed weights {weights}")
+        bundle.path(weights)
+    return bundle.path(artifact)
 
 
 def _cpu_has_bf16() -> bool:
@@ -95,6 +106,7 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     artifact = _source(bundle, precision)
     if artifact is None:
         raise BackendUnavailable(f"{bundle.root} has no {precision} model for {NAME}")
+    source = str(_model_path(bundle, artifact))  # hashed before anything is written
     core = ov.Core()
     ov_cache = None if cache_dir is None else cache_dir / "openvino"
     if ov_cache is not None:
@@ -106,7 +118,7 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
         "INFERENCE_PRECISION_HINT": _HINTS[precision],
     }
     t0 = time.perf_counter()
-    compiled = core.compile_model(core.read_model(str(bundle.path(artifact))), "CPU", config)
+    compiled = core.compile_model(core.read_model(source), "CPU", config)
     compile_s = time.perf_counter() - t0
 
     def new_runner() -> Runner:

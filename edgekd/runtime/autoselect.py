@@ -1,0 +1,193 @@
+"""`precision="auto"`: measure the bundle's candidates here, keep those within the export's
+accuracy budget, choose the fastest, and remember the choice per bundle and device.
+
+Budget: an artifact is a candidate when its accuracy drop against torch FP32 in the manifest's
+export report (`accuracy`) is at most the export's `--max-drop` (`export.options.max_drop`, in
+points); FP32 is the reference and always a candidate; a reduced precision the export did not
+measure (e.g. bf16) is not. Each candidate is compiled and timed for AUTO_ITERATIONS batch-1
+calls after AUTO_WARMUP; the lowest median wins. The choice is cached as JSON in
+`<cache_dir>/auto/<bundle digest>-<device stamp hash>.json`, the stamp being CPU model,
+machine, GPUs, backend library versions, threads and the competing backends: a new device,
+library or backend set measures again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import BackendUnavailable, EdgeKDError
+from edgekd.io import atomic_write_json
+from edgekd.modalities import ModalitySpec, preprocess, raw_shape
+from edgekd.runtime.backends import BACKENDS, PRECISION_PREFERENCE, Engine, backend_module
+from edgekd.runtime.bundle import PRECISIONS, Bundle
+from edgekd.runtime.probe import driver_library_present, probe_cuda
+
+AUTO_ITERATIONS = 30
+AUTO_WARMUP = 5
+_BACKEND_DISTS = ("onnxruntime", "openvino", "tensorrt")
+log = logging.getLogger("edgekd.runtime")
+
+OpenEngine = Callable[[str, str], Engine]  # (backend, precision) -> compiled engine
+
+
+def accuracy_key(backend: str, precision: str) -> str:
+    """The export report's key for an artifact run on a backend (see edgekd.export.accuracy)."""
+    return "fp32" if (backend, precision) == ("onnxruntime", "fp32") else f"{precision}_{backend}"
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def budget(manifest: dict[str, Any], backend: str, precision: str) -> tuple[bool, str]:
+    """(within the accuracy budget?, why) for `precision` on `backend`, from the manifest."""
+    if precision == "fp32":
+        return True, "fp32 is the reference"
+    report = manifest.get("accuracy") if isinstance(manifest.get("accuracy"), dict) else {}
+    export = manifest.get("export") if isinstance(manifest.get("export"), dict) else {}
+    options = export.get("options") if isinstance(export.get("options"), dict) else {}
+    max_drop = _number(options.get("max_drop"))
+    ref = report.get("torch_fp32") or report.get("fp32")
+    key = accuracy_key(backend, precision)
+    entry = report.get(key)
+    ref_acc = _number(ref.get("accuracy")) if isinstance(ref, dict) else None
+    acc = _number(entry.get("accuracy")) if isinstance(entry, dict) else None
+    if max_drop is None or ref_acc is None or acc is None:
+        return False, f"accuracy of {key} not measured at export"
+    drop = round(100.0 * (ref_acc - acc), 6)
+    return drop <= max_drop, f"{key} drops {drop:+.2f} points (limit {max_drop:g})"
+
+
+def cpu_fields() -> dict[str, str]:
+    """The first value of each /proc/cpuinfo field (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def device_stamp(threads: int | None, with_gpu: bool) -> dict[str, Any]:
+    """What a timing depends on besides the bundle: CPU, GPUs, backend versions, threads."""
+    versions = {}
+    for dist in _BACKEND_DISTS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cpu": cpu_fields().get("model name") or platform.processor(),
+            "machine": platform.machine(), "versions": versions, "threads": threads or 1,
+            "gpus": probe_cuda().get("gpus") if with_gpu else None}
+
+
+def _cache_file(cache: Path, bundle: Bundle, stamp: dict[str, Any]) -> Path:
+    stamp_hash = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
+    return cache / "auto" / f"{bundle.digest[:16]}-{stamp_hash[:16]}.json"
+
+
+def _cached_choice(path: Path, bundle: Bundle, names: Sequence[str]) -> tuple[str, str] | None:
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("bundle_digest") != bundle.digest:
+        return None
+    choice = (entry.get("backend"), entry.get("precision"))
+    return choice if choice[0] in names and choice[1] in PRECISIONS else None  # type: ignore
+
+
+def _batch1(bundle: Bundle) -> np.ndarray:
+    spec = ModalitySpec.from_dict(bundle.modality)
+    golden = bundle.data_path("golden")
+    if golden is not None:
+        with np.load(golden, allow_pickle=False) as data:
+            x = data["x"][:1]
+    else:
+        x = np.zeros((1, *raw_shape(spec)), dtype=np.float32)
+    return np.ascontiguousarray(preprocess(spec, x))
+
+
+def _median_ms(engine: Engine, features: np.ndarray) -> float:
+    run = engine.new_runner()
+    for _ in range(AUTO_WARMUP):
+        run(features)
+    seconds = []
+    for _ in range(AUTO_ITERATIONS):
+        t = time.perf_counter()
+        run(features)
+        seconds.append(time.perf_counter() - t)
+    return float(np.median(seconds)) * 1e3
+
+
+def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
+           open_engine: OpenEngine) -> tuple[Engine, dict[str, Any]]:
+    """The fastest candidate engine within budget and `{"source": "cache"|"measured",
+    "candidates": [...], "cache_file"}`. BackendUnavailable when there is none."""
+    names = BACKENDS if backend == "auto" else (backend,)
+    available = []
+    for name in names:
+        if backend == "auto" and name == "tensorrt" and not driver_library_present():
+            continue  # no GPU possible: spare the probe subprocess
+        try:
+            backend_module(name).check_available()
+            available.append(name)
+        except BackendUnavailable as exc:
+            log.debug("auto: %s skipped: %s", name, exc)
+    # the backends that could compete are part of the key: an `auto` choice is not valid for a
+    # call restricted to one backend, nor the reverse
+    stamp = {**device_stamp(threads, with_gpu="tensorrt" in available), "backends": available}
+    path = _cache_file(cache, bundle, stamp)
+    cached = _cached_choice(path, bundle, available)
+    if cached is not None:
+        try:
+            return open_engine(*cached), {"source": "cache", "cache_file": str(path)}
+        except EdgeKDError as exc:
+            log.info("auto: cached choice %s/%s no longer loads (%s); measuring", *cached, exc)
+    features = _batch1(bundle)
+    best: tuple[float, Engine] | None = None
+    candidates: list[dict[str, Any]] = []
+    for name in available:
+        module = backend_module(name)
+        offered = module.precisions(bundle)
+        for precision in sorted(offered, key=_preference):
+            ok, why = budget(bundle.manifest, name, precision)
+            row: dict[str, Any] = {"backend": name, "precision": precision,
+                                   "within_budget": ok, "why": why}
+            candidates.append(row)
+            if not ok:
+                continue
+            engine = open_engine(name, precision)
+            row["p50_ms"] = _median_ms(engine, features)
+            if best is None or row["p50_ms"] < best[0]:
+                best = (row["p50_ms"], engine)
+    if best is None:
+        tried = "; ".join(f"{c['backend']}/{c['precision']}: {c['why']}" for c in candidates)
+        raise BackendUnavailable(f"precision auto: no artifact of {bundle.root} is within the "
+                                 f"accuracy budget on {', '.join(available) or 'any backend'}"
+                                 f" ({tried or 'no backend available'})")
+    engine = best[1]
+    atomic_write_json(path, {"bundle_digest": bundle.digest, "stamp": stamp,
+                             "backend": engine.backend, "precision": engine.precision,
+                             "iterations": AUTO_ITERATIONS, "candidates": candidates})
+    return engine, {"source": "measured", "candidates": candidates, "cache_file": str(path)}
+
+
+def _preference(precision: str) -> int:
+    order = (*PRECISION_PREFERENCE, "bf16")
+    return order.index(precision) if precision in order else len(order)

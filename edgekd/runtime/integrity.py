@@ -1,0 +1,223 @@
+"""Manifest digest and Ed25519 bundle signatures (the contract is docs/bundle.md, "Integrity").
+
+Digest: sha256 of the canonical manifest, i.e. the manifest without its `digest` key, serialised
+as JSON with sorted keys, no whitespace (separators `,` and `:`), non-ASCII kept as UTF-8, NaN and
+infinity refused. It is stored in the manifest as `"digest": {"algorithm": "sha256", "value":
+HEX}`. Every file entry of the manifest holds that file's sha256, so the digest pins every byte
+the runtime may load.
+
+Signature: `signature.json` beside `manifest.json`, `{"algorithm": "ed25519", "key_id",
+"manifest_sha256", "signature"}`; the signature (base64) is Ed25519 over SIGNED_PREFIX + the
+digest's hex ASCII. `key_id` is the first 16 hex digits of sha256(raw 32-byte public key).
+Signing adds that file only, so a bundle can be signed after export without changing its digest.
+
+Keys are PEM files: PKCS#8 private key (written mode 0600), SubjectPublicKeyInfo public key.
+The `cryptography` package is imported only when a key is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import BundleError, ConfigError
+
+DIGEST_KEY = "digest"
+SIGNATURE = "signature.json"
+SIGNED_PREFIX = b"edgekd-bundle-signature-v1\n"
+TRUSTED_KEYS_ENV = "EDGEKD_TRUSTED_KEYS"
+PRIVATE_KEY_NAME = "edgekd-signing.key"
+PUBLIC_KEY_NAME = "edgekd-signing.pub"
+_SIG_BYTES = 64
+
+
+def canonical_manifest(manifest: dict[str, Any]) -> bytes:
+    """The bytes the digest is taken over (see the module docstring)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError as exc:
+        raise BundleError(f"manifest is not canonical JSON: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """Hex sha256 of `canonical_manifest(manifest)`."""
+    return hashlib.sha256(canonical_manifest(manifest)).hexdigest()
+
+
+def digest_entry(manifest: dict[str, Any]) -> dict[str, str]:
+    return {"algorithm": "sha256", "value": manifest_digest(manifest)}
+
+
+def check_digest(manifest: dict[str, Any], where: Path) -> str:
+    """The manifest's digest after checking it matches its content; BundleError otherwise."""
+    entry = manifest.get(DIGEST_KEY)
+    if not isinstance(entry, dict) or entry.get("algorithm") != "sha256" \
+            or not isinstance(entry.get("value"), str):
+        raise BundleError(f"{where}: field 'digest' must be {{'algorithm': 'sha256', 'value': "
+                          f"HEX}}, found {entry!r}")
+    actual = manifest_digest(manifest)
+    if entry["value"] != actual:
+        raise BundleError(
+            f"{where}: manifest digest mismatch (recorded {entry['value'][:16]}..., content "
+            f"hashes to {actual[:16]}...): manifest.json was edited after export"
+        )
+    return actual
+
+
+# -- keys --------------------------------------------------------------------------------------
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:  # a core dependency; only a broken install gets here
+        raise ConfigError(
+            f"bundle signatures need the 'cryptography' package ({exc}); "
+            "install it with: pip install cryptography"
+        ) from exc
+    return serialization, ed25519
+
+
+def key_id(public_key: Any) -> str:
+    serialization, _ = _crypto()
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def keygen(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair into `out_dir`: (private key path (mode 0600), public key
+    path). ConfigError if either file exists (a signing key is never overwritten)."""
+    from edgekd.io import atomic_write_bytes
+
+    serialization, ed25519 = _crypto()
+    out = Path(out_dir).expanduser()
+    priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
+    for p in (priv_path, pub_path):
+        if p.exists():
+            raise ConfigError(f"{p} exists; refusing to overwrite a key (choose another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    atomic_write_bytes(pub_path, key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv_path, pub_path
+
+
+def _read_key(path: str | Path, kind: str) -> bytes:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{kind} key file not found: {p}")
+    return p.read_bytes()
+
+
+def load_private_key(path: str | Path) -> Any:
+    """An Ed25519 private key from a PEM file; ConfigError names the file if it is not one."""
+    serialization, ed25519 = _crypto()
+    data = _read_key(path, "private")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError(f"{path}: expected an Ed25519 key, found {type(key).__name__}")
+    return key
+
+
+def load_public_key(path: str | Path) -> Any:
+    """An Ed25519 public key from a PEM file; ConfigError names the file if it is not one."""
+    serialization, ed25519 = _crypto()
+    data = _read_key(path, "public")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a PEM public key ({exc})") from exc
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{path}: expected an Ed25519 public key, found {type(key).__name__}")
+    return key
+
+
+def trusted_keys_from_env() -> list[Path]:
+    """Key paths listed in $EDGEKD_TRUSTED_KEYS (os.pathsep-separated; unset or empty: none)."""
+    raw = os.environ.get(TRUSTED_KEYS_ENV, "")
+    return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+
+
+def resolve_trusted_keys(keys: Sequence[str | Path] | None) -> list[Path]:
+    """`keys` if given (an empty list means: no signature required), else the env variable."""
+    return [Path(k) for k in keys] if keys is not None else trusted_keys_from_env()
+
+
+# -- sign / verify -----------------------------------------------------------------------------
+def signature_record(digest: str, private_key_path: str | Path) -> dict[str, str]:
+    """The content of signature.json for a manifest digest, signed with the key at the path."""
+    key = load_private_key(private_key_path)
+    sig = key.sign(SIGNED_PREFIX + digest.encode("ascii"))
+    return {"algorithm": "ed25519", "key_id": key_id(key.public_key()),
+            "manifest_sha256": digest, "signature": base64.b64encode(sig).decode("ascii")}
+
+
+def sign_bundle(root: str | Path, private_key_path: str | Path) -> dict[str, str]:
+    """Sign the bundle folder `root` in place (replacing any signature): writes signature.json
+    atomically after checking the manifest digest. Returns the record written."""
+    from edgekd.io import atomic_write_json
+    from edgekd.runtime.bundle import read_bundle
+
+    bundle = read_bundle(root, verify=True, trusted_keys=[])
+    record = signature_record(bundle.digest, private_key_path)
+    atomic_write_json(bundle.root / SIGNATURE, record)
+    return record
+
+
+def check_signature(root: Path, digest: str, trusted: Sequence[Path]) -> str:
+    """The key_id of the trusted key that signed `digest`; BundleError saying what is wrong
+    (no signature, malformed, unknown key, bad signature)."""
+    keys = {key_id(k): k for k in (load_public_key(p) for p in trusted)}
+    path = root / SIGNATURE
+    if not path.is_file():
+        raise BundleError(f"{root}: unsigned bundle (no {SIGNATURE}) but trusted keys are set; "
+                          "sign it with `edgekd sign` or drop the trusted keys")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("algorithm") != "ed25519":
+        found = record.get("algorithm") if isinstance(record, dict) else record
+        raise BundleError(f"{path}: field 'algorithm' must be 'ed25519', found {found!r}")
+    if record.get("manifest_sha256") != digest:
+        raise BundleError(f"{path}: signs manifest digest {str(record.get('manifest_sha256'))[:16]}"
+                          f"..., the manifest's is {digest[:16]}...: signature of another bundle")
+    kid = record.get("key_id")
+    if kid not in keys:
+        raise BundleError(f"{path}: signed by key {kid!r}, which is not among the trusted keys "
+                          f"({', '.join(sorted(keys))})")
+    try:
+        sig = base64.b64decode(str(record.get("signature")), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BundleError(f"{path}: field 'signature' is not base64 ({exc})") from exc
+    if len(sig) != _SIG_BYTES:
+        raise BundleError(f"{path}: signature is {len(sig)} bytes, expected {_SIG_BYTES} "
+                          "(truncated or corrupt)")
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        keys[kid].verify(sig, SIGNED_PREFIX + digest.encode("ascii"))
+    except InvalidSignature:
+        raise BundleError(f"{path}: Ed25519 signature does not verify with trusted key {kid}: "
+                          "the bundle or its signature was altered") from None
+    return str(kid)
