@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from edgekd.checkpoint import MODEL_FILE, load_run, read_sidecar
-from tests.conftest import distill_kd, run_cli
+from tests.conftest import STUDENT_ARGS, distill_kd, run_cli
 
 NUM_HAR_CLASSES = 12
 
@@ -39,17 +39,43 @@ def test_teacher_run_folder(teacher_run: Path) -> None:
         assert (teacher_run / name).is_file()
 
 
-def test_student_is_single_modality_and_selected_on_val(student_run: Path) -> None:
+def test_student_is_single_modality_and_keeps_the_last_epoch(student_run: Path) -> None:
     run = load_run(student_run, expect_role="student")
     assert run.sidecar["student_modality"] == "accel"
     assert list(run.sidecar["specs"]) == ["accel"]
     history = json.loads((student_run / "history.json").read_text())
     best = max(history, key=lambda h: h["val"]["accuracy"])
     metrics = _metrics(student_run)
+    assert metrics["select"] == "last"
+    assert metrics["selected_epoch"] == history[-1]["epoch"] == run.sidecar["epoch"]
     assert metrics["best_epoch"] == best["epoch"]
-    assert metrics["val"]["accuracy"] == pytest.approx(best["val"]["accuracy"])
+    assert metrics["val"]["accuracy"] == pytest.approx(history[-1]["val"]["accuracy"])
     assert history[0]["train"]["classifier"] > 0  # logit-KD term was active
     assert run.model(torch.zeros(2, 3, 128)).shape == (2, NUM_HAR_CLASSES)
+
+
+def test_best_val_selection_keeps_the_most_accurate_epoch(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "select.yaml"
+    config.write_text("train:\n  select: best_val\n")
+    out = tmp_path / "best"
+    args = ["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd"]
+    result = run_cli([*args, "--config", str(config), *STUDENT_ARGS])
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "history.json").read_text())
+    best = max(history, key=lambda h: h["val"]["accuracy"])
+    metrics = _metrics(out)
+    assert metrics["selected_epoch"] == metrics["best_epoch"] == best["epoch"]
+    assert metrics["val"]["accuracy"] == pytest.approx(best["val"]["accuracy"])
+
+
+def test_unknown_selection_is_refused() -> None:
+    from edgekd.config import TrainConfig
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.select='best'"):
+        TrainConfig(select="best")
 
 
 def test_same_seed_same_metrics(teacher_run: Path, student_run: Path, tmp_path: Path) -> None:

@@ -81,7 +81,8 @@ def _print_metrics(metrics: dict, out: Path) -> None:
     console.print(
         f"[bold]{out}[/bold]  val acc {val['accuracy']:.4f} f1 {val['macro_f1']:.4f}  "
         f"test acc {test['accuracy']:.4f} f1 {test['macro_f1']:.4f}  "
-        f"(best epoch {metrics['best_epoch']}"
+        f"(weights of epoch {metrics['selected_epoch']} by {metrics['select']}, "
+        f"best val epoch {metrics['best_epoch']}"
         + (", still improving at the last epoch)" if metrics.get("still_improving") else ")")
     )
 

@@ -283,7 +283,7 @@ def fit(
         lr=cfg.train.lr,
         weight_decay=cfg.train.weight_decay,
     )
-    state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
+    state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "selected_epoch": -1, "history": []}
     if resume:
         state = load_train_state(out, {"objective": objective}, optimizer)
     trainable: nn.Module = objective
@@ -330,9 +330,12 @@ def fit(
         improved = val_metrics["accuracy"] > state["best_val"]
         if improved:
             state["best_val"], state["best_epoch"] = val_metrics["accuracy"], epoch + 1
+        keep = improved if cfg.train.select == "best_val" else True
+        if keep:
+            state["selected_epoch"] = epoch + 1
         state["epoch"] = epoch + 1
         if d.is_main:
-            if improved:
+            if keep:
                 save_model(
                     out, model, {**sidecar, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
                 )
@@ -352,6 +355,8 @@ def fit(
     metrics = {
         "val": val_metrics,
         "test": test_metrics,
+        "select": cfg.train.select,
+        "selected_epoch": state["selected_epoch"],
         "best_epoch": state["best_epoch"],
         "still_improving": improving,
         "train": {
@@ -374,7 +379,7 @@ def fit(
             model,
             {
                 **sidecar,
-                "epoch": state["best_epoch"],
+                "epoch": state["selected_epoch"],
                 "metrics": {"val": val_metrics, "test": test_metrics},
             },
         )
