@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgekd.constants import PRECISIONS
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.io import atomic_write_bytes
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_HINT = "pip install 'edgekd[tensorrt]' (on Jetson TensorRT comes with JetPack)"
 # What a bundle without (parts of) `tensorrt_build` gets: batch 1..32, tuned for batch 1
 # (streaming), int8 strictly in int8.
@@ -75,9 +75,9 @@ def build_engine(
     (batch, *feature_shape). `timing_cache`: a file (created if missing, rewritten atomically)
     that makes rebuilds on the same device fast; key it by device, TensorRT refuses foreign ones.
     """
-    if precision not in ENGINE_PRECISIONS:
+    if precision not in PRECISIONS:
         raise BundleError(f"{onnx_path}: TensorRT precision must be one of "
-                          f"{', '.join(ENGINE_PRECISIONS)}, got {precision!r}")
+                          f"{', '.join(PRECISIONS)}, got {precision!r}")
     if not hasattr(trt, "Builder"):
         raise BackendUnavailable(
             f"cannot build a TensorRT engine: TensorRT {trt.__version__} here is the lean runtime "

@@ -14,11 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgekd.constants import BACKENDS, ONNX_OPSET, PRECISIONS
 from edgekd.errors import ConfigError
-
-BACKENDS = ("openvino", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 18  # the dynamo exporter's minimum; TensorRT 10 and OpenVINO 2024+ read it
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class Target:
     precision: str  # default precision
     precisions: tuple[str, ...]  # what this target accepts
     device_family: str
-    opset: int = DEFAULT_OPSET
+    opset: int = ONNX_OPSET
     workspace_mib: int = 0
     opt_batch: int = 1
     max_batch: int = 32
