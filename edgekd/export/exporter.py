@@ -103,6 +103,8 @@ class ExportOptions:
             raise ConfigError(f"--allow-float applies to int8 exports, the precision is {prec}")
         if self.dla_core is not None:
             tgt.tensorrt_build(prec, dla_core=self.dla_core)  # ConfigError if not on this target
+            if self.trt_frontend != "onnx":
+                raise ConfigError("--dla-core builds with the ONNX frontend (--trt-frontend onnx)")
         if self.trt_frontend == "torch-tensorrt":
             if not tgt.uses_tensorrt:
                 raise ConfigError(f"--trt-frontend applies to TensorRT targets, not {tgt.name!r}")

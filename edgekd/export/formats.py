@@ -48,8 +48,8 @@ class Format:
     "fp32" (always built), a reduced precision (built when the export has it) or None (built at
     the export precision). `build(job) -> Built | None` (None: not buildable here, a notice says
     why) in table order, so a builder may use an earlier format's file (`job.built`);
-    `verify(job, path) -> fields` checks the result and returns manifest fields for its main
-    file (ExportError when it fails).
+    `verify(job, path) -> fields` checks a built file and returns manifest fields for it
+    (ExportError when it fails); a builder that returns bytes checks them itself.
     """
 
     name: str

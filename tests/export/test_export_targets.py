@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,23 @@ def test_a_new_format_is_one_table_entry(monkeypatch: pytest.MonkeyPatch, tmp_pa
     ))  # fmt: skip
     with pytest.raises(ConfigError, match=r"target 'typo' lists unknown export formats"):
         exporter.ExportOptions(target="typo").resolve(tmp_path / "x.edgekd")
+
+
+def test_dla_and_allow_float_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    from edgekd.export.exporter import ExportOptions
+
+    out = tmp_path / "x.edgekd"
+    agx = {"target": "jetson-agx-orin"}
+    assert ExportOptions(**agx, dla_core=1).resolve(out) == (get_target("jetson-agx-orin"), "int8")
+    cases = [
+        ({**agx, "dla_core": 2}, "--dla-core 2: target 'jetson-agx-orin' has cores 0..1"),
+        ({**agx, "dla_core": 0, "precision": "fp32"}, "DLA does not run fp32"),
+        ({**agx, "dla_core": 0, "trt_frontend": "torch-tensorrt"}, "--trt-frontend onnx"),
+        ({"target": "cpu", "dla_core": 0}, "'cpu' is not a TensorRT target"),
+        ({"precision": "fp32", "allow_float": ("node_linear",)}, "--allow-float applies to int8"),
+        ({"calib": -1}, "--calib must be >= 0 windows, got -1"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ExportOptions(**kwargs).resolve(out)
+    assert not out.exists()
