@@ -2,7 +2,7 @@
 accuracy per backend (held-out test windows), artifact sizes, export time and the OpenVINO int8
 evidence, as a Markdown table.
 
-    python benchmarks/export_table.py runs/student [--calib 512] [--qat-epochs 3] [--json out.json]
+    python benchmarks/export_table.py runs/student [--calib N] [--qat-epochs 3] [--json out.json]
 
 Every export goes through `edgekd.export.exporter.export_run` (the `edgekd export` code path)
 into a temporary folder, with the accuracy guard opened (--max-drop 100) so that a bad
@@ -43,7 +43,7 @@ def _row(name: str, result: ExportResult) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--calib", type=int, default=512)
+    parser.add_argument("--calib", type=int, help="calibration windows (default: export's)")
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--no-qat", action="store_true", help="PTQ rows only (QAT takes minutes)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")

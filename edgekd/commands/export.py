@@ -30,8 +30,12 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="PTQ calibration: minmax | percentile | entropy.")
         ] = "minmax",
         calib: Annotated[
-            int, typer.Option(help="Calibration windows drawn from the training split.")
-        ] = 512,
+            int | None,
+            typer.Option(
+                help="Calibration windows drawn from the training split (default 512, or all "
+                "when there are fewer)."
+            ),
+        ] = None,
         qat: Annotated[
             bool, typer.Option("--qat", help="Quantization-aware fine-tuning instead of PTQ.")
         ] = False,
@@ -49,6 +53,27 @@ def register(app: typer.Typer) -> None:
         trt_frontend: Annotated[
             str, typer.Option(help="onnx (TensorRT ONNX parser) | torch-tensorrt.")
         ] = "onnx",
+        allow_float: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allow-float",
+                help="Conv/Gemm/MatMul node the int8 lint accepts in float (repeat per node).",
+            ),
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                "--data",
+                help="The run's dataset at a new place (har or a manifest), checked against "
+                "the run's labels and modalities.",
+            ),
+        ] = None,
+        dla_core: Annotated[
+            int | None,
+            typer.Option(
+                "--dla-core", help="Build the TensorRT engine for this DLA core (jetson-agx-orin)."
+            ),
+        ] = None,
         force: Annotated[
             bool, typer.Option("--force", help="Replace an existing bundle at --out.")
         ] = False,
@@ -82,6 +107,9 @@ def register(app: typer.Typer) -> None:
             progress=not quiet,
             with_eval=with_eval,
             sign_key=sign_key,
+            allow_float=tuple(allow_float or ()),
+            data=data,
+            dla_core=dla_core,
         )
         total = sum(result.sizes.values())
         typer.echo(

@@ -1,18 +1,25 @@
 """`export_run`: a trained student run folder -> a verified, measured bundle for a target.
 
-Steps: load the run and its data; FP32 ONNX (checked against torch); int8 by PTQ or QAT (linted
-for TensorRT's Q/DQ rules); OpenVINO IRs (int8 execution checked); a TensorRT engine when
-TensorRT and a GPU are here (else the build options travel in the manifest); golden and eval
-windows. Everything is then written as a probe bundle in a temporary folder and loaded through
-`edgekd.runtime` on every backend present: golden self-check and accuracy on held-out test
-windows. Only if every reduced-precision artifact is within `max_drop` points of torch FP32 is
-the real bundle written (atomically, by BundleWriter): a failed export leaves nothing at `out`.
+Export builds from a table of formats (`edgekd.export.formats.FORMATS`: name, bundle file,
+manifest format, backend, precision, builder, verifier), one builder function per format; a
+target lists the formats it gets and the export precision picks among them (FP32 formats always,
+int8 ones for int8). This module runs them: options, data, the job, measurement, writing.
+
+Steps: load the run and its data; build each format in table order (FP32 ONNX checked against
+torch; int8 by PTQ or QAT, linted for TensorRT's Q/DQ rules; OpenVINO IRs with int8 execution
+checked; a TensorRT engine when TensorRT and a GPU are here, else the build options travel in the
+manifest); golden and eval windows. Everything is then written as a probe bundle in a temporary
+folder and loaded through `edgekd.runtime` on every (backend, precision) the formats serve:
+golden self-check and accuracy on held-out test windows. Only if every reduced-precision artifact
+is within `max_drop` points of torch FP32 is the real bundle written (atomically, by
+BundleWriter): a failed export leaves nothing at `out`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -20,28 +27,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgekd.errors import BackendUnavailable, ConfigError, ExportError
-from edgekd.export.accuracy import REFERENCE, format_table, over_limit, score
-from edgekd.export.quantize import PTQ_METHODS, CalibrationRecord, data_sha256
+from edgekd.export.accuracy import REFERENCE, format_table, over_limit
+from edgekd.export.formats import FORMATS, Format
+from edgekd.export.quantize import PTQ_METHODS
+from edgekd.export.run_data import RunData, load_run_data
 from edgekd.targets import Target, get_target
 
-if TYPE_CHECKING:
-    import torch
-
-    from edgekd.checkpoint import Run
-    from edgekd.data import PairedDataset
-    from edgekd.modalities import ModalitySpec
+log = logging.getLogger("edgekd.export")
 
 BACKEND_QUANTIZERS = ("ort", "nncf")
 TRT_FRONTENDS = ("onnx", "torch-tensorrt")
-EVAL_CAP = 1024  # held-out windows kept in eval.npz and used for the accuracy report
+DEFAULT_CALIB = 512  # calibration windows when --calib is not given (all, if fewer exist)
 GOLDEN_N = 8
-EXAMPLE_BATCH = 4  # torch.export needs a batch > 1 to keep the batch dimension symbolic
-ONNX_RTOL = 1e-4  # FP32 ONNX vs torch, relative to the largest |log-prob|: reorderings only
 GOLDEN_ATOL = 1e-4  # FP32 probabilities on any backend vs torch, on golden windows
 
 
@@ -52,7 +54,7 @@ class ExportOptions:
     target: str = "cpu"
     precision: str | None = None
     ptq: str = "minmax"
-    calib: int = 512
+    calib: int | None = None
     qat: bool = False
     qat_epochs: int = 3
     max_drop: float = 1.0
@@ -60,6 +62,9 @@ class ExportOptions:
     backend_quantizer: str = "ort"
     trt_frontend: str = "onnx"
     seed: int = 0
+    allow_float: tuple[str, ...] = ()
+    data: str | None = None
+    dla_core: int | None = None
 
     def resolve(self, out: Path) -> tuple[Target, str]:
         """(target, precision), checking everything that needs no model: fail in milliseconds."""
@@ -73,9 +78,12 @@ class ExportOptions:
         for flag, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+        unknown = [f for f in tgt.formats if f not in FORMATS]
+        if unknown:
+            raise ConfigError(f"target {tgt.name!r} lists unknown export formats {unknown}")
         if self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 points, got {self.max_drop:g}")
-        if self.calib < 0:
+        if self.calib is not None and self.calib < 0:
             raise ConfigError(f"--calib must be >= 0 windows, got {self.calib}")
         if prec == "int8" and not self.qat and self.calib == 0:
             raise ConfigError(
@@ -91,6 +99,12 @@ class ExportOptions:
                 "--backend-quantizer nncf quantizes to int8 from calibration windows: it needs "
                 f"precision int8 (here {prec}) and --calib N >= 1 (here {self.calib})"
             )
+        if self.allow_float and prec != "int8":
+            raise ConfigError(f"--allow-float applies to int8 exports, the precision is {prec}")
+        if self.dla_core is not None:
+            tgt.tensorrt_build(prec, dla_core=self.dla_core)  # ConfigError if not on this target
+            if self.trt_frontend != "onnx":
+                raise ConfigError("--dla-core builds with the ONNX frontend (--trt-frontend onnx)")
         if self.trt_frontend == "torch-tensorrt":
             if not tgt.uses_tensorrt:
                 raise ConfigError(f"--trt-frontend applies to TensorRT targets, not {tgt.name!r}")
@@ -135,7 +149,7 @@ def export_run(
     target: str = "cpu",
     precision: str | None = None,
     ptq: str = "minmax",
-    calib: int = 512,
+    calib: int | None = None,
     qat: bool = False,
     qat_epochs: int = 3,
     max_drop: float = 1.0,
@@ -144,22 +158,29 @@ def export_run(
     trt_frontend: str = "onnx",
     seed: int = 0,
     progress: bool = True,
+    allow_float: tuple[str, ...] | list[str] = (),
+    data: str | Path | None = None,
+    dla_core: int | None = None,
     with_eval: bool = False,
     sign_key: Path | None = None,
 ) -> ExportResult:
     """Export the student in `run_dir` to the bundle folder `out` for `target`.
 
     precision: None = the target's default. int8 takes `calib` calibration windows from the
-    training split for PTQ (`ptq` = minmax | percentile | entropy), or fine-tunes `qat_epochs`
-    epochs with fake quantization (`qat`; the PTQ model then stays as a comparison row).
-    `max_drop`: the most accuracy (percentage points) an int8/fp16 artifact may lose against
-    torch FP32 on held-out windows. `backend_quantizer="nncf"` replaces the OpenVINO int8 IR by
-    NNCF's accuracy-controlled one. `trt_frontend`: "onnx" (TensorRT's ONNX parser) or
+    training split for PTQ (`ptq` = minmax | percentile | entropy; None = DEFAULT_CALIB, or all
+    training windows when there are fewer, said in the log and the calibration record), or
+    fine-tunes `qat_epochs` epochs with fake quantization (`qat`; the PTQ model then stays as a
+    comparison row). `max_drop`: the most accuracy (percentage points) an int8/fp16 artifact may
+    lose against torch FP32 on held-out windows. `backend_quantizer="nncf"` replaces the OpenVINO
+    int8 IR by NNCF's accuracy-controlled one. `trt_frontend`: "onnx" (TensorRT's ONNX parser) or
     "torch-tensorrt". `seed` picks calibration and held-out windows. `progress`: rich step lines
-    on stderr. `with_eval`: keep the held-out windows inside the bundle (default: beside it as
-    `<stem>.eval.npz`). `sign_key`: Ed25519 private key (PEM) to sign the bundle with.
-    Raises ConfigError (options, run folder), DataError, BackendUnavailable,
-    ExportError (lint, accuracy, a backend failing).
+    on stderr. `allow_float`: names of Conv/Gemm/MatMul nodes the int8 lint accepts in float.
+    `data`: the run's dataset at a new place (checked against the run's labels and modality
+    layouts). `dla_core`: build the TensorRT engine for this DLA core (targets with DLA; GPU
+    fallback allowed). Raises ConfigError (options, run folder, data), DataError,
+    BackendUnavailable, ExportError (lint, accuracy, a backend failing). `with_eval`: keep the
+    held-out windows inside the bundle (default: beside it as `<stem>.eval.npz`). `sign_key`:
+    Ed25519 private key (PEM) to sign the bundle with.
     """
     opts = ExportOptions(
         target=target,
@@ -173,6 +194,9 @@ def export_run(
         backend_quantizer=backend_quantizer,
         trt_frontend=trt_frontend,
         seed=seed,
+        allow_float=tuple(allow_float),
+        data=None if data is None else str(data),
+        dla_core=dla_core,
     )
     out = Path(out)
     tgt, prec = opts.resolve(out)
@@ -227,14 +251,6 @@ class _Parts:
     def add(self, rel: str, source: Path | bytes, fmt: str, precision: str, **extra: Any) -> None:
         self.files.append((rel, source, fmt, precision, extra))
 
-    def add_ir(
-        self, xml: Path, precision: str, xml_only: dict[str, Any] | None = None, **extra: Any
-    ) -> None:
-        """An IR pair as openvino/model.<precision>.xml/.bin; `xml_only` keys go on the .xml."""
-        stem = f"openvino/model.{precision}"
-        self.add(f"{stem}.xml", xml, "openvino_xml", precision, **extra, **(xml_only or {}))
-        self.add(f"{stem}.bin", xml.with_suffix(".bin"), "openvino_bin", precision, **extra)
-
     def write(self, out: Path, force: bool) -> dict[str, Any]:
         """Publish through BundleWriter (staged, hashed, read back, renamed); the manifest."""
         from edgekd.export.bundle import BundleWriter
@@ -250,91 +266,9 @@ class _Parts:
         return writer.manifest
 
 
-@dataclass
-class _Data:
-    """The loaded run and the windows export needs: raw (as the runtime sees them) or features."""
-
-    run: Run
-    spec: ModalitySpec
-    dataset: PairedDataset
-    train_x: np.ndarray  # raw labelled training windows
-    train_y: np.ndarray
-    val_x: np.ndarray  # raw labelled validation windows (NNCF accuracy control)
-    val_y: np.ndarray
-    eval_x: np.ndarray  # raw held-out test windows, at most EVAL_CAP
-    eval_y: np.ndarray
-    torch_logits: np.ndarray  # torch FP32 on eval_x: the reference
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.run.sidecar["labels"])
-
-    @property
-    def source(self) -> str:
-        return str(self.run.sidecar["data"]["source"])
-
-    def features(self, raw: np.ndarray) -> np.ndarray:
-        from edgekd.modalities import preprocess
-
-        return preprocess(self.spec, raw)
-
-    def score(self, logits: np.ndarray) -> dict[str, Any]:
-        return score(logits.argmax(1), self.eval_y, len(self.labels))
-
-
-def _load(run_dir: Path, seed: int) -> _Data:
-    """Load a student run, its dataset (as recorded in the sidecar and config), held-out windows
-    and the torch FP32 reference on them."""
-    import torch
-
-    from edgekd.checkpoint import load_run
-    from edgekd.data import load_dataset
-    from edgekd.modalities import ModalitySpec, preprocess
-
-    run = load_run(run_dir, expect_role="student")
-    side = run.sidecar
-    modality = side["student_modality"]
-    spec = ModalitySpec.from_dict(side["specs"][modality])  # normalisation as trained
-    data = side.get("data") or {}
-    if "source" not in data:
-        raise ConfigError(f"{run_dir}/checkpoint.json names no data source (data.source)")
-    # The run's own training windows (its --limit, its seed): calibration and QAT see what the
-    # student was trained on.
-    cfg = run.config
-    ds = load_dataset(
-        data["source"],
-        val_subjects=data.get("val_subjects"),
-        limit=cfg.data.limit,
-        seed=cfg.train.seed,
-    )
-    if list(ds.labels) != list(side["labels"]):
-        raise ConfigError(f"{run_dir} was trained on other labels than {data['source']} has now")
-    train, val, test = (ds.splits[s] for s in ("train", "val", "test"))
-    test_x, test_y = test.x[modality][test.y >= 0], test.y[test.y >= 0]
-    if len(test_y) == 0:
-        raise ConfigError(f"{data['source']} has no labelled test windows to measure accuracy on")
-    if len(test_y) > EVAL_CAP:
-        pick = np.sort(np.random.default_rng(seed).choice(len(test_y), EVAL_CAP, replace=False))
-        test_x, test_y = test_x[pick], test_y[pick]
-    test_x = np.ascontiguousarray(test_x, dtype=np.float32)
-    with torch.no_grad():
-        logits = run.model(torch.from_numpy(preprocess(spec, test_x))).numpy()
-    return _Data(
-        run=run,
-        spec=spec,
-        dataset=ds,
-        train_x=train.x[modality][train.y >= 0],
-        train_y=train.y[train.y >= 0],
-        val_x=val.x[modality][val.y >= 0],
-        val_y=val.y[val.y >= 0],
-        eval_x=test_x,
-        eval_y=test_y.astype(np.int64),
-        torch_logits=logits,
-    )
-
-
 class _Export:
-    """One export: builds the artifacts into `work`, gathers them in `parts`, measures, writes."""
+    """One export job: builds the target's formats into `work`, gathers them in `parts`,
+    measures them through the runtime, writes the bundle."""
 
     def __init__(
         self, run_dir: Path, out: Path, opts: ExportOptions, tgt: Target, prec: str, steps: _Steps
@@ -345,27 +279,30 @@ class _Export:
         self.notices: list[str] = []
         self.accuracy: dict[str, dict[str, Any]] = {}
         self.evidence: dict[str, Any] | None = None
+        self.built: dict[str, Path] = {}  # format name -> its file in the work folder
+        self.extra: dict[str, dict[str, Any]] = {}  # format name -> its manifest fields
+        self.measured: list[Format] = []  # formats in the bundle, in table order
+        self.calib = 0  # calibration windows used (resolved after loading)
+        self.calib_shortfall: dict[str, Any] = {}  # calibration record fields when capped
         self.work = Path()  # set in run()
-        self.data: _Data
+        self.data: RunData
+
+    def formats(self) -> list[Format]:
+        """The target's formats at this export's precision, in table order."""
+        return [f for f in FORMATS.values() if f.name in self.tgt.formats and f.wanted(self.prec)]
 
     def run(self) -> ExportResult:
         t_start = time.perf_counter()
         opts, steps = self.opts, self.steps
         with steps.step("load", f"load run {self.run_dir} and its data"):
-            self.data = _load(self.run_dir, opts.seed)
-        if self.prec == "int8" and opts.calib > len(self.data.train_x):
-            raise ConfigError(
-                f"--calib {opts.calib} is more than the {len(self.data.train_x)} training "
-                f"windows of {self.data.source}; use at most {len(self.data.train_x)}"
-            )
+            self.data = load_run_data(self.run_dir, opts.seed, opts.data)
+        if self.prec == "int8":
+            self._resolve_calib()
         self.accuracy[REFERENCE] = self.data.score(self.data.torch_logits)
         with tempfile.TemporaryDirectory(prefix="edgekd-export-") as tmp:
             self.work = Path(tmp)
-            fp32_onnx = self._fp32()
-            qdq_onnx = self._int8() if self.prec == "int8" else None
-            if self.tgt.uses_tensorrt:
-                self.parts.sections["tensorrt_build"] = self.tgt.tensorrt_build(self.prec)
-                self._tensorrt(fp32_onnx, qdq_onnx)
+            for fmt in self.formats():
+                self._make(fmt)
             self.parts.npz["golden"] = {
                 "x": self.data.eval_x[:GOLDEN_N],
                 "probs": _softmax(self.data.torch_logits[:GOLDEN_N]),
@@ -386,7 +323,11 @@ class _Export:
                 )
             self.parts.sections["accuracy"] = self.accuracy
             self.parts.sections["export"] = {
-                "options": {**asdict(opts), "precision": self.prec},
+                "options": {
+                    **asdict(opts),
+                    "allow_float": list(opts.allow_float),  # as JSON reads it back
+                    "precision": self.prec,
+                },
                 "timings_s": {k: round(v, 3) for k, v in steps.timings.items()},
             }
             with steps.step("write", f"write {self.out}"):
@@ -404,242 +345,54 @@ class _Export:
             int8_evidence=self.evidence,
         )
 
-    # -- artifacts ---------------------------------------------------------------------------
-
-    def _fp32(self) -> Path:
-        """FP32 ONNX, checked against torch on the held-out windows, and its OpenVINO IR."""
-        import torch
-
-        from edgekd.export.onnx import export_onnx, max_abs_diff_vs_torch
-        from edgekd.export.openvino import convert_ir
-
-        model = self.data.run.model
-        feats = self.data.features(self.data.eval_x)
-        with self.steps.step("onnx", "export FP32 ONNX (dynamo, dynamic batch), check vs torch"):
-            path = export_onnx(
-                model, torch.from_numpy(feats[:EXAMPLE_BATCH]), self.work / "model.fp32.onnx"
-            )
-            diff = max_abs_diff_vs_torch(model, path, feats)
-        allowed = ONNX_RTOL * max(1.0, float(np.abs(self.data.torch_logits).max()))
-        if diff > allowed:
-            raise ExportError(
-                f"the FP32 ONNX differs from torch by {diff:.3g} on the test windows (allowed "
-                f"{allowed:.3g}): the export is not faithful to the model"
-            )
-        self.parts.add("model.fp32.onnx", path, "onnx", "fp32", max_abs_diff_vs_torch=diff)
-        with self.steps.step("openvino_fp32", "convert the FP32 OpenVINO IR"):
-            xml = convert_ir(path, self.work / "ir" / "model.fp32.xml")
-        self.parts.add_ir(xml, "fp32")
-        return path
-
-    def _int8(self) -> Path:
-        """The QDQ ONNX (PTQ, or QAT with PTQ as the comparison row) and the int8 IR."""
-        from edgekd.export.onnx import onnx_logits
-        from edgekd.export.quantize import quantize_ptq
-
-        opts = self.opts
-        source = f"{self.data.source}:train"
-        qdq = None
-        if opts.calib:
-            calib_x = self._calibration_windows()
-            with self.steps.step(
-                "ptq", f"PTQ ({opts.ptq}, {opts.calib} calibration windows), lint for TensorRT"
-            ):
-                qdq = quantize_ptq(
-                    self.work / "model.fp32.onnx",
-                    self.work / "model.int8.ptq.onnx",
-                    calib_x,
-                    opts.ptq,
-                )
-            record = CalibrationRecord(opts.ptq, opts.calib, data_sha256(calib_x), source)
-            self.parts.sections["calibration"] = record.to_dict()
-        quantizer = f"ort-ptq-{opts.ptq}"
-        if opts.qat:
-            if qdq is not None:  # kept out of the bundle: the report's comparison row
-                feats = self.data.features(self.data.eval_x)
-                self.accuracy[f"ptq_{opts.ptq}"] = self.data.score(onnx_logits(qdq, feats))
-            qdq, record_qat = self._qat()
-            self.parts.sections["calibration"] = {**record_qat, "source": source}
-            quantizer = "torchao-qat-pt2e"
-        assert qdq is not None  # resolve() demands calibration windows or QAT for int8
-        self.parts.add("model.int8.qdq.onnx", qdq, "onnx", "int8", quantizer=quantizer)
-        self._openvino_int8(qdq, quantizer)
-        return qdq
-
-    def _calibration_windows(self) -> np.ndarray:
-        """`calib` seeded training windows as model features (float32)."""
-        n, data = self.opts.calib, self.data
-        pick = np.sort(
-            np.random.default_rng(self.opts.seed).choice(len(data.train_x), n, replace=False)
-        )
-        return np.ascontiguousarray(data.features(data.train_x[pick]), dtype=np.float32)
-
-    def _qat(self) -> tuple[Path, dict[str, Any]]:
-        """QAT fine-tune with the run's task + classifier-level distillation terms (see
-        edgekd.export.qat), at a tenth of the run's peak learning rate and its batch size, on
-        its training windows; the QDQ ONNX and its record."""
-        import torch
-
-        from edgekd.export.qat import (
-            describe_loss,
-            export_qat_onnx,
-            qat_loss_config,
-            quantization_aware_finetune,
-        )
-
-        data, epochs = self.data, self.opts.qat_epochs
-        cfg = data.run.config
-        x = torch.from_numpy(data.features(data.train_x))
-        with self.steps.step("teacher", "teacher outputs for QAT distillation"):
-            t_logits, t_emb = self._teacher_outputs()
-        loss_text = describe_loss(qat_loss_config(cfg.distill, t_logits is not None))
-
-        def on_epoch(epoch: int, terms: dict[str, float]) -> None:
-            self.steps.update(f"QAT epoch {epoch + 1}/{epochs}: loss {terms['total']:.4f}")
-
-        with self.steps.step("qat", f"QAT {epochs} epoch(s), loss {loss_text}"):
-            result = quantization_aware_finetune(
-                data.run.model,
-                x,
-                torch.from_numpy(data.train_y.astype(np.int64)),
-                distill=cfg.distill,
-                teacher_logits=t_logits,
-                teacher_emb=t_emb,
-                epochs=epochs,
-                lr=cfg.train.lr / 10,
-                batch_size=cfg.train.batch_size,
-                seed=self.opts.seed,
-                on_epoch=on_epoch,
-            )
-            path = export_qat_onnx(
-                result.quantized, x[:EXAMPLE_BATCH], self.work / "model.int8.qat.onnx"
-            )
-        with torch.no_grad():
-            fake = result.fake_quant(torch.from_numpy(data.features(data.eval_x))).numpy()
-        self.accuracy["qat_fake_quant"] = data.score(fake)
-        record = {
-            "method": "qat",
-            "samples": len(x),
-            "data_sha256": data_sha256(x.numpy()),
-            "epochs": epochs,
-            "loss": loss_text,
-            "history": result.history,
-        }
-        return path, record
-
-    def _teacher_outputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Frozen-teacher (logits, embeddings) on the labelled training windows, as distillation
-        saw them; (None, None) when the student had no teacher or its run folder is gone."""
-        import torch
-
-        from edgekd.checkpoint import load_run
-        from edgekd.modalities import ModalitySpec, preprocess
-
-        run = self.data.run
-        distill, teacher_dir = run.config.distill, run.sidecar.get("teacher_dir")
-        if not distill.uses_teacher or not teacher_dir:
-            return None, None
-        if not Path(teacher_dir).is_dir():
-            self.notices.append(
-                f"teacher run {teacher_dir} (named in the student's sidecar) not found: "
-                "QAT used the task loss only"
-            )
-            return None, None
-        teacher = load_run(Path(teacher_dir), expect_role="teacher")
-        specs = {m: ModalitySpec.from_dict(s) for m, s in teacher.sidecar["specs"].items()}
-        student = run.sidecar["student_modality"]
-        # The restricted-teacher control zeroes the modalities the student lacks.
-        drop = tuple(m for m in specs if m != student) if distill.teacher_view == "student" else ()
-        train = self.data.dataset.splits["train"]
-        raw = {m: train.x[m][train.y >= 0] for m in specs}
-        logits, embs = [], []
-        with torch.no_grad():
-            for i in range(0, len(self.data.train_y), 512):
-                batch = {
-                    m: torch.from_numpy(preprocess(s, raw[m][i : i + 512]))
-                    for m, s in specs.items()
-                }
-                emb = teacher.model.forward_features(batch, drop=drop)
-                embs.append(emb)
-                logits.append(teacher.model.classifier(emb))
-        return torch.cat(logits), torch.cat(embs)
-
-    def _openvino_int8(self, qdq: Path, quantizer: str) -> None:
-        """Int8 IR (from the QDQ ONNX, or NNCF's with accuracy control), with proof it runs int8."""
-        from edgekd.export.openvino import convert_ir, int8_evidence, nncf_quantize_ir
-
-        extra: dict[str, Any] = {"quantizer": quantizer}
-        if self.opts.backend_quantizer == "nncf":
-            with self.steps.step("nncf", "NNCF PTQ with accuracy control (OpenVINO-only int8 IR)"):
-                xml = nncf_quantize_ir(
-                    self.work / "ir" / "model.fp32.xml",
-                    self.work / "nncf" / "model.int8.xml",
-                    self._calibration_windows(),
-                    self.data.features(self.data.val_x),
-                    self.data.val_y,
-                    max_drop_points=self.opts.max_drop,
-                )
-            # NNCF's activations after ReLU are uint8: fine for OpenVINO, not for TensorRT.
-            extra = {"quantizer": "nncf-accuracy-control", "backend": "openvino"}
-        else:
-            with self.steps.step("openvino_int8", "convert the int8 OpenVINO IR from the QDQ ONNX"):
-                xml = convert_ir(qdq, self.work / "ir" / "model.int8.xml")
-        with self.steps.step("int8_check", "check OpenVINO runs the convs/matmuls in int8"):
-            evidence = int8_evidence(xml)
-        if not evidence.all_int8:
-            why = (
-                "NNCF's accuracy control kept the others in float"
-                if self.opts.backend_quantizer == "nncf"
-                else "this CPU runs the others in float"
-            )
-            self.notices.append(f"the OpenVINO int8 IR runs {evidence.summary()}; {why}")
-        self.evidence = evidence.to_dict()
-        self.parts.add_ir(xml, "int8", xml_only={"int8_check": self.evidence}, **extra)
-
-    def _tensorrt(self, fp32_onnx: Path, qdq_onnx: Path | None) -> None:
-        """Build and stamp the engine when TensorRT and a GPU are here; else tell the user the
-        device builds it at first load from the bundled ONNX and `tensorrt_build` options."""
-        from edgekd.export import tensorrt as trt_export
-        from edgekd.modalities import feature_shape
-        from edgekd.runtime.backends import cache_dir
-        from edgekd.runtime.backends.tensorrt import timing_cache_path
-
-        tgt, prec, frontend = self.tgt, self.prec, self.opts.trt_frontend
-        reason = trt_export.unavailable_reason()
-        if reason is not None:
-            source = "model.int8.qdq.onnx" if prec == "int8" else "model.fp32.onnx"
-            self.notices.append(
-                f"TensorRT engine not built here ({reason}). The bundle carries {source} and "
-                f"its build options (manifest tensorrt_build: {prec}, workspace "
-                f"{tgt.workspace_mib} MiB, batch 1..{tgt.max_batch}); the engine is built on the "
-                f"{tgt.name} device at first load and cached there."
-            )
+    def _make(self, fmt: Format) -> None:
+        """Build, verify and stage one format (an IR with its .bin)."""
+        built = fmt.build(self)
+        if built is None:
             return
-        build = tgt.tensorrt_build(prec)
-        feat = feature_shape(self.data.spec)
-        stamp = trt_export.engine_stamp(trt_export.require_tensorrt().__version__)
-        with self.steps.step(
-            "tensorrt", f"build the TensorRT {prec} engine ({frontend}) for {stamp['gpu']}"
-        ):
-            if frontend == "torch-tensorrt":
-                plan = trt_export.compile_torch_tensorrt(self.data.run.model, prec, build, feat)
-            else:
-                onnx_path = qdq_onnx if prec == "int8" else fp32_onnx
-                assert onnx_path is not None  # int8 always made a QDQ model first
-                # the same per-device timing cache the runtime's first-load build uses
-                plan = trt_export.build_onnx_engine(
-                    onnx_path, prec, build, "input", feat,
-                    timing_cache=timing_cache_path(cache_dir(), stamp),
+        precision = fmt.precision_for(self.prec)
+        rel = fmt.path.format(precision=precision)
+        main_only: dict[str, Any] = {}
+        if isinstance(built.path, Path):
+            self.built[fmt.name] = built.path
+            if fmt.verify is not None:  # verifiers check files; in-memory plans have none
+                main_only = fmt.verify(self, built.path)
+        self.extra[fmt.name] = built.extra
+        self.parts.add(rel, built.path, fmt.kind, precision, **built.extra, **main_only)
+        if fmt.kind == "openvino_xml":
+            assert isinstance(built.path, Path)  # an IR is always a file pair
+            bin_rel = rel.removesuffix(".xml") + ".bin"
+            self.parts.add(
+                bin_rel, built.path.with_suffix(".bin"), "openvino_bin", precision, **built.extra
+            )
+        self.measured.append(fmt)
+
+    def _resolve_calib(self) -> None:
+        """How many calibration windows PTQ uses: --calib, or DEFAULT_CALIB capped at the
+        training windows (said in the log, the notices and the calibration record). An explicit
+        --calib above the count is an error."""
+        n, requested = len(self.data.train_x), self.opts.calib
+        if requested is not None:
+            if requested > n:
+                raise ConfigError(
+                    f"--calib {requested} is more than the {n} training windows of "
+                    f"{self.data.source}; use at most {n}"
                 )
-        self.parts.add(
-            f"tensorrt/model.{prec}.engine",
-            plan,
-            "tensorrt_engine",
-            prec,
-            stamp=stamp,
-            frontend=frontend,
-            backend="tensorrt",
-        )
+            self.calib = requested
+            return
+        self.calib = min(DEFAULT_CALIB, n)
+        if self.calib < DEFAULT_CALIB and not self.opts.qat:
+            reason = f"{self.data.source} has only {n} labelled training windows"
+            self.calib_shortfall = {"requested": DEFAULT_CALIB, "reason": reason}
+            line = f"calibrating on all {n} training windows (default {DEFAULT_CALIB}): {reason}"
+            log.info(line)
+            self.notices.append(line)
+
+    def calibration_windows(self) -> np.ndarray:
+        """`self.calib` seeded training windows as model features (float32)."""
+        data, rng = self.data, np.random.default_rng(self.opts.seed)
+        pick = np.sort(rng.choice(len(data.train_x), self.calib, replace=False))
+        return np.ascontiguousarray(data.features(data.train_x[pick]), dtype=np.float32)
 
     # -- manifest, measurement -----------------------------------------------------------------
 
@@ -677,21 +430,15 @@ class _Export:
         }
 
     def _measure(self, probe: Path, manifest: dict[str, Any]) -> None:
-        """Load the probe bundle on each (precision, backend) it offers, through edgekd.runtime:
-        FP32 must reproduce torch on the golden windows; every one is scored on eval windows."""
+        """Load the probe bundle on the (precision, backend) of each format it holds, through
+        edgekd.runtime: FP32 must reproduce torch on the golden windows; every one is scored on
+        eval windows. `manifest`: the probe's (what a replacement measurement may inspect)."""
         import edgekd.runtime as rt
 
-        combos = [("fp32", "onnxruntime", "fp32"), ("fp32", "openvino", "fp32_openvino")]
-        if any(a["precision"] == "int8" for a in manifest["artifacts"]):
-            combos += [
-                ("int8", "onnxruntime", "int8_onnxruntime"),
-                ("int8", "openvino", "int8_openvino"),
-            ]
-        combos += [
-            (a["precision"], "tensorrt", f"{a['precision']}_tensorrt")
-            for a in manifest["artifacts"]
-            if a["format"] == "tensorrt_engine"
-        ]
+        combos = []
+        for fmt in self.measured:
+            precision = fmt.precision_for(self.prec)
+            combos.append((precision, fmt.backend, fmt.accuracy_key.format(precision=precision)))
         for precision, backend, key in combos:
             try:
                 model = rt.load(

@@ -2,7 +2,7 @@
 
 The batch dimension is a named symbol ("batch") so one file serves batch 1 streaming and large
 batches. The exporter silently fixes the batch at the example's size when the dynamic shape is
-lost, so every export is checked afterwards (TOOLCHAIN-NOTES "ONNX export").
+lost, so every export is checked afterwards.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekd.constants import ONNX_OPSET
 from edgekd.errors import ExportError
 
 if TYPE_CHECKING:
@@ -26,11 +27,10 @@ if TYPE_CHECKING:
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
-DEFAULT_OPSET = 18
 
 
 def export_onnx(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, *, opset: int = DEFAULT_OPSET
+    model: torch.nn.Module, example: torch.Tensor, path: Path, *, opset: int = ONNX_OPSET
 ) -> Path:
     """Export `model` (eval mode: BatchNorm and dropout as at inference) to `path`, self-contained
     (no external-data side file), with a symbolic batch dimension.

@@ -2,12 +2,11 @@
 
 OpenVINO reads Q/DQ pairs as FakeQuantize and, on CPUs with VNNI/AMX, runs the convolutions and
 matmuls behind them as int8 kernels. `int8_evidence` shows that from the compiled model itself
-(runtimePrecision / primitiveType of each executed op), not from the file.
+(see `edgekd.runtime.ov_int8`, shared with the runtime), not from the file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +14,14 @@ import numpy as np
 
 from edgekd.errors import ExportError
 from edgekd.export.onnx import quiet_toolchain
+from edgekd.runtime.ov_int8 import Int8Evidence, weighted_layers
 
 if TYPE_CHECKING:
     import openvino as ov
 
 # On bf16-capable CPUs OpenVINO's default inference precision is bf16: an honest FP32 number needs
-# the hint (TOOLCHAIN-NOTES "OpenVINO").
+# the hint.
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
-# Runtime layer types that carry weights (what int8 must reach to pay off).
-WEIGHTED_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
-INT8_PRECISIONS = ("i8", "u8")
 
 
 def convert_ir(onnx_path: Path, xml_path: Path) -> Path:
@@ -52,70 +49,9 @@ def compile_cpu(model: Path | ov.Model, *, f32: bool = True) -> ov.CompiledModel
     return core.compile_model(source, "CPU", F32_CONFIG if f32 else {})
 
 
-@dataclass(frozen=True)
-class LayerPrecision:
-    """One executed op of a compiled model: its name, runtime layer type, precision, kernel."""
-
-    name: str
-    layer_type: str
-    runtime_precision: str
-    primitive: str
-
-    @property
-    def is_int8(self) -> bool:
-        return self.runtime_precision.lower() in INT8_PRECISIONS or self.primitive.upper().endswith(
-            "_I8"
-        )
-
-
-@dataclass(frozen=True)
-class Int8Evidence:
-    """The weighted layers (convs, matmuls) of a compiled model and what precision they ran in."""
-
-    weighted: tuple[LayerPrecision, ...]
-
-    @property
-    def int8_layers(self) -> int:
-        return sum(layer.is_int8 for layer in self.weighted)
-
-    @property
-    def all_int8(self) -> bool:
-        return bool(self.weighted) and self.int8_layers == len(self.weighted)
-
-    def summary(self) -> str:
-        kernels = sorted({layer.primitive for layer in self.weighted})
-        count = f"{self.int8_layers}/{len(self.weighted)}"
-        return f"{count} conv/matmul layers int8 ({', '.join(kernels)})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "int8_layers": self.int8_layers,
-            "weighted_layers": len(self.weighted),
-            "kernels": sorted({layer.primitive for layer in self.weighted}),
-        }
-
-
 def int8_evidence(model: Path | ov.Model) -> Int8Evidence:
     """Compile on CPU and read, from the runtime model, the precision each conv/matmul ran in."""
-    compiled = compile_cpu(model, f32=True)
-    layers = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-
-        def field(key: str, _info: Any = info) -> str:
-            return str(_info[key].astype(str)) if key in _info else ""
-
-        layer_type = field("layerType") or op.get_type_name()
-        if layer_type in WEIGHTED_LAYERS:
-            layers.append(
-                LayerPrecision(
-                    op.get_friendly_name(),
-                    layer_type,
-                    field("runtimePrecision"),
-                    field("primitiveType"),
-                )
-            )
-    return Int8Evidence(tuple(layers))
+    return weighted_layers(compile_cpu(model, f32=True))
 
 
 def ov_logits(

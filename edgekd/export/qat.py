@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.config import DistillConfig
+from edgekd.constants import ONNX_OPSET
 from edgekd.errors import ExportError
 from edgekd.export.onnx import export_onnx, quiet_toolchain
 from edgekd.export.qdq_lint import require_clean
@@ -220,7 +221,7 @@ def _prepare(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphMod
 
 
 def export_qat_onnx(
-    quantized: torch.fx.GraphModule, example: torch.Tensor, path: Path, *, opset: int = 18
+    quantized: torch.fx.GraphModule, example: torch.Tensor, path: Path, *, opset: int = ONNX_OPSET
 ) -> Path:
     """Export a converted QAT model to QDQ ONNX (dynamic batch) and lint it for TensorRT."""
     if example.shape[0] < 2:

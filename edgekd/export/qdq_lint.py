@@ -3,14 +3,16 @@
 TensorRT builds an int8 engine from Q/DQ pairs only when every pair is *signed int8* with *zero
 point 0* (symmetric), activations are quantized per tensor, and weights per output channel. It
 rejects the integer-only operator forms (QLinearConv, ConvInteger, ...) and ops from other domains
-(com.microsoft). ONNX Runtime's quantizer and most QAT tools can produce each of those silently, so
-every int8 artifact is linted before it goes into a bundle.
+(com.microsoft), and it runs a conv/matmul whose weight has no Q/DQ in float: an "int8" engine
+that is partly float. ONNX Runtime's quantizer and most QAT tools can produce each of those
+silently, so every int8 artifact is linted before it goes into a bundle.
 
 Only the main graph is checked (students have no If/Loop subgraphs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,8 +41,12 @@ INTEGER_OPS = frozenset(
 # Which input of a weighted op is its weight (the output-channel axis: _output_channel_axis).
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 STANDARD_DOMAINS = ("", "ai.onnx")
+# Ops that only move a weight's elements: the lint follows a weight through them (mapping its
+# per-channel axis) between its DequantizeLinear and the op that uses it.
+LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")
 # Ops that may sit between a weight initializer and its DequantizeLinear / weighted op.
-WEIGHT_PATH_OPS = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Reshape", "Transpose")
+WEIGHT_PATH_OPS = ("QuantizeLinear", "DequantizeLinear", *LAYOUT_OPS)
+MAX_WEIGHT_PATH = 8  # ops walked back from a weighted op to its weight
 Consts = dict[str, tuple[int, "np.ndarray"]]  # name -> (ONNX element type, value)
 Producers = dict[str, "onnx.NodeProto"]  # tensor name -> the node that outputs it
 
@@ -58,14 +64,20 @@ class Violation:
         return f"{self.node} ({self.op_type}): {self.message} [{self.rule}]"
 
 
-def lint_qdq(model: onnx.ModelProto | str | Path) -> list[Violation]:
+def lint_qdq(
+    model: onnx.ModelProto | str | Path, *, allow_float: Collection[str] = ()
+) -> list[Violation]:
     """All TensorRT explicit-quantization violations in `model` (a ModelProto or a path).
 
     Rules: no integer-only / QLinear* ops and no non-standard domains; every Q/DQ has constant
     scale and zero point; the zero point is present (a QuantizeLinear without one outputs uint8),
     int8 (not uint8 or int32) and all zeros; activations (non-constant Q/DQ inputs) use one scale;
     the weight of each Conv/ConvTranspose/Gemm/MatMul that goes through a DequantizeLinear has one
-    scale per output channel along the output-channel axis.
+    scale per output channel along the output-channel axis, followed through the layout ops
+    (Transpose, Reshape, Flatten, Squeeze, Unsqueeze) between the DequantizeLinear and the op;
+    every Conv/ConvTranspose/Gemm/MatMul with a constant weight gets it through a
+    DequantizeLinear, except the nodes named in `allow_float` (intentionally float layers; a
+    name that is no such node is itself a violation, so a typo cannot hide).
     """
     import onnx
 
@@ -95,13 +107,27 @@ def lint_qdq(model: onnx.ModelProto | str | Path) -> list[Violation]:
         elif node.op_type in QDQ_OPS:
             violations += _check_qdq(node, consts, producer)
         elif node.op_type in WEIGHT_INPUT:
-            violations += _check_weight(node, consts, producer)
+            violations += _check_weight(node, consts, producer, allow_float)
+    weighted = {node.name for node in graph.node if node.op_type in WEIGHT_INPUT}
+    violations += [
+        Violation(
+            name,
+            "?",
+            "allow-float-unknown",
+            "allow_float names no Conv/ConvTranspose/Gemm/MatMul node of this graph "
+            f"(weighted nodes: {', '.join(sorted(weighted)) or 'none'})",
+        )
+        for name in sorted(set(allow_float) - weighted)
+    ]
     return violations
 
 
-def require_clean(model: onnx.ModelProto | str | Path, what: str) -> None:
-    """ExportError listing every violation if `model` breaks TensorRT's Q/DQ rules."""
-    violations = lint_qdq(model)
+def require_clean(
+    model: onnx.ModelProto | str | Path, what: str, *, allow_float: Collection[str] = ()
+) -> None:
+    """ExportError listing every violation if `model` breaks TensorRT's Q/DQ rules
+    (`allow_float`: see `lint_qdq`)."""
+    violations = lint_qdq(model, allow_float=allow_float)
     if violations:
         shown = "\n  ".join(str(v) for v in violations[:20])
         more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
@@ -200,46 +226,179 @@ def _check_qdq(node: onnx.NodeProto, consts: Consts, producer: Producers) -> lis
     return found
 
 
-def _check_weight(node: onnx.NodeProto, consts: Consts, producer: Producers) -> list[Violation]:
-    """A DQ'd weight must be quantized per output channel, along the output-channel axis.
-    Reported on the weight's DequantizeLinear."""
+def _check_weight(
+    node: onnx.NodeProto, consts: Consts, producer: Producers, allow_float: Collection[str]
+) -> list[Violation]:
+    """A weight must reach its op through a DequantizeLinear (unless the op is in
+    `allow_float`), quantized per output channel along the axis that becomes the op's
+    output-channel axis after the layout ops (Transpose, Reshape, ...) between them. Axis and
+    scale problems are reported on the weight's DequantizeLinear, a float weight on the op."""
     index = WEIGHT_INPUT[node.op_type]
-    dq = producer.get(node.input[index]) if len(node.input) > index else None
-    if (
-        dq is None
-        or dq.op_type != "DequantizeLinear"
-        or not _is_constant(dq.input[0], consts, producer)
-        or dq.input[1] not in consts  # a computed scale is reported by _check_qdq
-    ):
-        return []  # a float weight, or an activation operand (MatMul of two tensors)
+    if len(node.input) <= index:
+        return []
+    path = _weight_path(node.input[index], consts, producer)
+    if path is None:
+        return []  # an activation operand (MatMul of two tensors)
+    dq, layout = path
+    if dq is None:
+        if node.name in allow_float:
+            return []
+        return [
+            _violation(
+                node,
+                "unquantized-weight",
+                f"weight {node.input[index]!r} reaches {node.op_type} in float, without a "
+                "DequantizeLinear: TensorRT runs this op in float inside an int8 engine (list "
+                "the node in allow_float / --allow-float if that is intended)",
+            )
+        ]
+    if dq.input[1] not in consts:
+        return []  # a computed scale is reported by _check_qdq
     shape = _const_shape(dq.input[0], consts, producer)
     if shape is None:
-        return []
+        return []  # _weight_path only returns DQs of constants; kept for the type checker
     scale = consts[dq.input[1]][1]
     axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
     axis = axis + len(shape) if axis < 0 else axis
-    want = _output_channel_axis(node, len(shape))
+    moved = _follow_layout(shape, axis, layout, consts)
+    route = "/".join(op.op_type for op in layout)
+    if moved is None:
+        return [
+            _violation(
+                dq,
+                "weight-path",
+                f"weight {dq.input[0]!r} reaches {node.op_type} through {route} with a shape "
+                "computed at run time: its per-channel axis cannot be checked",
+            )
+        ]
+    op_shape, op_axis = moved
+    want = _output_channel_axis(node, len(op_shape))
     if scale.size == 1:
-        if shape[want] == 1:
+        if op_shape[want] == 1:
             return []
         return [
             _violation(
                 dq,
                 "weight-per-tensor",
-                f"weight {dq.input[0]!r} has one scale for {shape[want]} output channels; "
+                f"weight {dq.input[0]!r} has one scale for {op_shape[want]} output channels; "
                 "TensorRT wants per-channel weight scales (per_channel=True)",
             )
         ]
-    if axis != want or scale.size != shape[want]:
+    if op_axis != want or scale.size != op_shape[want]:
+        after = (
+            f", which after {route} is "
+            + (f"axis {op_axis}" if op_axis is not None else "split across axes")
+            + f" of {tuple(op_shape)}"
+            if layout
+            else ""
+        )
         return [
             _violation(
                 dq,
                 "weight-axis",
                 f"weight {dq.input[0]!r} {tuple(shape)} is quantized along axis {axis} "
-                f"({scale.size} scales); the output-channel axis of {node.op_type} is {want}",
+                f"({scale.size} scales){after}; the output-channel axis of {node.op_type} is "
+                f"{want}",
             )
         ]
     return []
+
+
+def _weight_path(
+    name: str, consts: Consts, producer: Producers
+) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]] | None:
+    """Walk from a weighted op's weight input back through LAYOUT_OPS. (the DequantizeLinear of
+    a constant or None for a float constant, the layout ops from there to the op in graph order),
+    or None when the operand is not a constant (an activation)."""
+    layout: list[onnx.NodeProto] = []
+    for _ in range(MAX_WEIGHT_PATH):
+        if name in consts:
+            return None, layout[::-1]
+        node = producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "DequantizeLinear":
+            if not _is_constant(node.input[0], consts, producer):
+                return None
+            return node, layout[::-1]
+        if node.op_type not in LAYOUT_OPS:
+            return None
+        layout.append(node)
+        name = node.input[0]
+    return None
+
+
+def _follow_layout(
+    shape: tuple[int, ...], axis: int | None, layout: list[onnx.NodeProto], consts: Consts
+) -> tuple[tuple[int, ...], int | None] | None:
+    """(shape, position of `axis`) after the layout ops; position None when a reshape splits or
+    merges that axis; None when a target shape is not a constant."""
+    for op in layout:
+        attrs = {a.name: a for a in op.attribute}
+        if op.op_type == "Transpose":
+            perm = list(attrs["perm"].ints) if "perm" in attrs else list(range(len(shape)))[::-1]
+            new = tuple(shape[p] for p in perm)
+            axis = None if axis is None else perm.index(axis)
+        elif op.op_type in ("Identity", "Cast"):
+            continue
+        else:
+            new_shape = _reshaped(op, shape, attrs, consts)
+            if new_shape is None:
+                return None
+            new = new_shape
+            axis = _same_axis(shape, new, axis)
+        shape = new
+    return shape, axis
+
+
+def _reshaped(
+    op: onnx.NodeProto,
+    shape: tuple[int, ...],
+    attrs: dict[str, onnx.AttributeProto],
+    consts: Consts,
+) -> tuple[int, ...] | None:
+    """Output shape of a Reshape/Flatten/Squeeze/Unsqueeze of a constant of `shape`."""
+    import numpy as np
+
+    rank = len(shape)
+    if op.op_type == "Flatten":
+        k = attrs["axis"].i if "axis" in attrs else 1
+        k = k + rank if k < 0 else k
+        return (int(np.prod(shape[:k])), int(np.prod(shape[k:])))
+    if len(op.input) > 1 and op.input[1]:
+        if op.input[1] not in consts:
+            return None
+        arg = [int(v) for v in consts[op.input[1]][1].reshape(-1)]
+    else:
+        arg = list(attrs["axes"].ints) if "axes" in attrs else []  # opset < 13 attributes
+    if op.op_type == "Reshape":
+        allow_zero = "allowzero" in attrs and attrs["allowzero"].i == 1
+        dims = [shape[i] if d == 0 and not allow_zero else d for i, d in enumerate(arg)]
+        if -1 in dims:
+            known = int(np.prod([d for d in dims if d != -1]))
+            dims[dims.index(-1)] = int(np.prod(shape)) // max(known, 1)
+        return tuple(dims)
+    if op.op_type == "Squeeze":
+        axes = {a + rank if a < 0 else a for a in arg} or {i for i, d in enumerate(shape) if d == 1}
+        return tuple(d for i, d in enumerate(shape) if i not in axes)
+    out_rank = rank + len(arg)  # Unsqueeze
+    axes = {a + out_rank if a < 0 else a for a in arg}
+    rest = iter(shape)
+    return tuple(1 if i in axes else next(rest) for i in range(out_rank))
+
+
+def _same_axis(old: tuple[int, ...], new: tuple[int, ...], axis: int | None) -> int | None:
+    """Where axis `axis` of `old` sits in the reshaped `new`: the dimension with the same size
+    and the same number of elements before it; None when the reshape splits or merges it."""
+    import numpy as np
+
+    if axis is None:
+        return None
+    before = int(np.prod(old[:axis]))
+    for j, size in enumerate(new):
+        if size == old[axis] and int(np.prod(new[:j])) == before:
+            return j
+    return None
 
 
 def _output_channel_axis(node: onnx.NodeProto, rank: int) -> int:
@@ -271,7 +430,7 @@ def _constants(graph: onnx.GraphProto) -> Consts:
 
 def _is_constant(name: str, consts: Consts, producer: Producers) -> bool:
     """A constant, or a short Q/DQ/Cast/Reshape/Transpose chain ending in one (a weight path)."""
-    for _ in range(8):
+    for _ in range(MAX_WEIGHT_PATH):
         if name in consts:
             return True
         node = producer.get(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,18 @@ def ptq_options(method: str) -> dict[str, Any]:
     }
 
 
-def quantize_ptq(fp32_onnx: Path, out: Path, calib: np.ndarray, method: str = "minmax") -> Path:
+def quantize_ptq(
+    fp32_onnx: Path,
+    out: Path,
+    calib: np.ndarray,
+    method: str = "minmax",
+    *,
+    allow_float: Collection[str] = (),
+) -> Path:
     """Quantize `fp32_onnx` to `out` with calibration features `calib` (N, *feature_shape).
 
     ExportError if there is no calibration data, if quantization fails, or if the result breaks
-    TensorRT's Q/DQ rules.
+    TensorRT's Q/DQ rules (`allow_float`: weighted nodes allowed to stay float, see `lint_qdq`).
     """
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -111,5 +118,5 @@ def quantize_ptq(fp32_onnx: Path, out: Path, calib: np.ndarray, method: str = "m
         raise ExportError(f"PTQ ({method}) of {fp32_onnx} failed: {exc}") from exc
     finally:
         prepared.unlink(missing_ok=True)
-    require_clean(out, f"PTQ ({method}) model {out.name}")
+    require_clean(out, f"PTQ ({method}) model {out.name}", allow_float=allow_float)
     return out

@@ -48,16 +48,18 @@ def require_tensorrt() -> Any:
     return trt
 
 
-def engine_stamp(trt_version: str) -> dict[str, str]:
-    """What an engine built here is valid for: TensorRT version, GPU name, compute capability,
-    CUDA version (and the L4T / JetPack release line on Jetson)."""
-    from edgekd.runtime.backends.tensorrt import device_stamp
+def engine_stamp(trt_version: str, dla_core: int | None = None) -> dict[str, str]:
+    """What an engine built here is valid for (`edgekd.runtime.backends.tensorrt.device_stamp`:
+    TensorRT and CUDA runtime versions, GPU name, compute capability, L4T on Jetson, the DLA
+    core). The CUDA runtime version comes from cuda-python; without it the stamp says "unknown"
+    and the device rebuilds the engine at first load."""
+    from edgekd.runtime.backends.tensorrt import _cudart, cuda_runtime_version, device_stamp
 
-    probe = probe_cuda()
-    stamp = device_stamp(probe, trt_version)
-    if probe.get("jetpack_l4t"):
-        stamp["jetpack_l4t"] = str(probe["jetpack_l4t"])
-    return stamp
+    try:
+        cuda_runtime = cuda_runtime_version(_cudart())
+    except BackendUnavailable:
+        cuda_runtime = "unknown"
+    return device_stamp(probe_cuda(), trt_version, cuda_runtime, dla_core=dla_core)
 
 
 def build_onnx_engine(

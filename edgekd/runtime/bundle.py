@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edgekd.constants import RUNTIME_PRECISIONS
 from edgekd.errors import BundleError
 from edgekd.runtime.integrity import (
     DIGEST_KEY,
@@ -33,7 +34,7 @@ SUPPORTED_SCHEMA_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 SUFFIX = ".edgekd"
 ARTIFACT_FORMATS = ("onnx", "openvino_xml", "openvino_bin", "tensorrt_engine")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = RUNTIME_PRECISIONS
 DATA_FILES = ("golden", "eval")  # optional npz entries: {"path", "sha256", "size"}
 EVAL_BESIDE = "eval_beside"  # {"sha256", "size"} of `<stem>.eval.npz` next to the bundle
 REQUIRED_SECTIONS = ("labels", "modality", "io", "artifacts")

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgekd.constants import PRECISIONS
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.io import atomic_write_bytes
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_HINT = "pip install 'edgekd[tensorrt]' (on Jetson TensorRT comes with JetPack)"
 # What a bundle without (parts of) `tensorrt_build` gets: batch 1..32, tuned for batch 1
 # (streaming), int8 strictly in int8.
@@ -33,7 +33,8 @@ DEFAULT_BUILD: dict[str, Any] = {
 def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
     """The manifest's `tensorrt_build` with DEFAULT_BUILD filling in what it lacks (`profiles`
     merged key by key), values normalised to int / bool; other keys are kept as they are.
-    BundleError unless `workspace_mib` >= 1 and 1 <= profiles min <= opt <= max."""
+    BundleError unless `workspace_mib` >= 1, 1 <= profiles min <= opt <= max and `dla_core`
+    (optional) is a core number."""
     given = dict(build or {})
     profiles = given.get("profiles", {})
     if not isinstance(profiles, Mapping):
@@ -50,6 +51,9 @@ def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
         raise BundleError(f"tensorrt_build needs 1 <= profiles min <= opt <= max and "
                           f"workspace_mib >= 1; got profiles {dict(merged)}, workspace_mib "
                           f"{workspace}")
+    dla = given.get("dla_core")
+    if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int) or dla < 0):
+        raise BundleError(f"tensorrt_build.dla_core must be a DLA core number >= 0, got {dla!r}")
     return {**DEFAULT_BUILD, **given, "workspace_mib": workspace,
             "profiles": {"min": lo, "opt": opt, "max": hi},
             "fp16_fallback": bool(given.get("fp16_fallback", DEFAULT_BUILD["fp16_fallback"]))}
@@ -71,13 +75,15 @@ def build_engine(
     (`workspace_mib`, `profiles` {min, opt, max} batch sizes, `fp16_fallback`; defaults from
     DEFAULT_BUILD). int8 expects a QDQ graph: TensorRT takes every scale from the Q/DQ nodes
     (explicit quantization, no calibrator); with `fp16_fallback` the layers the graph leaves
-    unquantized may run in FP16. `input_name`: the ONNX input the profile shapes as
-    (batch, *feature_shape). `timing_cache`: a file (created if missing, rewritten atomically)
-    that makes rebuilds on the same device fast; key it by device, TensorRT refuses foreign ones.
+    unquantized may run in FP16. With `dla_core` the engine runs on that DLA core, layers DLA
+    cannot run falling back to the GPU (fp16/int8 only). `input_name`: the ONNX input the
+    profile shapes as (batch, *feature_shape). `timing_cache`: a file (created if missing,
+    rewritten atomically) that makes rebuilds on the same device fast; key it by device,
+    TensorRT refuses foreign ones.
     """
-    if precision not in ENGINE_PRECISIONS:
+    if precision not in PRECISIONS:
         raise BundleError(f"{onnx_path}: TensorRT precision must be one of "
-                          f"{', '.join(ENGINE_PRECISIONS)}, got {precision!r}")
+                          f"{', '.join(PRECISIONS)}, got {precision!r}")
     if not hasattr(trt, "Builder"):
         raise BackendUnavailable(
             f"cannot build a TensorRT engine: TensorRT {trt.__version__} here is the lean runtime "
@@ -98,6 +104,14 @@ def build_engine(
     if _weakly_typed(trt):  # a strongly typed network takes its precisions from the graph
         for flag in _precision_flags(precision, opts["fp16_fallback"]):
             config.set_flag(getattr(trt.BuilderFlag, flag))
+
+    if opts.get("dla_core") is not None:
+        if precision == "fp32":
+            raise BundleError(f"{onnx_path}: DLA runs fp16 or int8, not fp32 (tensorrt_build "
+                              f"dla_core {opts['dla_core']})")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = opts["dla_core"]
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
     prof = opts["profiles"]
     profile = builder.create_optimization_profile()

@@ -14,21 +14,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgekd.constants import BACKENDS, ONNX_OPSET, PRECISIONS
 from edgekd.errors import ConfigError
 
-BACKENDS = ("openvino", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 18  # the dynamo exporter's minimum; TensorRT 10 and OpenVINO 2024+ read it
+# Every target gets the FP32 ONNX and IR (reference, and the source of the rest) and, for int8,
+# the QDQ ONNX and int8 IR; TensorRT targets add the engine (built here or on the device).
+CPU_FORMATS = ("onnx_fp32", "openvino_fp32", "onnx_qdq", "openvino_int8")
+TENSORRT_FORMATS = (*CPU_FORMATS, "tensorrt")
 
 
 @dataclass(frozen=True)
 class Target:
     """One deployment target.
 
+    `formats` names the export formats (`edgekd.export.exporter.FORMATS`) the bundle gets; the
+    precision picks among them (FP32 ones always, int8 ones for int8).
+
     `workspace_mib`, `opt_batch`, `max_batch` and `fp16_fallback` are TensorRT builder options
     (ignored by the CPU backends): the workspace is the scratch memory a tactic may use, sized for
     the board's (shared) memory; the optimization profile covers batches 1..max_batch and is tuned
     at opt_batch; `fp16_fallback` lets layers an int8 graph leaves unquantized run in FP16.
+    `dla_cores`: how many Deep Learning Accelerator cores the board has (an engine may be built
+    for one of them, with GPU fallback for the layers DLA cannot run).
     """
 
     name: str
@@ -37,11 +44,13 @@ class Target:
     precision: str  # default precision
     precisions: tuple[str, ...]  # what this target accepts
     device_family: str
-    opset: int = DEFAULT_OPSET
+    opset: int = ONNX_OPSET
     workspace_mib: int = 0
     opt_batch: int = 1
     max_batch: int = 32
     fp16_fallback: bool = False
+    formats: tuple[str, ...] = CPU_FORMATS
+    dla_cores: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -67,18 +76,29 @@ class Target:
             )
         return precision
 
-    def tensorrt_build(self, precision: str) -> dict[str, Any]:
+    def tensorrt_build(self, precision: str, *, dla_core: int | None = None) -> dict[str, Any]:
         """Engine build options as stored in the manifest (`tensorrt_build`) and read back by the
-        on-device build: precision, workspace (MiB), opset and the batch profile."""
+        on-device build: precision, workspace (MiB), opset, the batch profile and, when
+        `dla_core` is given, the DLA core (with GPU fallback). ConfigError if this target has no
+        such DLA core or the precision cannot run on DLA (fp16 and int8 only)."""
         if not self.uses_tensorrt:
             raise ConfigError(f"target {self.name!r} is not a TensorRT target")
-        return {
-            "precision": self.resolve_precision(precision),
+        prec = self.resolve_precision(precision)
+        build: dict[str, Any] = {
+            "precision": prec,
             "workspace_mib": self.workspace_mib,
             "opset": self.opset,
             "profiles": {"min": 1, "opt": self.opt_batch, "max": self.max_batch},
             "fp16_fallback": self.fp16_fallback,
         }
+        if dla_core is None:
+            return build
+        if not 0 <= dla_core < self.dla_cores:
+            cores = f"cores 0..{self.dla_cores - 1}" if self.dla_cores else "no DLA core"
+            raise ConfigError(f"--dla-core {dla_core}: target {self.name!r} has {cores}")
+        if prec == "fp32":
+            raise ConfigError("--dla-core needs precision fp16 or int8: DLA does not run fp32")
+        return {**build, "dla_core": dla_core, "gpu_fallback": True}
 
     def to_dict(self, precision: str) -> dict[str, Any]:
         """The manifest's `target` section."""
@@ -118,6 +138,7 @@ _TARGETS: tuple[Target, ...] = (
         opt_batch=8,
         max_batch=256,
         fp16_fallback=True,
+        formats=TENSORRT_FORMATS,
     ),
     Target(
         name="jetson-orin-nano",
@@ -130,6 +151,7 @@ _TARGETS: tuple[Target, ...] = (
         opt_batch=1,
         max_batch=32,
         fp16_fallback=True,
+        formats=TENSORRT_FORMATS,
     ),
     Target(
         name="jetson-agx-orin",
@@ -142,6 +164,8 @@ _TARGETS: tuple[Target, ...] = (
         opt_batch=8,
         max_batch=128,
         fp16_fallback=True,
+        formats=TENSORRT_FORMATS,
+        dla_cores=2,
     ),
 )
 TARGETS: dict[str, Target] = {t.name: t for t in _TARGETS}

@@ -238,3 +238,145 @@ def test_gemm_and_matmul_weight_axes() -> None:
     assert _rules(model("Gemm", 1, (6, 8), transB=1)) == {"weight-axis"}
     assert lint_qdq(model("MatMul", 1, (8, 6))) == []
     assert _rules(model("MatMul", 0, (8, 6))) == {"weight-axis"}
+
+
+# --- the real PTQ graph, edited: weights through layout ops, float weights ----------------------
+
+W = "classifier.weight"  # the PTQ graph's Gemm(transB=1) weight, (12, 32) int8 per row
+CONV_W = "features.4.weight"  # the second conv's weight, (32, 16, 5) int8 per output channel
+
+
+def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _set_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == name:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
+            return
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def _node(model: onnx.ModelProto, op_type: str, uses: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == op_type and uses in n.input)
+
+
+def _gemm_as_transposed_matmul(ptq: Path, *, quant_axis: int) -> onnx.ModelProto:
+    """The PTQ graph with its classifier Gemm(x, W^T) + b rewritten as MatMul(x, Transpose(DQ(W)))
+    + b, W re-quantized per row (`quant_axis` 0: the output channels, the correct axis) or per
+    column (1: the input features, wrong once transposed)."""
+    model = onnx.load(str(ptq))
+    inits = _inits(model)
+    w = inits[f"{W}_quantized"].astype(np.float32) * inits[f"{W}_scale"][:, None]
+    scale = (np.abs(w).max(axis=1 - quant_axis) / 127).astype(np.float32)
+    shaped = scale[:, None] if quant_axis == 0 else scale[None, :]
+    _set_init(model, f"{W}_quantized", np.round(w / shaped).clip(-127, 127).astype(np.int8))
+    _set_init(model, f"{W}_scale", scale)
+    _set_init(model, f"{W}_zero_point", np.zeros(scale.shape, np.int8))
+    dq = _node(model, "DequantizeLinear", f"{W}_quantized")
+    dq.attribute[0].i = quant_axis
+    gemm = _node(model, "Gemm", dq.output[0])
+    x, _, bias = gemm.input
+    nodes = list(model.graph.node)
+    at = nodes.index(gemm)
+    new = [
+        helper.make_node("Transpose", [dq.output[0]], ["w_t"], name="w_transpose", perm=[1, 0]),
+        helper.make_node("MatMul", [x, "w_t"], ["mm"], name="classifier_matmul"),
+        helper.make_node("Add", ["mm", bias], [gemm.output[0]], name="classifier_bias"),
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:at] + new + nodes[at + 1 :])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(
+        None, {INPUT_NAME: x}
+    )[0]
+
+
+def test_weight_through_transpose_maps_the_channel_axis(ptq_onnx: Path, har: HarFeatures) -> None:
+    right = _gemm_as_transposed_matmul(ptq_onnx, quant_axis=0)
+    # the rewrite computes what the PTQ graph computes (only the weight rounding differs)
+    x = har.test_x[:64]
+    assert np.abs(_run(right, x) - _run(ptq_onnx, x)).max() < 0.05
+    assert lint_qdq(right) == []  # per output channel: axis 0 of W is axis 1 of W^T = MatMul's N
+    wrong = _gemm_as_transposed_matmul(ptq_onnx, quant_axis=1)
+    (violation,) = lint_qdq(wrong)
+    assert (violation.node, violation.rule) == (f"{W}_DequantizeLinear", "weight-axis")
+    assert violation.message == (
+        f"weight '{W}_quantized' (12, 32) is quantized along axis 1 (32 scales), which after "
+        "Transpose is axis 0 of (32, 12); the output-channel axis of MatMul is 1"
+    )
+
+
+def _conv_weight_through_reshape(
+    ptq: Path, stored: tuple[int, ...], scale_n: int
+) -> onnx.ModelProto:
+    """The PTQ graph with the second conv's int8 weight stored as `stored` (DQ along axis 0 with
+    `scale_n` scales) and reshaped back to (32, 16, 5) before the conv."""
+    model = onnx.load(str(ptq))
+    inits = _inits(model)
+    w = inits[f"{CONV_W}_quantized"].astype(np.float32) * inits[f"{CONV_W}_scale"][:, None, None]
+    flat = w.reshape(stored)
+    scale = (np.abs(flat.reshape(scale_n, -1)).max(axis=1) / 127).astype(np.float32)
+    per_row = scale.reshape((scale_n,) + (1,) * (flat.ndim - 1))
+    _set_init(model, f"{CONV_W}_quantized", np.round(flat / per_row).astype(np.int8))
+    _set_init(model, f"{CONV_W}_scale", scale if scale_n > 1 else scale.reshape(()))
+    _set_init(model, f"{CONV_W}_zero_point", np.zeros(scale.shape if scale_n > 1 else (), np.int8))
+    _set_init(model, "conv_w_shape", np.array([32, 16, 5], np.int64))
+    dq = _node(model, "DequantizeLinear", f"{CONV_W}_quantized")
+    conv = _node(model, "Conv", dq.output[0])
+    conv.input[1] = "conv_w"
+    reshape = helper.make_node("Reshape", [dq.output[0], "conv_w_shape"], ["conv_w"], name="w_rs")
+    nodes = list(model.graph.node)
+    nodes.insert(nodes.index(conv), reshape)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_weight_through_reshape_keeps_being_checked(ptq_onnx: Path, har: HarFeatures) -> None:
+    right = _conv_weight_through_reshape(ptq_onnx, (32, 80), 32)
+    assert np.abs(_run(right, har.test_x[:64]) - _run(ptq_onnx, har.test_x[:64])).max() < 1e-4
+    assert lint_qdq(right) == []
+    per_tensor = _conv_weight_through_reshape(ptq_onnx, (32, 80), 1)
+    assert [(v.node, v.rule) for v in lint_qdq(per_tensor)] == [
+        (f"{CONV_W}_DequantizeLinear", "weight-per-tensor")
+    ]
+    # 160 scales along a (160, 16) weight: the reshape to (32, 16, 5) splits that axis
+    split = _conv_weight_through_reshape(ptq_onnx, (160, 16), 160)
+    (violation,) = lint_qdq(split)
+    assert violation.rule == "weight-axis"
+    assert "which after Reshape is split across axes of (32, 16, 5)" in violation.message
+
+
+def test_float_weight_in_an_int8_graph_is_a_violation_unless_allowed(ptq_onnx: Path) -> None:
+    model = onnx.load(str(ptq_onnx))
+    inits = _inits(model)
+    dq = _node(model, "DequantizeLinear", f"{W}_quantized")
+    gemm = _node(model, "Gemm", dq.output[0])
+    w = inits[f"{W}_quantized"].astype(np.float32) * inits[f"{W}_scale"][:, None]
+    _set_init(model, "classifier_float_w", w)
+    gemm.input[1] = "classifier_float_w"
+    model.graph.node.remove(dq)
+    onnx.checker.check_model(model)
+    (violation,) = lint_qdq(model)
+    assert (violation.node, violation.op_type, violation.rule) == (
+        gemm.name,
+        "Gemm",
+        "unquantized-weight",
+    )
+    assert lint_qdq(model, allow_float=[gemm.name]) == []
+    with pytest.raises(ExportError, match=r"\[unquantized-weight\]"):
+        require_clean(model, "partly float")
+    require_clean(model, "partly float", allow_float=[gemm.name])  # does not raise
+    (typo,) = lint_qdq(model, allow_float=[gemm.name, "node_linaer"])
+    assert (typo.node, typo.rule) == ("node_linaer", "allow-float-unknown")
+    assert "node_Conv_23" in typo.message  # the valid names are listed

@@ -59,3 +59,15 @@ def test_bad_calls(fp32_onnx: Path, tmp_path: Path) -> None:
         quantize_ptq(fp32_onnx, tmp_path / "x.onnx", np.zeros((4, 3, 128), np.float32), "kl")
     with pytest.raises(ExportError, match="needs calibration windows"):
         quantize_ptq(fp32_onnx, tmp_path / "x.onnx", np.zeros((0, 3, 128), np.float32))
+
+
+def test_allow_float_reaches_the_lint(fp32_onnx: Path, har: HarFeatures, tmp_path: Path) -> None:
+    # a listed node that PTQ did quantize is fine; a name that is no weighted node is refused
+    out = quantize_ptq(
+        fp32_onnx, tmp_path / "ok.onnx", har.train_x[:64], allow_float=["node_linear"]
+    )
+    assert lint_qdq(out) == []
+    with pytest.raises(ExportError, match=r"node_lienar \(\?\): allow_float names no Conv"):
+        quantize_ptq(
+            fp32_onnx, tmp_path / "typo.onnx", har.train_x[:64], allow_float=["node_lienar"]
+        )

@@ -181,11 +181,16 @@ def test_cli_errors_are_one_line_with_exit_code_2(student_run: Path, tmp_path: P
             [str(student_run), "--out", str(tmp_path / "a.edgekd"), "--ptq", "kl"],
             "--ptq 'kl' is not one of minmax, percentile, entropy",
         ),
+        (
+            [str(student_run), "--out", str(tmp_path / "a.edgekd"), "--allow-float", "conv9"],
+            "conv9 (?): allow_float names no Conv/ConvTranspose/Gemm/MatMul node",
+        ),
     ]
     for args, message in cases:
         result = _cli(["export", *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, result.output
+    assert not (tmp_path / "a.edgekd").exists()
 
 
 def test_cli_jetson_export_without_tensorrt_says_where_the_engine_comes_from(

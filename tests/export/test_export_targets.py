@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -72,3 +75,64 @@ def test_targets_command_lists_each_with_a_description() -> None:
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == NAMES
     assert "Jetson Orin Nano" in lines[3] and "tensorrt" in lines[3]
+
+
+# --- which formats a target gets (the exporter's table) ---------------------------------------
+
+
+def _formats(target: Target, precision: str) -> list[str]:
+    from edgekd.export.exporter import ExportOptions, _Export, _Steps
+
+    job = _Export(Path("run"), Path("out"), ExportOptions(), target, precision, _Steps(False))
+    return [f.name for f in job.formats()]
+
+
+def test_targets_pick_their_formats_by_precision() -> None:
+    cpu = ["onnx_fp32", "openvino_fp32", "onnx_qdq", "openvino_int8"]
+    assert _formats(get_target("cpu"), "int8") == cpu
+    assert _formats(get_target("cpu-ort"), "fp32") == ["onnx_fp32", "openvino_fp32"]
+    assert _formats(get_target("jetson-orin-nano"), "int8") == [*cpu, "tensorrt"]
+    # fp16 is built by TensorRT from the FP32 ONNX: no int8 formats
+    assert _formats(get_target("x86-nvidia"), "fp16") == ["onnx_fp32", "openvino_fp32", "tensorrt"]
+
+
+def test_a_new_format_is_one_table_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edgekd.export import exporter, formats
+
+    cuda = formats.Format(
+        "onnx_cuda", "model.fp32.cuda.onnx", "onnx", "onnxruntime", "fp32",
+        lambda job: formats.Built(job.built["onnx_fp32"]), "fp32_cuda",
+    )  # fmt: skip
+    monkeypatch.setitem(formats.FORMATS, "onnx_cuda", cuda)
+    gpu_box = Target(
+        name="gpu-ort", description="ONNX Runtime CUDA EP", backend="onnxruntime",
+        precision="fp32", precisions=("fp32",), device_family="x86-nvidia",
+        formats=("onnx_fp32", "onnx_cuda"),
+    )  # fmt: skip
+    assert _formats(gpu_box, "fp32") == ["onnx_fp32", "onnx_cuda"]
+    monkeypatch.setitem(exporter.__dict__, "get_target", lambda name: Target(
+        name="typo", description="", backend="onnxruntime", precision="fp32",
+        precisions=("fp32",), device_family="cpu", formats=("onnx_fp32", "onnx_cdua"),
+    ))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"target 'typo' lists unknown export formats"):
+        exporter.ExportOptions(target="typo").resolve(tmp_path / "x.edgekd")
+
+
+def test_dla_and_allow_float_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    from edgekd.export.exporter import ExportOptions
+
+    out = tmp_path / "x.edgekd"
+    agx = {"target": "jetson-agx-orin"}
+    assert ExportOptions(**agx, dla_core=1).resolve(out) == (get_target("jetson-agx-orin"), "int8")
+    cases = [
+        ({**agx, "dla_core": 2}, "--dla-core 2: target 'jetson-agx-orin' has cores 0..1"),
+        ({**agx, "dla_core": 0, "precision": "fp32"}, "DLA does not run fp32"),
+        ({**agx, "dla_core": 0, "trt_frontend": "torch-tensorrt"}, "--trt-frontend onnx"),
+        ({"target": "cpu", "dla_core": 0}, "'cpu' is not a TensorRT target"),
+        ({"precision": "fp32", "allow_float": ("node_linear",)}, "--allow-float applies to int8"),
+        ({"calib": -1}, "--calib must be >= 0 windows, got -1"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ExportOptions(**kwargs).resolve(out)
+    assert not out.exists()

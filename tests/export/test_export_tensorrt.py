@@ -121,14 +121,33 @@ def test_a_build_failure_is_an_export_error(
     assert isinstance(info.value.__cause__, BundleError)  # what the runtime builder raised
 
 
-def test_engine_stamp_names_device_and_versions(fake_gpu: None) -> None:
-    assert trt_export.engine_stamp("10.3.0") == {
+def test_engine_stamp_names_device_and_versions(
+    fake_gpu: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgekd.runtime.backends.tensorrt as trt_backend
+
+    class Cudart:
+        cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+
+        def cudaRuntimeGetVersion(self) -> tuple[int, int]:
+            return 0, 12020
+
+    monkeypatch.setattr(trt_backend, "_cudart", Cudart)
+    stamp = {
         "tensorrt": "10.3.0",
         "gpu": "Orin",
         "compute_capability": "8.7",
-        "cuda": "12.6",
+        "cuda_runtime": "12.2",  # the runtime's, not the driver's 12.6 in the probe
         "jetpack_l4t": "# R36 (release), REVISION: 4.0",
     }
+    assert trt_export.engine_stamp("10.3.0") == stamp
+    assert trt_export.engine_stamp("10.3.0", dla_core=1) == {**stamp, "dla_core": "1"}
+
+    def missing() -> None:
+        raise BackendUnavailable("no cuda-python")
+
+    monkeypatch.setattr(trt_backend, "_cudart", missing)
+    assert trt_export.engine_stamp("10.3.0")["cuda_runtime"] == "unknown"
 
 
 @pytest.mark.gpu

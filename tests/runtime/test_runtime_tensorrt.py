@@ -6,6 +6,7 @@ where a CUDA GPU, TensorRT and cuda-python are present."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import re
@@ -28,23 +29,42 @@ from edgekd.runtime.probe import probe_cuda
 from edgekd.runtime.trt_build import DEFAULT_BUILD, build_engine, build_options
 from edgekd.targets import get_target
 
-ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda": "12.6"}
+ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda_runtime": "12.6"}
 H100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-        "cuda": "12.8"}
+        "cuda_runtime": "12.8"}
 GPU_PROBE = {"cuda": True, "cuda_version": "12.8", "tensorrt": "10.3.0", "cuda_python": True,
              "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}],
              "error": None}
 
 
 def test_device_stamp_and_mismatch_reasons() -> None:
-    assert trt_backend.device_stamp(GPU_PROBE, "10.3.0") == H100
+    assert trt_backend.device_stamp(GPU_PROBE, "10.3.0", "12.8") == H100
+    # the driver version (the probe's cuda_version) is not in the stamp: an update keeps engines
+    newer_driver = {**GPU_PROBE, "cuda_version": "13.1"}
+    assert trt_backend.device_stamp(newer_driver, "10.3.0", "12.8") == H100
     assert trt_backend.stamp_mismatch(dict(H100), H100) is None
     why = trt_backend.stamp_mismatch(ORIN, H100)
     assert why == ("built for gpu 'Orin' (this device: 'NVIDIA H100 80GB HBM3'), "
                    "compute_capability '8.7' (this device: '9.0'), "
-                   "cuda '12.6' (this device: '12.8')")
+                   "cuda_runtime '12.6' (this device: '12.8')")
     assert "tensorrt '10.0.1'" in trt_backend.stamp_mismatch({**H100, "tensorrt": "10.0.1"}, H100)
     assert trt_backend.stamp_mismatch(None, H100) == "it has no stamp"
+    # Jetson: the L4T release and the DLA core are part of the stamp, on both sides
+    jetson = {**GPU_PROBE, "jetpack_l4t": "# R36 (release), REVISION: 4.0"}
+    dla0 = trt_backend.device_stamp(jetson, "10.3.0", "12.6", dla_core=0)
+    assert dla0["jetpack_l4t"] == "# R36 (release), REVISION: 4.0" and dla0["dla_core"] == "0"
+    gpu_only = trt_backend.device_stamp(jetson, "10.3.0", "12.6")
+    assert "dla_core" not in gpu_only
+    why = trt_backend.stamp_mismatch(gpu_only, dla0)
+    assert why == "built for dla_core None (this device: '0')"
+    r35 = {**dla0, "jetpack_l4t": "# R35 (release), REVISION: 5.0"}
+    assert "jetpack_l4t '# R35" in trt_backend.stamp_mismatch(r35, dla0)
+    # engines for GPU and DLA core 0 are cached apart; they share the device's timing cache
+    cache = Path("cache")
+    assert (trt_backend.engine_cache_path(cache, "ab" * 32, "int8", dla0)
+            != trt_backend.engine_cache_path(cache, "ab" * 32, "int8", gpu_only))
+    assert (trt_backend.timing_cache_path(cache, dla0)
+            == trt_backend.timing_cache_path(cache, gpu_only))
 
 
 def engine_bundle(out: Path, *stamps: dict, plan: bytes = b"plan", fp32: bool = False,
@@ -74,7 +94,7 @@ def test_matching_bundled_engine_is_used(tmp_path: Path) -> None:
     assert path == b.root / "tensorrt/model.int8.1.engine"
     assert notices == ["ignoring bundled engine tensorrt/model.int8.0.engine: built for gpu 'Orin'"
                        " (this device: 'NVIDIA H100 80GB HBM3'), compute_capability '8.7' (this "
-                       "device: '9.0'), cuda '12.6' (this device: '12.8')"]
+                       "device: '9.0'), cuda_runtime '12.6' (this device: '12.8')"]
     assert build_to is not None and build_to.parent == tmp_path / "cache" / "tensorrt"
 
 
@@ -89,7 +109,9 @@ def test_foreign_engine_means_build_then_cache_hit(tmp_path: Path) -> None:
     # what `open` does after a build: the engine and its stamp, side by side
     build_to.parent.mkdir(parents=True)
     build_to.write_bytes(b"plan")
-    build_to.with_suffix(".json").write_text(json.dumps({"stamp": H100, "onnx_sha256": onnx_sha}))
+    sidecar = {"stamp": H100, "onnx_sha256": onnx_sha,
+               "engine_sha256": hashlib.sha256(b"plan").hexdigest()}
+    build_to.with_suffix(".json").write_text(json.dumps(sidecar))
     assert trt_backend.resolve_engine(b, "int8", H100, cache)[0] == build_to
     # another device gets another cache file: engines of two GPUs never overwrite each other
     assert trt_backend.engine_cache_path(cache, onnx_sha, "int8", ORIN) != build_to
@@ -103,6 +125,9 @@ def test_foreign_engine_means_build_then_cache_hit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("sidecar", "reason"), [
     ({"stamp": {**H100, "tensorrt": "10.0.1"}}, "tensorrt '10.0.1'"),
     ({"stamp": H100, "onnx_sha256": "0" * 64}, "built from another model"),
+    ({"stamp": H100, "engine_sha256": hashlib.sha256(b"other plan").hexdigest()},
+     "its bytes do not match the sha256 recorded when it was built"),
+    ({"stamp": H100}, "its bytes do not match the sha256 recorded"),  # built before the check
     (None, "it has no stamp"),
 ])
 def test_stale_cached_engine_is_rebuilt(tmp_path: Path, sidecar: dict | None, reason: str) -> None:
@@ -178,7 +203,7 @@ class FakeTensorRT:
 
     def __init__(self, *, version: str = "10.3.0", parse_ok: bool = True,
                  plan: bytes | None = b"PLAN", io: tuple[str, ...] = ("x", "y"),
-                 out_dtype: str = "FLOAT", lean: bool = False) -> None:
+                 out_dtype: str = "FLOAT", lean: bool = False, profile_max: int = 8) -> None:
         self.calls: list[tuple[Any, ...]] = []
         rec = self
         mod = types.ModuleType("tensorrt")
@@ -186,9 +211,12 @@ class FakeTensorRT:
         mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0,
                                                                   STRONGLY_TYPED=3)
-        mod.BuilderFlag = (types.SimpleNamespace(INT8="INT8", FP16="FP16")
+        mod.BuilderFlag = (types.SimpleNamespace(INT8="INT8", FP16="FP16",
+                                                 GPU_FALLBACK="GPU_FALLBACK")
                            if int(version.split(".")[0]) < 11  # TensorRT 11 dropped weak typing
-                           else types.SimpleNamespace(STRIP_PLAN="STRIP_PLAN"))
+                           else types.SimpleNamespace(STRIP_PLAN="STRIP_PLAN",
+                                                      GPU_FALLBACK="GPU_FALLBACK"))
+        mod.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
         mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         mod.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
 
@@ -210,6 +238,9 @@ class FakeTensorRT:
                 rec.calls.append(("set_shape", name, *shapes))
 
         class Config:
+            def __setattr__(self, name: str, value: Any) -> None:
+                rec.calls.append(("config", name, value))
+
             def set_memory_pool_limit(self, pool: str, size: int) -> None:
                 rec.calls.append(("pool", pool, size))
 
@@ -271,7 +302,7 @@ class FakeTensorRT:
                 return True
 
             def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-                if name != io[0]:
+                if name != io[0] or not 1 <= shape[0] <= profile_max:
                     return False
                 self.shape = tuple(shape)
                 return True
@@ -289,6 +320,9 @@ class FakeTensorRT:
 
         class Engine:
             num_io_tensors = len(io)
+
+            def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+                return [(1, 3, 128), (1, 3, 128), (profile_max, 3, 128)]
 
             def get_tensor_name(self, i: int) -> str:
                 return io[i]
@@ -328,6 +362,9 @@ class FakeCudart:
 
     def __init__(self) -> None:
         self.buffers: dict[int, np.ndarray] = {}
+
+    def cudaRuntimeGetVersion(self) -> tuple[int, int]:
+        return 0, 12080
 
     def cudaStreamCreate(self) -> tuple[int, int]:
         return 0, 7
@@ -539,3 +576,108 @@ def test_tensorrt_matches_cpu_and_caches_the_engine(
     assert (int8.predict(x).index == fp32.predict(x).index).mean() >= 0.95
     events = again.stream().push(np.concatenate(list(x[:4])))
     assert len(events) == (4 * 128 - 128) // 64 + 1
+
+
+# -- engine integrity, refused shapes and addresses, DLA ---------------------------------------
+def test_altered_bundled_engine_is_not_deserialized(tmp_path: Path) -> None:
+    root = engine_bundle(tmp_path / "b.edgekd", H100)
+    (root / "tensorrt/model.int8.0.engine").write_bytes(b"PLAN1")  # same size, other bytes
+    with pytest.raises(BundleError, match="sha256 does not match the manifest"):
+        read_bundle(root)  # a verified read refuses the bundle outright
+    b = read_bundle(root, verify=False)  # an unverified one: the engine is checked before use
+    path, build_to, notices = trt_backend.resolve_engine(b, "int8", H100, tmp_path / "cache")
+    assert path is None and build_to is not None
+    assert notices == ["ignoring bundled engine tensorrt/model.int8.0.engine: its bytes do not "
+                       "match the manifest's sha256 (altered or corrupt)"]
+
+
+def _corrupt_cached_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           fake: FakeTensorRT) -> tuple[Any, Path, FakeTensorRT]:
+    """A bundle with no engine, opened once (build + cache), then its cached engine altered."""
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", fp32=True))
+    _install(monkeypatch, FakeTensorRT())
+    first = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    cached = Path(first.artifact)
+    meta = json.loads(cached.with_suffix(".json").read_text())
+    assert meta["engine_sha256"] == hashlib.sha256(b"PLAN").hexdigest()
+    cached.write_bytes(b"PLAN, but not the one that was built")
+    return b, cached, _install(monkeypatch, fake)
+
+
+def test_altered_cached_engine_is_rebuilt_with_a_notice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b, cached, rec = _corrupt_cached_engine(tmp_path, monkeypatch, FakeTensorRT())
+    with caplog.at_level(logging.WARNING, "edgekd.runtime"):
+        engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert f"cached engine {cached} is stale (its bytes do not match the sha256" in caplog.text
+    assert ("parse", str(b.root / "model.int8.qdq.onnx")) in rec.calls  # rebuilt
+    assert ("deserialize", b"PLAN, but not the one that was built") not in rec.calls
+    assert engine.artifact == str(cached) and cached.read_bytes() == b"PLAN"
+
+
+def test_altered_cached_engine_without_a_builder_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    b, cached, rec = _corrupt_cached_engine(tmp_path, monkeypatch, FakeTensorRT(lean=True))
+    with pytest.raises(BundleError, match=r"no usable int8 TensorRT engine \(cached engine .* is "
+                       r"stale \(its bytes do not match .*lean runtime, which cannot rebuild"):
+        trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert not [c for c in rec.calls if c[0] == "deserialize"]
+
+
+def test_refused_input_shape_names_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    # the manifest allows batch 32, the engine's profile only 8 (e.g. an engine built elsewhere)
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", H100, plan=b"PLAN"))
+    _install(monkeypatch, FakeTensorRT(profile_max=8))
+    engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    runner = engine.new_runner()
+    x = np.ones((9, 3, 128), np.float32)
+    with pytest.raises(BundleError, match=re.escape(
+            "TensorRT refused input shape (9, 3, 128) for 'x': the engine's profile has min "
+            "(1, 3, 128), opt (1, 3, 128), max (8, 3, 128)")):
+        runner(x)
+    np.testing.assert_array_equal(runner(x[:8])[:, 0], np.full(8, 384))  # within the profile
+
+
+def test_refused_tensor_address_is_an_error(fake_device: FakeCudart) -> None:
+    fake = FakeTensorRT(io=("x", "y"))
+    engine = fake.module.Runtime(None).deserialize_cuda_engine(b"PLAN")
+    with pytest.raises(BundleError, match="refused the device address of tensor 'logits'"):
+        trt_backend._Runner(engine, fake_device, "x", "logits", (3, 128), 2, 8)
+
+
+def test_dla_core_is_a_target_build_option_and_part_of_the_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    from edgekd.errors import ConfigError
+
+    agx = get_target("jetson-agx-orin")
+    build = agx.tensorrt_build("int8", dla_core=1)
+    assert build == {**agx.tensorrt_build("int8"), "dla_core": 1, "gpu_fallback": True}
+    with pytest.raises(ConfigError, match="--dla-core 2: target 'jetson-agx-orin' has cores 0..1"):
+        agx.tensorrt_build("int8", dla_core=2)
+    with pytest.raises(ConfigError, match="'jetson-orin-nano' has no DLA core"):
+        get_target("jetson-orin-nano").tensorrt_build("int8", dla_core=0)
+    with pytest.raises(ConfigError, match="DLA does not run fp32"):
+        agx.tensorrt_build("fp32", dla_core=0)
+    rec = FakeTensorRT()
+    build_engine(rec.module, tmp_path / "m.onnx", "int8", build, "input", (3, 128))
+    assert ("config", "default_device_type", "DLA") in rec.calls
+    assert ("config", "DLA_core", 1) in rec.calls and "GPU_FALLBACK" in rec.flags()
+    gpu = FakeTensorRT()
+    build_engine(gpu.module, tmp_path / "m.onnx", "int8", agx.tensorrt_build("int8"), "input",
+                 (3, 128))
+    assert not [c for c in gpu.calls if c[0] == "config"] and "GPU_FALLBACK" not in gpu.flags()
+    with pytest.raises(BundleError, match="dla_core must be a DLA core number >= 0, got -1"):
+        build_options({"dla_core": -1})
+    # first load on the board: the engine is built for the core and stamped with it
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", H100, build=build))
+    _install(monkeypatch, FakeTensorRT())
+    engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert engine.artifact != str(b.root / "tensorrt/model.int8.0.engine")  # a GPU engine
+    meta = json.loads(Path(engine.artifact).with_suffix(".json").read_text())
+    assert meta["stamp"] == {**H100, "dla_core": "1"}

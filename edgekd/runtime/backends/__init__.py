@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.constants import BACKENDS
 from edgekd.errors import BackendUnavailable, ConfigError
 
-# Order is the `auto` preference: TensorRT (needs a CUDA GPU) > OpenVINO > ONNX Runtime.
-BACKENDS = ("tensorrt", "openvino", "onnxruntime")
 PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # bf16 only when asked for by name
 DEFAULT_CPU_MAX_BATCH = 256  # windows per inference call: bounds memory for huge inputs
 

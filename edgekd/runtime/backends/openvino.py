@@ -18,11 +18,11 @@ import numpy as np
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
+from edgekd.runtime.ov_int8 import compute_precisions
 
 NAME = "openvino"
 PACKAGE_HINT = "pip install 'edgekd[openvino]'"
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: non-quantized ops stay f32
-_COMPUTE_OPS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
 
 
 def check_available() -> None:
@@ -54,17 +54,6 @@ def precisions(bundle: Bundle) -> list[str]:
     out = [p for p in ("int8", "fp32") if _source(bundle, p) is not None]
     if "fp32" in out and _cpu_has_bf16():
         out.append("bf16")
-    return out
-
-
-def compute_precisions(compiled: Any) -> dict[str, str]:
-    """Runtime precision of each conv / matmul of a compiled model, e.g. {'c1': 'u8'}: the
-    proof that an int8 model really runs int8 kernels."""
-    out = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_OPS:
-            out[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
     return out
 
 

@@ -1,14 +1,18 @@
 """TensorRT backend (NVIDIA GPUs, Jetson): engines built from the bundle's ONNX on this device.
 
 Engines are not portable across GPUs or TensorRT versions, so each is stamped with (TensorRT
-version, GPU name, compute capability, CUDA version). On load: a bundled engine whose stamp
-matches this device is used; else an engine cached in `<cache_dir>/tensorrt/` with a matching
-stamp; else one is built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build`
-options by `edgekd.runtime.trt_build.build_engine` (the exporter's builder too; the per-device
-timing cache sits beside the cached engines), cached, and a notice is logged. A foreign, stale
-or undeserializable engine is rebuilt, never a crash. Nothing CUDA-related is touched before
-`probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults rather than raising when no
-driver is present.
+version, CUDA runtime version, GPU name, compute capability, the L4T release on Jetson, the DLA
+core when built for one). The driver version is not in the stamp: a driver update runs the same
+engines and must not force a rebuild. On load: a bundled engine whose stamp matches this device
+and whose bytes match the manifest's sha256 is used; else an engine cached in
+`<cache_dir>/tensorrt/` whose sidecar stamp, ONNX hash and engine sha256 match; else one is
+built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build` options by
+`edgekd.runtime.trt_build.build_engine` (the exporter's builder too; the per-device timing cache
+sits beside the cached engines), cached with its sha256, and a notice is logged. A foreign,
+stale, altered or undeserializable engine is rebuilt, never a crash; where this TensorRT cannot
+build (the lean runtime) that is a BundleError naming why the engine was refused. Nothing
+CUDA-related is touched before `probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults
+rather than raising when no driver is present.
 
 Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
@@ -30,7 +34,7 @@ import numpy as np
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.io import atomic_write_bytes, atomic_write_json
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
-from edgekd.runtime.bundle import Artifact, Bundle
+from edgekd.runtime.bundle import Artifact, Bundle, sha256_file
 from edgekd.runtime.probe import probe_cuda
 from edgekd.runtime.trt_build import build_engine, build_options
 
@@ -39,30 +43,48 @@ PACKAGE_HINT = (
     "pip install 'edgekd[tensorrt]' cuda-python (on Jetson, TensorRT comes with JetPack; "
     "install cuda-python matching its CUDA)"
 )
-STAMP_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda")
+# What an engine is valid for; a key a stamp lacks must be absent on the device too (no L4T off
+# Jetson, no DLA core for a GPU engine).
+STAMP_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda_runtime", "jetpack_l4t", "dla_core")
+TIMING_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda_runtime")  # timing cache validity
 log = logging.getLogger("edgekd.runtime")
 
 
 # -- stamps and the engine cache (pure logic, tested without a GPU) ---------------------------
-def device_stamp(probe: dict[str, Any], tensorrt_version: str) -> dict[str, str]:
-    """The stamp an engine built here gets (GPU 0 of the probe)."""
+def device_stamp(probe: dict[str, Any], tensorrt_version: str, cuda_runtime: str, *,
+                 dla_core: int | None = None) -> dict[str, str]:
+    """The stamp an engine built here gets: GPU 0 of the probe, the TensorRT and CUDA runtime
+    versions, the L4T release line on Jetson, the DLA core if the engine runs on one."""
     gpu = probe["gpus"][0]
-    return {"tensorrt": tensorrt_version, "gpu": gpu["name"],
-            "compute_capability": gpu["compute_capability"], "cuda": str(probe["cuda_version"])}
+    stamp = {"tensorrt": tensorrt_version, "gpu": gpu["name"],
+             "compute_capability": gpu["compute_capability"], "cuda_runtime": cuda_runtime}
+    if probe.get("jetpack_l4t"):
+        stamp["jetpack_l4t"] = str(probe["jetpack_l4t"])
+    if dla_core is not None:
+        stamp["dla_core"] = str(dla_core)
+    return stamp
+
+
+def cuda_runtime_version(cudart: Any) -> str:
+    """The CUDA runtime version cuda-python reports, e.g. "12.6" ("unknown" if it fails)."""
+    err, version = cudart.cudaRuntimeGetVersion()
+    if err != cudart.cudaError_t.cudaSuccess:
+        return "unknown"
+    return f"{version // 1000}.{(version % 1000) // 10}"
 
 
 def stamp_mismatch(stamp: Any, device: dict[str, str]) -> str | None:
     """None if an engine stamped `stamp` runs on `device`, else why not (for the notice)."""
     if not isinstance(stamp, dict):
         return "it has no stamp"
-    diffs = [f"{k} {stamp.get(k)!r} (this device: {device[k]!r})"
-             for k in STAMP_KEYS if str(stamp.get(k)) != device[k]]
+    diffs = [f"{k} {stamp.get(k)!r} (this device: {device.get(k)!r})" for k in STAMP_KEYS
+             if (None if stamp.get(k) is None else str(stamp[k])) != device.get(k)]
     return "built for " + ", ".join(diffs) if diffs else None
 
 
-def _device_key(device: dict[str, str]) -> str:
-    """Short hash of the STAMP_KEYS of a stamp (extra keys such as `jetpack_l4t` ignored)."""
-    stamp = {k: device[k] for k in STAMP_KEYS}
+def _device_key(device: dict[str, str], keys: tuple[str, ...]) -> str:
+    """Short hash of the `keys` a stamp has (other keys ignored)."""
+    stamp = {k: device[k] for k in keys if k in device}
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -71,13 +93,13 @@ def engine_cache_path(cache_root: Path, onnx_sha256: str, precision: str,
     """Cache file of the engine for this ONNX, precision and device; its stamp sits beside it
     in `<same name>.json`."""
     return (Path(cache_root) / "tensorrt"
-            / f"{onnx_sha256[:16]}-{precision}-{_device_key(device)}.engine")
+            / f"{onnx_sha256[:16]}-{precision}-{_device_key(device, STAMP_KEYS)}.engine")
 
 
 def timing_cache_path(cache_root: Path, device: dict[str, str]) -> Path:
     """TensorRT timing cache shared by every build on this device (export and first load):
     keyed by the stamp, since TensorRT refuses a cache made on another GPU or version."""
-    return Path(cache_root) / "tensorrt" / f"timing-{_device_key(device)}.cache"
+    return Path(cache_root) / "tensorrt" / f"timing-{_device_key(device, TIMING_KEYS)}.cache"
 
 
 def onnx_source(bundle: Bundle, precision: str) -> Artifact | None:
@@ -89,9 +111,10 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
                    cache_root: Path) -> tuple[Path | None, Path | None, list[str]]:
     """(engine to deserialize or None, cache path a (re)build goes to or None, notices).
 
-    Order: a bundled engine of this precision whose stamp matches; then the cached engine whose
-    sidecar stamp and ONNX hash match; else (None, cache path): build. The cache path is None
-    only when the bundle has no ONNX to build from.
+    Order: a bundled engine of this precision whose stamp matches and whose bytes have the
+    manifest's sha256; then the cached engine whose sidecar stamp, ONNX hash and engine sha256
+    match; else (None, cache path): build. The cache path is None only when the bundle has no
+    ONNX to build from. Every engine passed over gets a notice saying why.
     """
     notices = []
     source = onnx_source(bundle, precision)
@@ -100,6 +123,9 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
     for a in bundle.artifacts:
         if a.format == "tensorrt_engine" and a.precision == precision:
             why = stamp_mismatch(a.extra.get("stamp"), device)
+            # read_bundle(verify=True) has hashed it already; an unverified bundle is hashed here
+            if why is None and not bundle.verified and sha256_file(bundle.path(a)) != a.sha256:
+                why = "its bytes do not match the manifest's sha256 (altered or corrupt)"
             if why is None:
                 return bundle.path(a), cached, notices
             notices.append(f"ignoring bundled engine {a.path}: {why}")
@@ -109,9 +135,13 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
         except (OSError, json.JSONDecodeError):
             meta = {}
         why = stamp_mismatch(meta.get("stamp"), device)
-        if why is None and meta.get("onnx_sha256") == source.sha256:
+        if why is None and meta.get("onnx_sha256") != source.sha256:
+            why = "built from another model"
+        if why is None and meta.get("engine_sha256") != sha256_file(cached):
+            why = "its bytes do not match the sha256 recorded when it was built"
+        if why is None:
             return cached, cached, notices
-        notices.append(f"cached engine {cached} is stale ({why or 'built from another model'})")
+        notices.append(f"cached engine {cached} is stale ({why})")
     return None, cached, notices
 
 
@@ -177,24 +207,31 @@ def io_tensor_names(trt: Any, engine: Any, where: Path) -> tuple[str, str]:
 
 
 class _Runner:
-    """One execution context + CUDA stream + device buffers; not thread-safe."""
+    """One execution context + CUDA stream + device buffers; not thread-safe. TensorRT reports
+    a refused shape or address by returning False: each is checked and raised as BundleError."""
 
     def __init__(self, engine: Any, cudart: Any, in_name: str, out_name: str,
                  feature_shape: tuple[int, ...], num_classes: int, max_batch: int) -> None:
-        self._cudart, self._in, self._k = cudart, in_name, num_classes
+        self._cudart, self._in, self._k, self._engine = cudart, in_name, num_classes, engine
         self._ctx = engine.create_execution_context()
         self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._d_in = _check(cudart, cudart.cudaMalloc(max_batch * int(np.prod(feature_shape)) * 4),
                             "cudaMalloc")
         self._d_out = _check(cudart, cudart.cudaMalloc(max_batch * num_classes * 4), "cudaMalloc")
-        self._ctx.set_tensor_address(in_name, int(self._d_in))
-        self._ctx.set_tensor_address(out_name, int(self._d_out))
         weakref.finalize(self, _free, cudart, self._stream, self._d_in, self._d_out)
+        for name, buf in ((in_name, self._d_in), (out_name, self._d_out)):
+            if not self._ctx.set_tensor_address(name, int(buf)):
+                raise BundleError(f"TensorRT refused the device address of tensor {name!r}: "
+                                  "the engine has no such I/O tensor")
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         kind = cudart.cudaMemcpyKind
-        self._ctx.set_input_shape(self._in, features.shape)
+        if not self._ctx.set_input_shape(self._in, features.shape):
+            lo, opt, hi = (tuple(s) for s in self._engine.get_tensor_profile_shape(self._in, 0))
+            raise BundleError(f"TensorRT refused input shape {tuple(features.shape)} for "
+                              f"{self._in!r}: the engine's profile has min {lo}, opt {opt}, "
+                              f"max {hi}")
         _check(cudart, cudart.cudaMemcpyAsync(
             self._d_in, features.ctypes.data, features.nbytes, kind.cudaMemcpyHostToDevice,
             self._stream), "host-to-device copy")
@@ -222,13 +259,18 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     check_available()
     trt = import_or_unavailable("tensorrt", NAME, PACKAGE_HINT)
     cudart = _cudart()
-    device = device_stamp(probe_cuda(), trt.__version__)
+    build = build_options(bundle.manifest.get("tensorrt_build"))
+    device = device_stamp(probe_cuda(), trt.__version__, cuda_runtime_version(cudart),
+                          dla_core=build.get("dla_core"))
     cache_root = cache_dir or default_cache_dir()
     path, build_to, notices = resolve_engine(bundle, precision, device, cache_root)
     for note in notices:
         log.warning("TensorRT: %s", note)
+    if path is None and notices and not hasattr(trt, "Builder"):
+        raise BundleError(f"{bundle.root}: no usable {precision} TensorRT engine ("
+                          f"{'; '.join(notices)}) and TensorRT {trt.__version__} here is the "
+                          f"lean runtime, which cannot rebuild it; {PACKAGE_HINT}")
     feat = feature_shape(ModalitySpec.from_dict(bundle.modality))
-    build = build_options(bundle.manifest.get("tensorrt_build"))
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path is not None else None
@@ -245,7 +287,8 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
                             timing_cache=timing_cache_path(cache_root, device))
         atomic_write_bytes(build_to, plan)
         atomic_write_json(build_to.with_suffix(".json"),
-                          {"stamp": device, "onnx_sha256": source.sha256, "precision": precision})
+                          {"stamp": device, "onnx_sha256": source.sha256, "precision": precision,
+                           "engine_sha256": hashlib.sha256(plan).hexdigest()})
         engine = runtime.deserialize_cuda_engine(plan)
         path = build_to
     in_name, out_name = io_tensor_names(trt, engine, path)
