@@ -139,7 +139,8 @@ class Stream:
             if bad.any():
                 first = int(np.argwhere(bad)[0][0])
                 raise InputError(f"{self._where()}: chunk contains NaN or inf ({int(bad.sum())} "
-                                 f"values, first at sample {first}); nothing was consumed")
+                                 f"values, first at sample {first} of the chunk = stream sample "
+                                 f"{self._consumed + first}); nothing was consumed")
         # Integer samples are buffered as they are, so that preprocess scales them exactly as
         # predict would (e.g. int16 PCM / 32768); floats are buffered as float32.
         dtype = np.dtype(np.float32) if kind == "f" else chunk.dtype

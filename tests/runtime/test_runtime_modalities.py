@@ -108,3 +108,50 @@ def test_image_predict_and_run(tmp_path: Path, private_cache: Path) -> None:
                            warmup=0)
     (row,) = report["rows"]
     assert row["stream"] is None and row["accuracy"] is None and row["latency"]["count"] == 3
+
+
+# -- `edgekd run` messages name the input file's row and column and what the bundle takes --------
+def run_cli(bundle: Path, path: Path, *extra: str):  # noqa: ANN201
+    return CliRunner().invoke(app, ["run", str(bundle), "--input", str(path),
+                                    "--backend", "onnxruntime", *extra])
+
+
+@pytest.mark.parametrize("extra", [(), ("--stream", "--chunk", "32")])
+def test_run_nan_names_the_csv_row_and_column(bundle_path: Path, tmp_path: Path,
+                                              private_cache: Path, extra: tuple[str, ...]) -> None:
+    rows = synth.make_recording(200, 1, np.random.default_rng(0))
+    rows[49, 2] = np.nan  # data row 50 = line 51 after the header
+    path = tmp_path / "rec.csv"
+    np.savetxt(path, rows, delimiter=",", header="ax,ay,az", comments="", fmt="%.5f")
+    result = run_cli(bundle_path, path, *extra)
+    assert result.exit_code == 2, result.output
+    assert f"{path}:51: NaN or inf in column 3 (az)" in result.output
+    assert "first at sample" not in result.output and "index (" not in result.output
+    np.save(tmp_path / "rec.npy", rows)
+    result = run_cli(bundle_path, tmp_path / "rec.npy", *extra)
+    assert result.exit_code == 2, result.output
+    assert "rec.npy: NaN or inf at row 50, column 3 (1-based; array index [49, 2])" in result.output
+
+
+def test_run_wrong_kind_of_input_says_what_the_bundle_takes(
+        bundle_path: Path, audio_model: Model, tmp_path: Path, private_cache: Path) -> None:
+    speech = tmp_path / "speech.wav"
+    with wave.open(str(speech), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm(1.0, seed=0).astype("<i2").tobytes())
+    result = run_cli(bundle_path, speech)
+    assert result.exit_code == 2, result.output
+    assert "resample" not in result.output
+    assert ("this bundle's model takes 'accel' as a time series of 3 channels at 50 Hz: a .csv "
+            "or .npy of shape (T, 3)") in " ".join(result.output.split())
+    six = tmp_path / "six.csv"
+    np.savetxt(six, np.zeros((300, 6)), delimiter=",")
+    result = run_cli(bundle_path, six)
+    assert result.exit_code == 2
+    assert "six.csv: 6 columns, but this bundle's model takes 'accel' as a time series of 3" \
+        in " ".join(result.output.split())
+    result = run_cli(audio_model.bundle.root, six)
+    assert result.exit_code == 2
+    assert "takes 'voice' as mono audio at 8000 Hz" in " ".join(result.output.split())
