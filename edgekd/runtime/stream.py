@@ -9,6 +9,12 @@ Memory and cost are bounded: samples go into one preallocated buffer of
 batched inference calls of at most `max_batch` windows (strided views, no per-window copies), and
 only the unfinished tail (< window samples) is moved back to the buffer start afterwards.
 
+Audio whose `hop` is a whole number of log-mel hops (`hop_length`) has its front end computed
+incrementally: consecutive windows then share log-mel frames, so each frame is computed once and
+kept in a frame buffer; a window costs only the frames its new samples add (hop / hop_length
+frames, in one rfft). Other hops fall back to the log-mel of whole windows. Either way the
+features equal `preprocess` of the same windows up to float rounding.
+
 Not thread-safe: one stream per thread. Each stream owns its runner (e.g. its own OpenVINO
 InferRequest), so many streams of one model may run in parallel threads.
 """
@@ -21,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgekd.errors import InputError
-from edgekd.modalities import preprocess, raw_shape
+from edgekd.modalities import ModalitySpec, audio_frames, log_mel_frames, preprocess, raw_shape
 from edgekd.runtime.model import Model, softmax
 
 
@@ -60,6 +66,8 @@ class Stream:
         self._capacity = spec.window + spec.hop * (max_batch - 1)
         self._labels = model.labels
         self._buf = np.empty((self._capacity, *self._tail), dtype=np.float32)
+        incremental = spec.kind == "audio" and spec.hop % spec.hop_length == 0
+        self._mel = _LogMelFrames(spec, max_batch) if incremental else None
         self.reset()
 
     # -- public ----------------------------------------------------------------------------------
@@ -70,6 +78,8 @@ class Stream:
         self._skip = 0  # samples still to drop before the next window (only when hop > window)
         self._consumed = 0
         self._dtype_fixed = False
+        if self._mel is not None:
+            self._mel.reset()
 
     @property
     def samples_consumed(self) -> int:
@@ -172,7 +182,11 @@ class Stream:
                                  (hop * step, step, *self._buf.strides[1:]))
         # m <= max_batch <= engine.max_batch by construction: one call, no Model.infer split
         # Every buffered sample passed `_check` on its way in: no second validation pass.
-        probs = softmax(self._run(preprocess(self.spec, windows, validate=False)))
+        if self._mel is not None:
+            features = self._mel.features(self._buf, m)
+        else:
+            features = preprocess(self.spec, windows, validate=False)
+        probs = softmax(self._run(features))
         probs.flags.writeable = False
         index = probs.argmax(axis=1)
         rate = self.spec.rate_hz
@@ -182,6 +196,8 @@ class Stream:
             end = self._origin + j * hop + window
             events.append(StreamEvent(labels[k], k, float(probs[j, k]), probs[j], end / rate, end))
         advance = m * hop
+        if self._mel is not None:
+            self._mel.drop(advance // self.spec.hop_length)
         if advance < self._n:
             keep = self._n - advance
             self._buf[:keep] = self._buf[advance : self._n]  # numpy handles the overlap
@@ -190,3 +206,57 @@ class Stream:
             self._skip = advance - self._n
             self._n = 0
         self._origin += advance
+
+
+class _LogMelFrames:
+    """The log-mel frames of an audio stream, each computed once.
+
+    Row r of `rows` holds the unnormalised log-mel of the frame starting `r * hop_length`
+    samples after the stream buffer's first sample (the start of the next window). Needs
+    `hop % hop_length == 0`, so that every window's frames lie on that one grid.
+    """
+
+    def __init__(self, spec: ModalitySpec, max_batch: int) -> None:
+        self.spec = spec
+        self.per_window = audio_frames(spec)
+        self.step = spec.hop // spec.hop_length  # frames between window starts
+        capacity = self.per_window + self.step * (max_batch - 1)
+        self.rows = np.empty((capacity, spec.n_mels), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # valid rows
+
+    def features(self, buf: np.ndarray, m: int) -> np.ndarray:
+        """Normalised model input `(m, n_mels, frames)` of the m windows starting at `buf[0]`,
+        `hop` apart; computes only the frames not already in `rows`."""
+        spec, hop_length = self.spec, self.spec.hop_length
+        need = (m - 1) * self.step + self.per_window
+        new = need - self.count
+        if new > 0:
+            step = buf.strides[0]
+            frames = np.ndarray((new, spec.n_fft), buf.dtype, buf, self.count * hop_length * step,
+                                (hop_length * step, step))
+            if buf.dtype != np.float32:  # int16 PCM, scaled as `preprocess` scales it
+                frames = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
+            self.rows[self.count : need] = log_mel_frames(spec, frames)
+            self.count = need
+        row = self.rows.strides[0]
+        windows = np.ndarray((m, spec.n_mels, self.per_window), np.float32, self.rows, 0,
+                             (self.step * row, self.rows.strides[1], row))
+        out = np.empty(windows.shape, dtype=np.float32)
+        if spec.mean:
+            mean, inv_std = spec.normaliser
+            np.subtract(windows, mean, out=out)
+            out *= inv_std
+        else:
+            out[...] = windows
+        return out
+
+    def drop(self, frames: int) -> None:
+        """Forget the first `frames` rows: the buffer start moved on by that many frames."""
+        if frames >= self.count:
+            self.count = 0
+        else:
+            self.rows[: self.count - frames] = self.rows[frames : self.count]
+            self.count -= frames
