@@ -12,7 +12,7 @@ only the unfinished tail (< window samples) is moved back to the buffer start af
 Audio whose `hop` is a whole number of log-mel hops (`hop_length`) has its front end computed
 incrementally: consecutive windows then share log-mel frames, so each frame is computed once and
 kept in a frame buffer; a window costs only the frames its new samples add (hop / hop_length
-frames, in one rfft). Other hops fall back to the log-mel of whole windows. Either way the
+frames, all in one rfft). Other hops fall back to the log-mel of whole windows. Either way the
 features equal `preprocess` of the same windows up to float rounding.
 
 Not thread-safe: one stream per thread. Each stream owns its runner (e.g. its own OpenVINO
@@ -209,17 +209,21 @@ class Stream:
 
 
 class _LogMelFrames:
-    """The log-mel frames of an audio stream, each computed once.
+    """The normalised log-mel frames of an audio stream, each computed once. Frames are
+    computed when a window needs them, all new ones in one call: per-frame calls as samples
+    arrive would cut the latency of the push that completes a window by a few tens of us but
+    multiply the total cost by the numpy call overhead of each small call.
 
-    Row r of `rows` holds the unnormalised log-mel of the frame starting `r * hop_length`
-    samples after the stream buffer's first sample (the start of the next window). Needs
-    `hop % hop_length == 0`, so that every window's frames lie on that one grid.
+    Row r of `rows` holds the frame starting `r * hop_length` samples after the stream buffer's
+    first sample (the start of the next window). Needs `hop % hop_length == 0`, so that every
+    window's frames lie on that one grid.
     """
 
     def __init__(self, spec: ModalitySpec, max_batch: int) -> None:
         self.spec = spec
         self.per_window = audio_frames(spec)
         self.step = spec.hop // spec.hop_length  # frames between window starts
+        # a full sample buffer (window + hop * (max_batch - 1)) holds exactly this many frames
         capacity = self.per_window + self.step * (max_batch - 1)
         self.rows = np.empty((capacity, spec.n_mels), dtype=np.float32)
         self.reset()
@@ -227,31 +231,32 @@ class _LogMelFrames:
     def reset(self) -> None:
         self.count = 0  # valid rows
 
-    def features(self, buf: np.ndarray, m: int) -> np.ndarray:
-        """Normalised model input `(m, n_mels, frames)` of the m windows starting at `buf[0]`,
-        `hop` apart; computes only the frames not already in `rows`."""
-        spec, hop_length = self.spec, self.spec.hop_length
-        need = (m - 1) * self.step + self.per_window
-        new = need - self.count
-        if new > 0:
-            step = buf.strides[0]
-            frames = np.ndarray((new, spec.n_fft), buf.dtype, buf, self.count * hop_length * step,
-                                (hop_length * step, step))
-            if buf.dtype != np.float32:  # int16 PCM, scaled as `preprocess` scales it
-                frames = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
-            self.rows[self.count : need] = log_mel_frames(spec, frames)
-            self.count = need
-        row = self.rows.strides[0]
-        windows = np.ndarray((m, spec.n_mels, self.per_window), np.float32, self.rows, 0,
-                             (self.step * row, self.rows.strides[1], row))
-        out = np.empty(windows.shape, dtype=np.float32)
-        if spec.mean:
+    def _compute(self, buf: np.ndarray, ready: int) -> None:
+        """Compute rows `count` to `ready` - 1 from the buffered samples."""
+        spec = self.spec
+        step = buf.strides[0]
+        frames = np.ndarray((ready - self.count, spec.n_fft), buf.dtype, buf,
+                            self.count * spec.hop_length * step, (spec.hop_length * step, step))
+        if buf.dtype != np.float32:  # int16 PCM, scaled as `preprocess` scales it
+            frames = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
+        new = log_mel_frames(spec, frames)
+        if spec.mean:  # the same float32 operations as `preprocess`, frame by frame
             mean, inv_std = spec.normaliser
-            np.subtract(windows, mean, out=out)
-            out *= inv_std
-        else:
-            out[...] = windows
-        return out
+            new -= mean[0, :, 0]
+            new *= inv_std[0, :, 0]
+        self.rows[self.count : ready] = new
+        self.count = ready
+
+    def features(self, buf: np.ndarray, m: int) -> np.ndarray:
+        """Model input `(m, n_mels, frames)` of the m windows starting at `buf[0]`, `hop`
+        apart; transforms only the frames not computed for earlier windows."""
+        need = (m - 1) * self.step + self.per_window
+        if need > self.count:
+            self._compute(buf, need)
+        row = self.rows.strides[0]
+        windows = np.ndarray((m, self.spec.n_mels, self.per_window), np.float32, self.rows, 0,
+                             (self.step * row, self.rows.strides[1], row))
+        return np.ascontiguousarray(windows)
 
     def drop(self, frames: int) -> None:
         """Forget the first `frames` rows: the buffer start moved on by that many frames."""

@@ -120,6 +120,11 @@ def test_audio_stream_transforms_only_the_new_frames(audio_model: Model,
     stream.reset()
     stream.push(samples[:4000])  # 4 windows in one batch: their 8 + 3 * 5 frames, once each
     assert transformed[-1] == 23
+    # live 20 ms chunks: each window's new frames are transformed once, together
+    stream.reset()
+    del transformed[:]
+    events = [len(stream.push(samples[i : i + 160])) for i in range(0, 16000, 160)]
+    assert sum(events) == 19 and transformed == [8] + [5] * 18
 
 
 def test_audio_bad_input(audio_model: Model) -> None:
