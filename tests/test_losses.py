@@ -1,4 +1,5 @@
-"""Distillation losses (METHOD.md "Losses"): golden values worked out by hand on tiny tensors."""
+"""Distillation losses (docs/distillation.md, "The method"): golden values worked out by hand
+on tiny tensors."""
 
 from __future__ import annotations
 
