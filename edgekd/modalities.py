@@ -280,7 +280,7 @@ def log_mel(spec: ModalitySpec, audio: np.ndarray) -> np.ndarray:
         chunk = audio[start : start + _AUDIO_CHUNK]
         frames = np.lib.stride_tricks.sliding_window_view(chunk, spec.n_fft, axis=1)
         frames = frames[:, : (n_frames - 1) * spec.hop_length + 1 : spec.hop_length]
-        mel = log_mel_frames(spec, frames.reshape(-1, spec.n_fft))  # reshape copies: contiguous
+        mel = log_mel_frames(spec, frames.reshape(-1, spec.n_fft))  # all frames: one rfft
         out[start : start + _AUDIO_CHUNK] = mel.reshape(len(chunk), n_frames, -1).transpose(0, 2, 1)
     return out
 

@@ -169,23 +169,26 @@ class Stream:
     def _want(self) -> str:
         return f"(n, {self.spec.channels})" if self.spec.kind == "timeseries" else "(n,) or (n, 1)"
 
+    def _windows(self, m: int) -> np.ndarray:
+        """The m full windows at the buffer start, `hop` apart, as a view (no copy)."""
+        window = self.spec.window
+        if m == 1:  # the common live case: a plain slice
+            return self._buf[None, :window]
+        step = self._buf.strides[0]
+        return np.ndarray((m, window, *self._tail), self._buf.dtype, self._buf, 0,
+                          (self.spec.hop * step, step, *self._buf.strides[1:]))
+
     def _classify(self, events: list[StreamEvent]) -> None:
         """Classify all full windows in the buffer (<= max_batch by construction), then keep
         only the samples the next window needs."""
         window, hop = self.spec.window, self.spec.hop
         m = (self._n - window) // hop + 1
-        if m == 1:  # the common live case: a plain slice
-            windows = self._buf[None, :window]
-        else:  # m overlapping windows as one strided view of the buffer, no copy
-            step = self._buf.strides[0]
-            windows = np.ndarray((m, window, *self._tail), self._buf.dtype, self._buf, 0,
-                                 (hop * step, step, *self._buf.strides[1:]))
         # m <= max_batch <= engine.max_batch by construction: one call, no Model.infer split
-        # Every buffered sample passed `_check` on its way in: no second validation pass.
         if self._mel is not None:
             features = self._mel.features(self._buf, m)
         else:
-            features = preprocess(self.spec, windows, validate=False)
+            # Every buffered sample passed `_check` on its way in: no second validation pass.
+            features = preprocess(self.spec, self._windows(m), validate=False)
         probs = softmax(self._run(features))
         probs.flags.writeable = False
         index = probs.argmax(axis=1)
