@@ -294,19 +294,30 @@ def _hann(n_fft: int) -> np.ndarray:
     return w
 
 
+def log_mel_frames(spec: ModalitySpec, frames: np.ndarray) -> np.ndarray:
+    """Unnormalised log-mel `(N, n_mels)` float32 of N float32 audio frames `(N, n_fft)`.
+
+    One rfft over all N frames. `log_mel` (windows) and the stream (only the frames a new hop
+    adds) both call this, so their features agree to float rounding.
+    """
+    fb = mel_filterbank(float(spec.rate_hz), spec.n_fft, spec.n_mels)
+    spectrum = np.fft.rfft(frames * _hann(spec.n_fft), axis=-1)  # complex64 for float32 frames
+    power = np.square(spectrum.real) + np.square(spectrum.imag)
+    mel = power @ fb.T
+    mel += np.float32(LOG_EPS)
+    return np.log(mel, out=mel)
+
+
 def log_mel(spec: ModalitySpec, audio: np.ndarray) -> np.ndarray:
     """Unnormalised log-mel `(B, n_mels, frames)` float32 of float audio windows `(B, window)`."""
-    fb = mel_filterbank(float(spec.rate_hz), spec.n_fft, spec.n_mels)
-    window = _hann(spec.n_fft)
     n_frames = audio_frames(spec)
     out = np.empty((audio.shape[0], spec.n_mels, n_frames), dtype=np.float32)
     for start in range(0, audio.shape[0], _AUDIO_CHUNK):
         chunk = audio[start : start + _AUDIO_CHUNK]
         frames = np.lib.stride_tricks.sliding_window_view(chunk, spec.n_fft, axis=1)
-        frames = frames[:, : (n_frames - 1) * spec.hop_length + 1 : spec.hop_length] * window
-        power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # (b, frames, n_freq)
-        mel = power @ fb.T  # (b, frames, n_mels); complex64 input keeps power float32
-        out[start : start + _AUDIO_CHUNK] = np.log(mel + LOG_EPS).transpose(0, 2, 1)
+        frames = frames[:, : (n_frames - 1) * spec.hop_length + 1 : spec.hop_length]
+        mel = log_mel_frames(spec, frames.reshape(-1, spec.n_fft))  # all frames: one rfft
+        out[start : start + _AUDIO_CHUNK] = mel.reshape(len(chunk), n_frames, -1).transpose(0, 2, 1)
     return out
 
 

@@ -176,7 +176,7 @@ def test_bad_json(toy: Path) -> None:
     lines = toy.read_text().splitlines()
     lines[3] = '{"id": "x", '
     toy.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=rf"{toy}:4: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{toy}:4: invalid JSON: expecting property name"):
         load_dataset(toy)
 
 
@@ -302,3 +302,94 @@ def test_missing_header_and_bad_source(toy: Path) -> None:
         load_dataset(toy)
     with pytest.raises(ConfigError, match="neither 'har' nor an existing manifest"):
         load_dataset(toy.parent / "missing.jsonl")
+
+
+# --- what a new user ran into -------------------------------------------------------------
+
+
+def test_source_is_absolute_whatever_the_cwd(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(toy.parent.parent)
+    ds = load_dataset(Path(toy.parent.name) / toy.name)  # "toy/manifest.jsonl"
+    assert ds.source == str(toy.resolve()) and Path(ds.source).is_absolute()
+    assert ds.name == "toy"
+    monkeypatch.chdir(toy.parent)
+    assert load_dataset("manifest.jsonl").source == ds.source
+
+
+def write_grey_manifest(root: Path, header: str, grey: list[bool]) -> Path:
+    """Toy-like audio + image manifest whose image of line i is grey (mode L) when grey[i]."""
+    root.mkdir(parents=True)
+    (root / "modalities.yaml").write_text(header)
+    lines = []
+    for i, is_grey in enumerate(grey):
+        write_wav(root / f"v{i}.wav", np.zeros(800), rate_hz=8000)
+        pixels = np.full((4, 4, 3), 10 * i, np.uint8)
+        pixels[0, 0] = (200, 100, 0)
+        Image.fromarray(pixels[..., 0] if is_grey else pixels).save(root / f"f{i}.png")
+        split = "test" if i == len(grey) - 1 else "train"
+        lines.append(json.dumps({"id": f"s{i}", "label": "ab"[i % 2], "split": split,
+                                 "subject": f"u{i}", "voice": f"v{i}.wav", "face": f"f{i}.png"}))
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+GREY_HEADER = """\
+modalities:
+  voice: {kind: audio, rate_hz: 8000, window: 400, n_fft: 200, hop_length: 80, n_mels: 8}
+  face: {kind: image, size: [4, 4]}
+"""
+
+
+def test_image_channels_are_inferred_from_the_first_train_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = write_grey_manifest(tmp_path / "d", GREY_HEADER, [True] * 7)
+    with caplog.at_level("WARNING", logger="edgekd.data.manifest"):
+        ds = load_dataset(manifest)
+    assert ds.specs["face"].channels == 1
+    assert ds.splits["train"].x["face"].shape[1:] == (4, 4, 1)
+    assert ds.splits["train"].x["face"][0, 0, 0, 0] == pytest.approx(200 / 255)
+    logged = [r.getMessage() for r in caplog.records if "channels" in r.getMessage()]
+    assert len(logged) == 1 and "inferred channels: 1" in logged[0] and "f0.png" in logged[0]
+    # colour files give 3, recorded in the spec too
+    colour = load_dataset(write_grey_manifest(tmp_path / "c", GREY_HEADER, [False] * 7))
+    assert colour.specs["face"].channels == 3
+
+
+def test_image_with_other_channel_count_is_an_error(tmp_path: Path) -> None:
+    manifest = write_grey_manifest(tmp_path / "d", GREY_HEADER, [True, True, False, True, True])
+    with pytest.raises(DataError, match=rf"{manifest}:3: .*f2.png: colour image \(mode RGB, 3 "
+                                        r"channels\) but 'face' takes 1 channel"):
+        load_dataset(manifest)
+    # an explicit channel count is checked the same way: nothing is converted silently
+    explicit = write_grey_manifest(
+        tmp_path / "e", GREY_HEADER.replace("[4, 4]}", "[4, 4], channels: 3}"), [False, True])
+    with pytest.raises(DataError, match=rf"{explicit}:2: .*f1.png: greyscale image \(mode L, 1 "
+                                        r"channel\) but 'face' takes 3 channels"):
+        load_dataset(explicit)
+
+
+def test_empty_manifest_says_so(toy: Path) -> None:
+    toy.write_text("")
+    with pytest.raises(DataError, match=rf"{toy}: the manifest is empty \(no sample lines\)"):
+        load_dataset(toy)
+    toy.write_text("\n  \n")
+    with pytest.raises(DataError, match=r"the manifest is empty"):
+        load_dataset(toy)
+
+
+def test_json_error_message_is_clean(toy: Path) -> None:
+    lines = toy.read_text().splitlines()
+    lines[1] = lines[1][:-30]  # cut inside a string value
+    toy.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(toy)
+    column = len(lines[1]) - lines[1][::-1].index('"')
+    assert str(info.value) == (
+        f"{toy}:2: invalid JSON: unterminated string starting at column {column}")
+    lines[1] = '{"id": "x" "label": "c0"}'
+    toy.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(toy)
+    assert str(info.value) == f"{toy}:2: invalid JSON: expecting ',' delimiter at column 12"

@@ -60,11 +60,26 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 # -- input files for `run` ----------------------------------------------------------------------
+def takes(spec: Any) -> str:
+    """What a recording for `spec` must be, for error messages."""
+    name = f"this bundle's model takes {spec.name!r} as"
+    if spec.kind == "timeseries":
+        return (f"{name} a time series of {spec.channels} channels at {spec.rate_hz:g} Hz: a .csv "
+                f"or .npy of shape (T, {spec.channels}) (or a .wav at exactly {spec.rate_hz:g} Hz)")
+    if spec.kind == "audio":
+        return (f"{name} mono audio at {spec.rate_hz:g} Hz: a 16-bit PCM .wav, or a .npy / "
+                "one-column .csv of samples")
+    height, width = spec.size
+    return (f"{name} {height}x{width} images of {spec.channels} channel(s): a .npy of shape "
+            f"({height}, {width}, {spec.channels}) or (N, {height}, {width}, {spec.channels})")
+
+
 def read_samples(path: Path, spec: Any) -> Any:
     """Raw samples of a recording: .npy / .csv as (T, C) (audio (T,)), .wav as int16 PCM.
 
-    A .wav's sample rate and channel count must match the modality spec. InputError names the
-    file (and line, for CSV) on bad content.
+    InputError names the file and what the bundle takes when the recording does not fit the
+    modality spec (suffix, sample rate, channels), and the row and column of a NaN or inf (the
+    file's 1-based line for CSV, header included).
     """
     import numpy as np
 
@@ -78,23 +93,47 @@ def read_samples(path: Path, spec: Any) -> Any:
             data = np.load(path, allow_pickle=False)
         except ValueError as exc:
             raise InputError(f"{path}: not a numeric .npy array ({exc})") from exc
+        _check_finite_npy(path, data)
     elif suffix == ".csv":
         data = _read_csv(path)
     elif suffix == ".wav":
         data = _read_wav(path, spec)
     else:
-        raise InputError(f"{path}: unsupported input type {suffix!r}; use .csv, .npy or .wav")
+        raise InputError(f"{path}: unsupported input type {suffix!r}; {takes(spec)}")
     if spec.kind == "audio" and data.ndim == 2 and data.shape[1] == 1:
         data = data[:, 0]
+    if spec.kind == "timeseries" and data.ndim == 2 and data.shape[1] != spec.channels:
+        raise InputError(f"{path}: {data.shape[1]} columns, but {takes(spec)}")
+    if spec.kind == "audio" and data.ndim != 1:
+        raise InputError(f"{path}: samples of shape {data.shape}, but {takes(spec)}")
     return data
 
 
+def _check_finite_npy(path: Path, data: Any) -> None:
+    import numpy as np
+
+    from edgekd.errors import InputError
+
+    if data.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = (f"row {first[0] + 1}, column {first[1] + 1} (1-based; array index "
+                 f"[{first[0]}, {first[1]}])" if data.ndim == 2 else f"array index {list(first)}")
+        raise InputError(f"{path}: NaN or inf at {where}; {int(bad.sum())} such values in all; "
+                         "the model needs finite samples")
+
+
 def _read_csv(path: Path) -> Any:
+    import math
+
     import numpy as np
 
     from edgekd.errors import InputError
 
     rows: list[list[float]] = []
+    names: list[str] = []
     with open(path, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not cell.strip() for cell in row):
@@ -103,11 +142,17 @@ def _read_csv(path: Path) -> Any:
                 values = [float(cell) for cell in row]
             except ValueError as exc:
                 if lineno == 1 and not rows:
+                    names = [cell.strip() for cell in row]
                     continue  # a header line
                 raise InputError(f"{path}:{lineno}: not a number ({exc})") from exc
             if rows and len(values) != len(rows[0]):
                 raise InputError(f"{path}:{lineno}: {len(values)} columns, earlier rows have "
                                  f"{len(rows[0])}")
+            bad = next((j for j, v in enumerate(values) if not math.isfinite(v)), None)
+            if bad is not None:
+                name = f" ({names[bad]})" if bad < len(names) and names[bad] else ""
+                raise InputError(f"{path}:{lineno}: NaN or inf in column {bad + 1}{name} "
+                                 f"({row[bad].strip()!r}); the model needs finite samples")
             rows.append(values)
     if not rows:
         raise InputError(f"{path}: no samples")
@@ -127,11 +172,17 @@ def _read_wav(path: Path, spec: Any) -> Any:
         raise InputError(f"{path}: not a readable PCM .wav file ({exc})") from exc
     if width != 2:
         raise InputError(f"{path}: {8 * width}-bit samples; only 16-bit PCM .wav is supported")
+    if spec.kind == "image":
+        raise InputError(f"{path}: a .wav recording, but {takes(spec)}")
     if abs(rate - spec.rate_hz) > 1e-6 * spec.rate_hz:
+        # Resampling is only the fix for audio: a time-series model fed a wav of another rate
+        # was given the wrong kind of file.
+        fix = "resample it first" if spec.kind == "audio" else takes(spec)
         raise InputError(f"{path}: recorded at {rate} Hz but the model expects "
-                         f"{spec.rate_hz:g} Hz; resample it first")
+                         f"{spec.rate_hz:g} Hz; {fix}")
     if channels != spec.channels:
-        raise InputError(f"{path}: {channels} channel(s), the model expects {spec.channels}")
+        raise InputError(f"{path}: {channels} channel(s), the model expects {spec.channels}; "
+                         f"{takes(spec)}")
     return np.frombuffer(frames, dtype="<i2").reshape(-1, channels)
 
 

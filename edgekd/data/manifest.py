@@ -17,7 +17,10 @@ Parameters: timeseries and audio need `rate_hz` and `window` (samples) or `windo
 `hop` / `hop_s` default to half the window; audio also takes `n_mels`, `n_fft`, `hop_length`
 (log-mel, in samples); timeseries may declare 3-axis vector channel groups per physical frame,
 `vectors: {device: [[0, 1, 2]]}`, which augmentation rotates together across modalities.
-Images need `size` [H, W]; `channels` defaults to 3 (1 = greyscale).
+Images need `size` [H, W]; `channels` (1 = greyscale, 3 = colour) is optional: without it, the
+image of the first train line decides, the choice is logged once and recorded in the spec. Every
+image must then have that channel count (alpha is dropped): a greyscale file under a colour
+modality, or the reverse, is an error, never a silent conversion.
 
 Manifest, one sample a line::
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +58,7 @@ import numpy as np
 import yaml
 
 from edgekd.data.dataset import PairedDataset, Split, finish_dataset
-from edgekd.data.readers import read_recording
+from edgekd.data.readers import image_channels, read_recording
 from edgekd.data.storage import WindowSpill, stack
 from edgekd.errors import ConfigError, DataError
 from edgekd.modalities import KINDS, ModalitySpec, parse_vectors, raw_shape
@@ -64,12 +68,25 @@ SAMPLE_KEYS = ("id", "label", "split", "subject")
 MANIFEST_SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.15
 
+log = logging.getLogger(__name__)
+
 _REQUIRED = {"timeseries": ("rate_hz", "channels"), "audio": ("rate_hz",), "image": ("size",)}
 _OPTIONAL = {
     "timeseries": ("window", "window_s", "hop", "hop_s", "vectors"),
     "audio": ("channels", "window", "window_s", "hop", "hop_s", "n_mels", "n_fft", "hop_length"),
     "image": ("channels",),
 }
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed modality header: specs (unfitted) in header order, the student modality, and
+    the image modalities whose `channels` the header leaves out (to infer from the data)."""
+
+    path: Path
+    specs: dict[str, ModalitySpec]
+    student: str
+    infer_channels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,7 @@ def _spec_from_header(name: str, params: Any, header: Path) -> ModalitySpec:
     try:
         if kind == "image":
             height, width = params["size"]
+            # a header without channels gets them from the first train image (`_infer_channels`)
             return ModalitySpec(
                 name=name,
                 kind=kind,
@@ -166,8 +184,8 @@ def _spec_from_header(name: str, params: Any, header: Path) -> ModalitySpec:
         raise DataError(f"{where}: {exc}") from exc
 
 
-def read_header(header: Path) -> tuple[dict[str, ModalitySpec], str]:
-    """Modality specs (unfitted) in header order, and the student modality name."""
+def read_header(header: Path) -> Header:
+    """The modality header at `header` (see the module docstring)."""
     try:
         text = header.read_text()
         doc = json.loads(text) if header.suffix == ".json" else yaml.safe_load(text)
@@ -195,7 +213,12 @@ def read_header(header: Path) -> tuple[dict[str, ModalitySpec], str]:
     student = doc.get("student", next(iter(specs)))
     if student not in specs:
         raise DataError(f"{header}: student {student!r} is not one of the modalities {list(specs)}")
-    return specs, student
+    unset = tuple(
+        name
+        for name, params in doc["modalities"].items()
+        if specs[name].kind == "image" and "channels" not in params
+    )
+    return Header(path=header, specs=specs, student=student, infer_channels=unset)
 
 
 def _windows(arr: np.ndarray, spec: ModalitySpec) -> np.ndarray:
@@ -205,10 +228,8 @@ def _windows(arr: np.ndarray, spec: ModalitySpec) -> np.ndarray:
     return np.moveaxis(view, -1, 1)
 
 
-def _read_sample(
-    record: dict[str, Any], n: int, manifest: Path, specs: dict[str, ModalitySpec]
-) -> Sample:
-    where = f"{manifest}:{n}"
+def _check_record(record: dict[str, Any], where: str, specs: dict[str, ModalitySpec]) -> str:
+    """DataError unless `record` has the keys and value types of a sample line; its split."""
     unknown = set(record) - set(SAMPLE_KEYS) - set(specs)
     if unknown:
         raise DataError(
@@ -226,10 +247,19 @@ def _read_sample(
         value = record.get(key, "")
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise DataError(f"{where}: {key} must be a string or integer, got {value!r}")
-    recordings: dict[str, np.ndarray] = {}
-    for name, spec in specs.items():
+    for name in specs:
         if not isinstance(record[name], str):
             raise DataError(f"{where}: {name} must be a file path, got {record[name]!r}")
+    return str(split)
+
+
+def _read_sample(
+    record: dict[str, Any], n: int, manifest: Path, specs: dict[str, ModalitySpec]
+) -> Sample:
+    where = f"{manifest}:{n}"
+    split = _check_record(record, where, specs)
+    recordings: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
         path = manifest.parent / record[name]
         try:
             recordings[name] = read_recording(path, spec)
@@ -262,30 +292,72 @@ def _read_sample(
     )
 
 
-def read_samples(manifest: Path, specs: dict[str, ModalitySpec]) -> list[Sample]:
-    """Every non-blank line of `manifest`, read and windowed; windows are memory-mapped."""
+def _json_error(exc: json.JSONDecodeError) -> str:
+    # json's messages end in "at" when they locate something ("Unterminated string starting
+    # at"); the column completes the sentence either way.
+    text = exc.msg[:1].lower() + exc.msg[1:]
+    return f"{text} column {exc.colno}" if text.endswith(" at") else f"{text} at column {exc.colno}"
+
+
+def read_records(manifest: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) of every non-blank line of `manifest`."""
     try:
         lines = manifest.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{manifest}: cannot read ({exc})") from exc
+    records: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{manifest}:{n}: invalid JSON: {_json_error(exc)}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{manifest}:{n}: expected a JSON object, got {type(record).__name__}")
+        records.append((n, record))
+    if not records:
+        raise DataError(f"{manifest}: the manifest is empty (no sample lines)")
+    return records
+
+
+def _infer_channels(
+    header: Header, records: list[tuple[int, dict[str, Any]]], manifest: Path
+) -> dict[str, ModalitySpec]:
+    """The header's specs with each image modality that has no `channels` given the channel
+    count of its file on the first train line (logged once); later files must match it."""
+    specs = dict(header.specs)
+    if not header.infer_channels:
+        return specs
+    n, record = next((n, r) for n, r in records if r.get("split", "train") == "train")
+    _check_record(record, f"{manifest}:{n}", specs)
+    for name in header.infer_channels:
+        path = manifest.parent / record[name]
+        try:
+            channels = image_channels(path)
+        except DataError as exc:
+            raise DataError(f"{manifest}:{n}: {exc}") from None
+        specs[name] = dataclasses.replace(specs[name], channels=channels)
+        log.warning(
+            "%s: image modality %r has no channels in %s; inferred channels: %d (%s) from %s "
+            "(line %d); every image must have that many",
+            manifest, name, header.path.name, channels,
+            "greyscale" if channels == 1 else "colour", path, n,
+        )
+    return specs
+
+
+def read_samples(
+    manifest: Path, records: list[tuple[int, dict[str, Any]]], specs: dict[str, ModalitySpec]
+) -> list[Sample]:
+    """The `records` of `manifest`, read and windowed; ids must be unique. Windows go to disk as
+    they are read and come back memory-mapped: a manifest may exceed RAM."""
     samples: list[Sample] = []
     spans: list[tuple[int, int]] = []
-    spill = WindowSpill()  # windows go to disk as they are read: a manifest may exceed RAM
+    spill = WindowSpill()
     seen: dict[str, int] = {}
     try:
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{manifest}:{n}: not valid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                raise DataError(
-                    f"{manifest}:{n}: expected a JSON object, got {type(record).__name__}"
-                )
+        for n, record in records:
             sample = _read_sample(record, n, manifest, specs)
             if sample.id in seen:
                 raise DataError(
@@ -384,11 +456,14 @@ def load_manifest(
 
     Labels are the train labels, sorted; `unlabelled` is empty.
     """
-    manifest = Path(manifest)
-    specs, student = read_header(find_header(manifest))
-    samples = read_samples(manifest, specs)
-    if not any(s.split == "train" for s in samples):
+    # Resolved: the path is recorded in run folders, which must work from any directory.
+    manifest = Path(manifest).resolve()
+    header = read_header(find_header(manifest))
+    records = read_records(manifest)
+    if not any(r.get("split", "train") == "train" for _, r in records):
         raise DataError(f"{manifest}: no train samples (every line is val or test)")
+    specs = _infer_channels(header, records, manifest)
+    samples = read_samples(manifest, records, specs)
     samples, val_subs = _assign_val(samples, val_subjects, seed, manifest)
     labels = sorted({s.label for s in samples if s.split == "train"})
     for s in samples:
@@ -406,7 +481,7 @@ def load_manifest(
         labels=labels,
         specs=specs,
         splits=splits,
-        default_student=student,
+        default_student=header.student,
         val_subjects=val_subs,
         limit=limit,
         seed=seed,

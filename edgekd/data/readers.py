@@ -2,8 +2,9 @@
 
 `read_recording(path, spec)` returns one recording in the raw layout of `spec`, float32:
 timeseries `(T, channels)`, audio `(T,)` in [-1, 1), image `(H, W, channels)` in [0, 1]. It never
-resamples or resizes: a wav at another rate or an image of another size is a DataError naming
-both values. Every error is a DataError whose message starts with the file path.
+resamples, resizes or converts colour: a wav at another rate, an image of another size or another
+channel count (greyscale vs colour) is a DataError naming both values. Every error is a DataError
+whose message starts with the file path.
 """
 
 from __future__ import annotations
@@ -70,8 +71,28 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """.png/.jpg -> (H, W, channels) uint8; grey/colour modes are converted, never resized."""
+def image_channels(path: Path) -> int:
+    """Channels of an image file: 1 for greyscale modes (L, LA, 1, I, F), 3 for colour ones
+    (RGB, RGBA, palette, ...). Alpha does not count: it is dropped when read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return _mode_channels(img.mode)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _mode_channels(mode: str) -> int:
+    from PIL import ImageMode
+
+    return 1 if ImageMode.getmode(mode).basemode == "L" else 3
+
+
+def read_image(path: Path, channels: int, name: str = "the modality") -> np.ndarray:
+    """.png/.jpg -> (H, W, channels) uint8, never resized. The file must have `channels`
+    channels (alpha is dropped): a greyscale file for a colour modality, or the reverse, is a
+    DataError rather than a silent conversion."""
     from PIL import Image, UnidentifiedImageError
 
     if channels not in _IMAGE_MODES:
@@ -79,6 +100,14 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            found = _mode_channels(img.mode)
+            if found != channels:
+                what = "greyscale" if found == 1 else "colour"
+                raise DataError(
+                    f"{path}: {what} image (mode {img.mode}, {found} channel{'s' * (found > 1)}) "
+                    f"but {name} takes {channels} channel{'s' * (channels > 1)}; convert the "
+                    "file, or set the modality's channels in the header to match every image"
+                )
             arr = np.asarray(img.convert(_IMAGE_MODES[channels]), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
@@ -107,7 +136,7 @@ def _audio(path: Path, spec: ModalitySpec) -> np.ndarray:
 
 
 def _image(path: Path, spec: ModalitySpec) -> np.ndarray:
-    arr = read_image(path, spec.channels)
+    arr = read_image(path, spec.channels, repr(spec.name))
     if arr.shape[:2] != tuple(spec.size):
         raise DataError(
             f"{path}: image is {arr.shape[0]}x{arr.shape[1]} (H x W) but {spec.name!r} expects "

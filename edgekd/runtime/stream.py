@@ -9,6 +9,12 @@ Memory and cost are bounded: samples go into one preallocated buffer of
 batched inference calls of at most `max_batch` windows (strided views, no per-window copies), and
 only the unfinished tail (< window samples) is moved back to the buffer start afterwards.
 
+Audio whose `hop` is a whole number of log-mel hops (`hop_length`) has its front end computed
+incrementally: consecutive windows then share log-mel frames, so each frame is computed once and
+kept in a frame buffer; a window costs only the frames its new samples add (hop / hop_length
+frames, all in one rfft). Other hops fall back to the log-mel of whole windows. Either way the
+features equal `preprocess` of the same windows up to float rounding.
+
 Not thread-safe: one stream per thread. Each stream owns its runner (e.g. its own OpenVINO
 InferRequest), so many streams of one model may run in parallel threads.
 """
@@ -21,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgekd.errors import InputError
-from edgekd.modalities import preprocess, raw_shape
+from edgekd.modalities import ModalitySpec, audio_frames, log_mel_frames, preprocess, raw_shape
 from edgekd.runtime.model import Model, softmax
 
 
@@ -60,6 +66,8 @@ class Stream:
         self._capacity = spec.window + spec.hop * (max_batch - 1)
         self._labels = model.labels
         self._buf = np.empty((self._capacity, *self._tail), dtype=np.float32)
+        incremental = spec.kind == "audio" and spec.hop % spec.hop_length == 0
+        self._mel = _LogMelFrames(spec, max_batch) if incremental else None
         self.reset()
 
     # -- public ----------------------------------------------------------------------------------
@@ -70,6 +78,8 @@ class Stream:
         self._skip = 0  # samples still to drop before the next window (only when hop > window)
         self._consumed = 0
         self._dtype_fixed = False
+        if self._mel is not None:
+            self._mel.reset()
 
     @property
     def samples_consumed(self) -> int:
@@ -139,7 +149,8 @@ class Stream:
             if bad.any():
                 first = int(np.argwhere(bad)[0][0])
                 raise InputError(f"{self._where()}: chunk contains NaN or inf ({int(bad.sum())} "
-                                 f"values, first at sample {first}); nothing was consumed")
+                                 f"values, first at sample {first} of the chunk = stream sample "
+                                 f"{self._consumed + first}); nothing was consumed")
         # Integer samples are buffered as they are, so that preprocess scales them exactly as
         # predict would (e.g. int16 PCM / 32768); floats are buffered as float32.
         dtype = np.dtype(np.float32) if kind == "f" else chunk.dtype
@@ -158,20 +169,27 @@ class Stream:
     def _want(self) -> str:
         return f"(n, {self.spec.channels})" if self.spec.kind == "timeseries" else "(n,) or (n, 1)"
 
+    def _windows(self, m: int) -> np.ndarray:
+        """The m full windows at the buffer start, `hop` apart, as a view (no copy)."""
+        window = self.spec.window
+        if m == 1:  # the common live case: a plain slice
+            return self._buf[None, :window]
+        step = self._buf.strides[0]
+        return np.ndarray((m, window, *self._tail), self._buf.dtype, self._buf, 0,
+                          (self.spec.hop * step, step, *self._buf.strides[1:]))
+
     def _classify(self, events: list[StreamEvent]) -> None:
         """Classify all full windows in the buffer (<= max_batch by construction), then keep
         only the samples the next window needs."""
         window, hop = self.spec.window, self.spec.hop
         m = (self._n - window) // hop + 1
-        if m == 1:  # the common live case: a plain slice
-            windows = self._buf[None, :window]
-        else:  # m overlapping windows as one strided view of the buffer, no copy
-            step = self._buf.strides[0]
-            windows = np.ndarray((m, window, *self._tail), self._buf.dtype, self._buf, 0,
-                                 (hop * step, step, *self._buf.strides[1:]))
         # m <= max_batch <= engine.max_batch by construction: one call, no Model.infer split
-        # Every buffered sample passed `_check` on its way in: no second validation pass.
-        probs = softmax(self._run(preprocess(self.spec, windows, validate=False)))
+        if self._mel is not None:
+            features = self._mel.features(self._buf, m)
+        else:
+            # Every buffered sample passed `_check` on its way in: no second validation pass.
+            features = preprocess(self.spec, self._windows(m), validate=False)
+        probs = softmax(self._run(features))
         probs.flags.writeable = False
         index = probs.argmax(axis=1)
         rate = self.spec.rate_hz
@@ -181,6 +199,8 @@ class Stream:
             end = self._origin + j * hop + window
             events.append(StreamEvent(labels[k], k, float(probs[j, k]), probs[j], end / rate, end))
         advance = m * hop
+        if self._mel is not None:
+            self._mel.drop(advance // self.spec.hop_length)
         if advance < self._n:
             keep = self._n - advance
             self._buf[:keep] = self._buf[advance : self._n]  # numpy handles the overlap
@@ -189,3 +209,62 @@ class Stream:
             self._skip = advance - self._n
             self._n = 0
         self._origin += advance
+
+
+class _LogMelFrames:
+    """The normalised log-mel frames of an audio stream, each computed once. Frames are
+    computed when a window needs them, all new ones in one call: per-frame calls as samples
+    arrive would cut the latency of the push that completes a window by a few tens of us but
+    multiply the total cost by the numpy call overhead of each small call.
+
+    Row r of `rows` holds the frame starting `r * hop_length` samples after the stream buffer's
+    first sample (the start of the next window). Needs `hop % hop_length == 0`, so that every
+    window's frames lie on that one grid.
+    """
+
+    def __init__(self, spec: ModalitySpec, max_batch: int) -> None:
+        self.spec = spec
+        self.per_window = audio_frames(spec)
+        self.step = spec.hop // spec.hop_length  # frames between window starts
+        # a full sample buffer (window + hop * (max_batch - 1)) holds exactly this many frames
+        capacity = self.per_window + self.step * (max_batch - 1)
+        self.rows = np.empty((capacity, spec.n_mels), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # valid rows
+
+    def _compute(self, buf: np.ndarray, ready: int) -> None:
+        """Compute rows `count` to `ready` - 1 from the buffered samples."""
+        spec = self.spec
+        step = buf.strides[0]
+        frames = np.ndarray((ready - self.count, spec.n_fft), buf.dtype, buf,
+                            self.count * spec.hop_length * step, (spec.hop_length * step, step))
+        if buf.dtype != np.float32:  # int16 PCM, scaled as `preprocess` scales it
+            frames = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
+        new = log_mel_frames(spec, frames)
+        if spec.mean:  # the same float32 operations as `preprocess`, frame by frame
+            mean, inv_std = spec.normaliser
+            new -= mean[0, :, 0]
+            new *= inv_std[0, :, 0]
+        self.rows[self.count : ready] = new
+        self.count = ready
+
+    def features(self, buf: np.ndarray, m: int) -> np.ndarray:
+        """Model input `(m, n_mels, frames)` of the m windows starting at `buf[0]`, `hop`
+        apart; transforms only the frames not computed for earlier windows."""
+        need = (m - 1) * self.step + self.per_window
+        if need > self.count:
+            self._compute(buf, need)
+        row = self.rows.strides[0]
+        windows = np.ndarray((m, self.spec.n_mels, self.per_window), np.float32, self.rows, 0,
+                             (self.step * row, self.rows.strides[1], row))
+        return np.ascontiguousarray(windows)
+
+    def drop(self, frames: int) -> None:
+        """Forget the first `frames` rows: the buffer start moved on by that many frames."""
+        if frames >= self.count:
+            self.count = 0
+        else:
+            self.rows[: self.count - frames] = self.rows[frames : self.count]
+            self.count -= frames

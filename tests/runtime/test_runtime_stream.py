@@ -110,7 +110,8 @@ def test_bad_chunk_leaves_the_stream_unchanged(model_of: ModelOf) -> None:
     events = stream.push(RECORDING[:300])
     bad = RECORDING[300:400].copy()
     bad[42, 1] = np.nan
-    with pytest.raises(InputError, match=r"NaN or inf \(1 values, first at sample 42\)"):
+    with pytest.raises(InputError, match=r"NaN or inf \(1 values, first at sample 42 of the "
+                                        r"chunk = stream sample 342\)"):
         stream.push(bad)
     with pytest.raises(InputError, match=r"got int16 samples after float32 ones"):
         stream.push(np.zeros((4, 3), np.int16))
