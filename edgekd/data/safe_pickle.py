@@ -1,6 +1,6 @@
 """Allow-list unpickler for the pandas-1.x pickle of UCI HAPT (never for anything else).
 
-The file references exactly the globals in `ALLOWED` (measured, see TOOLCHAIN-NOTES "Data").
+The file references exactly the globals in `ALLOWED` (measured on the packaged file).
 Pandas classes become inert `PandasStandIn` objects that only keep their pickled state, so pandas
 is neither needed nor run; the numpy reconstructors are numpy's own; `copy_reg._reconstructor`
 and `_codecs.encode` are replaced by narrow versions that can only build a stand-in and only

@@ -2,7 +2,7 @@
 
 The quantizer puts fake quantization where TensorRT wants Q/DQ: on the activation input
 (int8, per tensor, symmetric) and the weight (int8 in [-127, 127], per output channel, symmetric)
-of every Conv1d/Conv2d/Linear (TOOLCHAIN-NOTES "Quantization": the default X86 quantizer gives
+of every Conv1d/Conv2d/Linear (torchao's default X86 quantizer gives
 uint8 activations and does not annotate Conv1d+BN). BatchNorm is folded into the preceding conv
 *before* QAT, its statistics frozen at the trained values (usual for a short QAT fine-tune), so
 the fake-quantized weight is exactly the deployed one. This also skips pt2e's conv-BN pattern
