@@ -225,14 +225,15 @@ def _info(bundle: Any) -> None:
     from rich.table import Table
 
     m = bundle.manifest
-    console = Console(soft_wrap=True)  # long lines stay whole (greppable, copyable)
+    console = Console()  # wraps at the terminal's width (80 columns in a pipe)
     model, mod, target = m.get("model", {}), m["modality"], m.get("target", {})
     checked = ("[green]all sha256 verified[/green]" if bundle.verified
                else "[yellow]files not verified[/yellow]")
     signed = (f"signed by trusted key {bundle.signer}" if bundle.signer
               else "signature not checked")
-    console.print(f"[bold]{bundle.root}[/bold]  schema {m['schema_version']}  digest "
-                  f"{bundle.digest[:16]}  {checked}  {signed}")
+    console.print(f"[bold]{bundle.root}[/bold]")
+    console.print(f"schema {m['schema_version']}  digest {bundle.digest[:16]}  {checked}")
+    console.print(signed)
     console.print(f"model: {model.get('name', '?')}  arch {model.get('arch', '?')}  "
                   f"params {model.get('params', '?')}")
     console.print(f"labels ({len(m['labels'])}): {', '.join(m['labels'])}")
@@ -240,7 +241,7 @@ def _info(bundle: Any) -> None:
         shape = f"{mod.get('size')} x {mod.get('channels')} channels"
     else:
         rate = float(mod.get("rate_hz", 0)) or float("nan")
-        shape = (f"{mod.get('rate_hz')} Hz, {mod.get('channels')} channel(s), window "
+        shape = (f"{mod.get('rate_hz')} Hz, {mod.get('channels')} channel(s)\n  window "
                  f"{mod.get('window')} samples ({mod.get('window', 0) / rate:.2f} s), hop "
                  f"{mod.get('hop')} ({mod.get('hop', 0) / rate:.2f} s)")
     console.print(f"modality: {mod.get('name')} ({mod.get('kind')}), {shape}")
@@ -255,7 +256,7 @@ def _info(bundle: Any) -> None:
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
     table.add_column("notes", overflow="fold")
     for a in bundle.artifacts:
-        notes = ", ".join(f"{k}={v}" for k, v in {"backend": a.backend, **a.extra}.items() if v)
+        notes = ", ".join(_note(k, v) for k, v in {"backend": a.backend, **a.extra}.items() if v)
         table.add_row(a.path, a.format, a.precision, _size(a.size), notes)
     for kind in ("golden", "eval"):
         if m.get(kind):
@@ -280,7 +281,19 @@ def _info(bundle: Any) -> None:
         console.print(acc)
     for section in ("calibration", "tensorrt_build", "provenance"):
         if m.get(section):
-            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in m[section].items()))
+            console.print(f"{section}: " + ", ".join(_note(k, v) for k, v in m[section].items()))
+
+
+def _note(key: str, value: Any) -> str:
+    """`key=value` short enough for an 80-column table cell: hashes cut to 12 hex digits, floats
+    to 2 significant digits, the OpenVINO int8 evidence as a layer count."""
+    if key == "int8_check" and isinstance(value, dict) and "int8_layers" in value:
+        return f"int8 layers {value['int8_layers']}/{value.get('weighted_layers', '?')}"
+    if isinstance(value, float):
+        return f"{key}={value:.2g}"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return f"{key}={value[:12]}…"
+    return f"{key}={value}"
 
 
 def _same_threads_for_torch(has_torch: bool, threads: int) -> Any:

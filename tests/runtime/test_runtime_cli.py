@@ -45,6 +45,14 @@ def test_info(bundle_path: Path) -> None:
     assert f"{fp32['accuracy']:.4f}" in result.output and fp32["n"] == 96
 
 
+def test_info_fits_80_columns(bundle_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke("info", bundle_path)
+    assert result.exit_code == 0, result.output
+    widths = [len(line) for line in result.output.splitlines()]
+    assert max(widths) <= 80, result.output
+
+
 def test_info_on_tampered_bundle_is_a_clean_error(bundle_copy: Path) -> None:
     (bundle_copy / "model.fp32.onnx").write_bytes(b"evil")
     result = invoke("info", bundle_copy)
