@@ -585,10 +585,8 @@ def test_altered_bundled_engine_is_not_deserialized(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="sha256 does not match the manifest"):
         read_bundle(root)  # a verified read refuses the bundle outright
     b = read_bundle(root, verify=False)  # an unverified one: the engine is checked before use
-    path, build_to, notices = trt_backend.resolve_engine(b, "int8", H100, tmp_path / "cache")
-    assert path is None and build_to is not None
-    assert notices == ["ignoring bundled engine tensorrt/model.int8.0.engine: its bytes do not "
-                       "match the manifest's sha256 (altered or corrupt)"]
+    with pytest.raises(BundleError, match="model.int8.0.engine: sha256 does not match"):
+        trt_backend.resolve_engine(b, "int8", H100, tmp_path / "cache")
 
 
 def _corrupt_cached_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -111,10 +111,11 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
                    cache_root: Path) -> tuple[Path | None, Path | None, list[str]]:
     """(engine to deserialize or None, cache path a (re)build goes to or None, notices).
 
-    Order: a bundled engine of this precision whose stamp matches and whose bytes have the
-    manifest's sha256; then the cached engine whose sidecar stamp, ONNX hash and engine sha256
-    match; else (None, cache path): build. The cache path is None only when the bundle has no
-    ONNX to build from. Every engine passed over gets a notice saying why.
+    Order: a bundled engine of this precision whose stamp matches (its bytes are checked against
+    the manifest's sha256 by `bundle.path`: an altered engine is a BundleError, never loaded);
+    then the cached engine whose sidecar stamp, ONNX hash and engine sha256 match; else
+    (None, cache path): build. The cache path is None only when the bundle has no ONNX to build
+    from. Every engine passed over gets a notice saying why.
     """
     notices = []
     source = onnx_source(bundle, precision)
@@ -123,9 +124,6 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
     for a in bundle.artifacts:
         if a.format == "tensorrt_engine" and a.precision == precision:
             why = stamp_mismatch(a.extra.get("stamp"), device)
-            # read_bundle(verify=True) has hashed it already; an unverified bundle is hashed here
-            if why is None and not bundle.verified and sha256_file(bundle.path(a)) != a.sha256:
-                why = "its bytes do not match the manifest's sha256 (altered or corrupt)"
             if why is None:
                 return bundle.path(a), cached, notices
             notices.append(f"ignoring bundled engine {a.path}: {why}")
