@@ -331,7 +331,7 @@ CONFIGS = [
             ("soft_margin", "l2"),
             ("soft_margin", "l2sq"),
         ],
-        ["none", "logit_kd", "soft_teacher_head", "margin_kd"],
+        ["none", "logit_kd", "soft_teacher_head", "margin_kd", "dist", "dkd", "bkd"],
         ["none", "teacher_confidence", "teacher_norm"],
         ["linear", "identity"],
     )
@@ -351,7 +351,7 @@ def test_gradients_finite_and_teacher_untouched(cfg: DistillConfig) -> None:
         batch["student_emb"] = batch["teacher_emb"].clone().requires_grad_(True)
     batch["teacher_emb"].requires_grad_(True)
     batch["teacher_logits"].requires_grad_(True)
-    crit = DistillCriterion(cfg, 7, 7)
+    crit = DistillCriterion(cfg, 7, 7, class_counts=(5, 1, 0, 2))
     out = crit(**batch)
     assert set(out) == {
         "total",
