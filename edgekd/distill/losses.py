@@ -38,6 +38,13 @@ class LossTerm(NamedTuple):
     active: torch.Tensor | None
 
 
+def _temperature(tau: float) -> float:
+    """tau as a float; ConfigError unless tau > 0."""
+    if tau <= 0:
+        raise ConfigError(f"tau must be > 0, got {tau}")
+    return float(tau)
+
+
 def _weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """mean_i w_i * l_i (plain mean when weights is None)."""
     if weights is None:
@@ -164,9 +171,7 @@ class LogitKD(nn.Module):
 
     def __init__(self, tau: float = 4.0) -> None:
         super().__init__()
-        if tau <= 0:
-            raise ConfigError(f"tau must be > 0, got {tau}")
-        self.tau = float(tau)
+        self.tau = _temperature(tau)
 
     def forward(
         self,
@@ -217,9 +222,7 @@ class DIST(nn.Module):
 
     def __init__(self, tau: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
         super().__init__()
-        if tau <= 0:
-            raise ConfigError(f"tau must be > 0, got {tau}")
-        self.tau, self.beta, self.gamma = float(tau), float(beta), float(gamma)
+        self.tau, self.beta, self.gamma = _temperature(tau), float(beta), float(gamma)
 
     def forward(
         self,
@@ -268,9 +271,7 @@ class DKD(nn.Module):
 
     def __init__(self, tau: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> None:
         super().__init__()
-        if tau <= 0:
-            raise ConfigError(f"tau must be > 0, got {tau}")
-        self.tau, self.alpha, self.beta = float(tau), float(alpha), float(beta)
+        self.tau, self.alpha, self.beta = _temperature(tau), float(alpha), float(beta)
 
     def forward(
         self,

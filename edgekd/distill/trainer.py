@@ -123,7 +123,9 @@ def _header(role: str, arch: str, n: int, unlabelled: int, policy: Policy, mode:
 
 
 @dataclass
-class TeacherSteps:
+class _LoaderSteps:
+    """A step source over a loader: its window count and steps per epoch."""
+
     loader: Loader
 
     @property
@@ -132,6 +134,11 @@ class TeacherSteps:
 
     def steps(self, epoch: int) -> int:
         return self.loader.steps(epoch)
+
+
+@dataclass
+class TeacherSteps(_LoaderSteps):
+    """(inputs, y) per step for the teacher's own training."""
 
     def epoch(self, epoch: int) -> Iterator[tuple[Any, ...]]:
         for batch in self.loader.epoch(epoch):
@@ -139,24 +146,16 @@ class TeacherSteps:
 
 
 @dataclass
-class StudentSteps:
+class StudentSteps(_LoaderSteps):
     """(x, y, teacher_logits, teacher_emb, teacher_classifier) per step: no teacher, cached
     outputs indexed by window, or the frozen teacher run on the batch's own teacher inputs."""
 
-    loader: Loader
     modality: str
     teacher: nn.Module | None
     view: TeacherView
     cached: tuple[torch.Tensor, torch.Tensor] | None
     classifier: nn.Linear | None
     seed: int
-
-    @property
-    def windows(self) -> int:
-        return len(self.loader)
-
-    def steps(self, epoch: int) -> int:
-        return self.loader.steps(epoch)
 
     def epoch(self, epoch: int) -> Iterator[tuple[Any, ...]]:
         for batch in self.loader.epoch(epoch):
