@@ -16,9 +16,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# One intra-op thread per test process: on a 2-core machine that is also busy with other work,
+# torch's and OpenBLAS's spinning thread pools otherwise slow some tests more than tenfold.
 test: venv
 	$(VENV)/bin/ruff check edgekd tests benchmarks
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: venv
 	$(VENV)/bin/edgekd demo --out out/demo
