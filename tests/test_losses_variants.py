@@ -24,16 +24,9 @@ from edgekd.distill.losses import (
     target_rows,
 )
 from edgekd.errors import ConfigError, InputError
+from tests.test_losses import close, t
 
 LN2 = math.log(2.0)
-
-
-def t(rows: list[list[float]]) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-def close(value: torch.Tensor, want: float) -> None:
-    assert value.item() == pytest.approx(want, abs=1e-5)
 
 
 # Three classes, tau = 1: teacher probabilities (1/2, 1/4, 1/4) and student (1/4, 1/2, 1/4) are the

@@ -119,6 +119,23 @@ def _header(role: str, arch: str, n: int, unlabelled: int, policy: Policy, mode:
     return f"{role} {arch}: {n} training windows{extra}, augment {policy.describe()}, {mode}"
 
 
+def _loader(
+    cfg: RunConfig, d: Dist, windows: Windows, views: Any, aug_specs: Any, policy: Policy
+) -> Loader:
+    """The training loader of a run: batch size and seed from cfg, this rank's shard."""
+    return Loader(
+        windows,
+        views,
+        aug_specs=aug_specs,
+        policy=policy,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        rank=d.rank,
+        world=d.world,
+        device=d.device,
+    )
+
+
 # --- step sources -------------------------------------------------------------------------
 
 
@@ -207,17 +224,8 @@ def train_teacher(
     seed_all(cfg.train.seed)
     teacher = create_teacher(cfg.model.arch, specs, len(ds.labels), **cfg.model.args).to(d.device)
     train = ds.splits["train"]
-    loader = Loader(
-        Windows.of((train, labelled(train))),
-        {"teacher": specs},
-        aug_specs=specs,
-        policy=policy,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        rank=d.rank,
-        world=d.world,
-        device=d.device,
-    )
+    windows = Windows.of((train, labelled(train)))
+    loader = _loader(cfg, d, windows, {"teacher": specs}, specs, policy)
     default_student = ds.default_student if ds.default_student in specs else next(iter(specs))
     sidecar = {
         "role": "teacher",
@@ -355,17 +363,7 @@ def distill(
     views: dict[str, Mapping[str, ModalitySpec]] = {"student": {modality: spec}}
     if online:
         views["teacher"] = teacher_reads
-    loader = Loader(
-        windows,
-        views,
-        aug_specs=aug_specs,
-        policy=policy,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        rank=d.rank,
-        world=d.world,
-        device=d.device,
-    )
+    loader = _loader(cfg, d, windows, views, aug_specs, policy)
     cached = (
         cached_teacher_outputs(teacher, teacher_specs, windows, view, cfg.train.seed, d.device)
         if uses_teacher and not online
