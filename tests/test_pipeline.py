@@ -198,6 +198,14 @@ def test_distill_from_moved_data(tmp_path: Path) -> None:
     result = run_cli([*args, "--data", str(moved / "manifest.jsonl")])
     assert result.exit_code == 0, result.output
     assert read_sidecar(out)["data"]["source"] == str(moved / "manifest.jsonl")
+    # ablate's student runs take the moved data the same way
+    ablation = tmp_path / "ablate"
+    result = run_cli(["ablate", "--teacher", str(teacher), "--out", str(ablation), "--runs", "ce",
+                      "--seeds", "1", "--epochs", "1", "--batch-size", "16",
+                      "--data", str(moved / "manifest.jsonl")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ran = read_sidecar(ablation / "runs" / "ce" / "seed0" / "final")
+    assert ran["data"]["source"] == str(moved / "manifest.jsonl")
     # The same files under another header: the difference is named, nothing is written.
     header = moved / "modalities.yaml"
     header.write_text(header.read_text().replace("window_s: 0.5", "window_s: 0.25"))

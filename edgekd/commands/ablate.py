@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
                 "(out of distribution; flagged in the table).",
             ),
         ] = False,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="The teacher's data at a new place, for the student runs (checked against "
+                "the teacher's labels and modality layouts)."
+            ),
+        ] = None,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         limit: LimitOpt = None,
@@ -80,10 +87,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the distillation ablation and print mean ± s.e., paired gains and the control."""
         from edgekd.commands.train import _common
+        from edgekd.config import override
         from edgekd.distill.ablate import DEFAULT_RUNS, AblationSpec, format_table
         from edgekd.distill.ablate import ablate as run_ablation
 
         base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args)
+        base = override(base, "data", source=data)
         names = DEFAULT_RUNS
         if runs is not None:
             names = tuple(n.strip() for n in runs.split(",") if n.strip())
