@@ -22,6 +22,16 @@ def run_cli(args: list[str]) -> object:
     return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
+def run_events(output: str) -> list[tuple[float, str]]:
+    """(end time s, label) of each `edgekd run` output line `   1.000 s  label  0.9876`."""
+    out = []
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[1] == "s":
+            out.append((float(parts[0]), parts[2]))
+    return out
+
+
 @pytest.fixture(scope="session")
 def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "teacher"

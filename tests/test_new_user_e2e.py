@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import run_events
+
 REPO = Path(__file__).resolve().parents[1]
 RATE_HZ = 8000
 CLASSES = ("low", "mid", "high")
@@ -128,16 +130,6 @@ def edgekd(cwd: Path, *args: str | Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def events(output: str) -> list[tuple[float, str]]:
-    """(end time s, label) of each `edgekd run` line `   1.000 s  label  0.9876`."""
-    out = []
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[1] == "s":
-            out.append((float(parts[0]), parts[2]))
-    return out
-
-
 def pipeline(tmp: Path, name: str, manifest: Path, recording: Path) -> tuple[str, str]:
     """teacher from one directory (relative data path), the rest from another; the stream and
     offline outputs of `edgekd run` on `recording`."""
@@ -167,9 +159,9 @@ def test_new_user_audio_image_and_csv_data_end_to_end(tmp_path: Path) -> None:
     speech = tmp_path / "speech.wav"  # 3 s of the "mid" tone: 5 windows (1 s, hop 0.5 s)
     write_wav(speech, tone(1, 3.0, np.random.default_rng(9)))
     live, offline = pipeline(tmp_path, "voice", av, speech)
-    assert events(live) == events(offline)
-    assert [t for t, _ in events(live)] == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])
-    assert {label for _, label in events(live)} == {"mid"}
+    assert run_events(live) == run_events(offline)
+    assert [t for t, _ in run_events(live)] == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])
+    assert {label for _, label in run_events(live)} == {"mid"}
     sidecar = json.loads((tmp_path / "voice-cwd1/runs/teacher/checkpoint.json").read_text())
     assert sidecar["data"]["source"] == str(av.resolve())
     assert sidecar["specs"]["face"]["channels"] == 1  # inferred from the greyscale PNGs
@@ -178,6 +170,6 @@ def test_new_user_audio_image_and_csv_data_end_to_end(tmp_path: Path) -> None:
     recording = tmp_path / "walk.csv"
     write_csv(recording, "ax,ay,az", accel)
     live, offline = pipeline(tmp_path, "imu", imu, recording)
-    assert events(live) == events(offline)
-    assert [t for t, _ in events(live)] == pytest.approx([(64 + 32 * k) / 50 for k in range(8)])
-    assert {label for _, label in events(live)} == {"high"}
+    assert run_events(live) == run_events(offline)
+    assert [t for t, _ in run_events(live)] == pytest.approx([(64 + 32 * k) / 50 for k in range(8)])
+    assert {label for _, label in run_events(live)} == {"high"}

@@ -13,6 +13,7 @@ import runtime_synth as synth
 from typer.testing import CliRunner
 
 from edgekd.cli import app
+from tests.conftest import run_events
 
 runner = CliRunner()
 RECORDING = synth.make_recording(700, 2, np.random.default_rng(1))  # "run" for 14 s: 9 windows
@@ -20,15 +21,6 @@ RECORDING = synth.make_recording(700, 2, np.random.default_rng(1))  # "run" for 
 
 def invoke(*args: str):  # noqa: ANN201
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def lines_of(output: str) -> list[tuple[float, str]]:
-    out = []
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[1] == "s":
-            out.append((float(parts[0]), parts[2]))
-    return out
 
 
 def test_info(bundle_path: Path) -> None:
@@ -73,8 +65,8 @@ def test_run_offline_and_streaming_agree(bundle_path: Path, tmp_path: Path, priv
     live = invoke("run", bundle_path, "--input", path, "--stream", "--chunk", "7",
                   "--backend", "onnxruntime")
     assert offline.exit_code == live.exit_code == 0, offline.output + live.output
-    events = lines_of(offline.output)
-    assert events == lines_of(live.output)
+    events = run_events(offline.output)
+    assert events == run_events(live.output)
     assert [t for t, _ in events] == [pytest.approx((k * 64 + 128) / 50) for k in range(9)]
     assert {label for _, label in events} == {"run"}
 
@@ -93,7 +85,7 @@ def test_run_wav_checks_rate_and_channels(bundle_path: Path, tmp_path: Path,
     ok = tmp_path / "ok.wav"
     write_wav(ok, counts, 50)
     result = invoke("run", bundle_path, "--input", ok, "--backend", "onnxruntime")
-    assert result.exit_code == 0 and len(lines_of(result.output)) == 9
+    assert result.exit_code == 0 and len(run_events(result.output)) == 9
     fast = tmp_path / "fast.wav"
     write_wav(fast, counts, 100)
     result = invoke("run", bundle_path, "--input", fast)
