@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgekd.commands import user_errors
+
+if TYPE_CHECKING:
+    from edgekd.config import RunConfig
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML config; CLI flags override it.")
@@ -53,8 +56,19 @@ def _use_threads(requested: int | None) -> None:
     torch.set_num_threads(plan_threads(1, requested).per_job)
 
 
-def _common(config: Path | None, epochs, seed, limit, batch_size, lr, arch, arch_args,  # noqa: ANN001, ANN202
-            augment=None, mix=None):  # fmt: skip
+def _common(
+    config: Path | None,
+    epochs: int | None,
+    seed: int | None,
+    limit: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    arch: str | None,
+    arch_args: str | None,
+    augment: str | None = None,
+    mix: str | None = None,
+) -> RunConfig:
+    """The run config: the YAML file (or defaults) with the CLI's training flags over it."""
     from edgekd.config import ModelConfig, load_config, override
     from edgekd.errors import ConfigError
 
