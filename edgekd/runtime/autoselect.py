@@ -83,16 +83,22 @@ def cpu_fields() -> dict[str, str]:
     return fields
 
 
-def device_stamp(threads: int | None, with_gpu: bool) -> dict[str, Any]:
-    """What a timing depends on besides the bundle: CPU, GPUs, backend versions, threads."""
-    versions = {}
-    for dist in _BACKEND_DISTS:
+def installed_versions(dists: Sequence[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None where it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for dist in dists:
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    return versions
+
+
+def device_stamp(threads: int | None, with_gpu: bool) -> dict[str, Any]:
+    """What a timing depends on besides the bundle: CPU, GPUs, backend versions, threads."""
     return {"cpu": cpu_fields().get("model name") or platform.processor(),
-            "machine": platform.machine(), "versions": versions, "threads": threads or 1,
+            "machine": platform.machine(), "versions": installed_versions(_BACKEND_DISTS),
+            "threads": threads or 1,
             "gpus": probe_cuda().get("gpus") if with_gpu else None}
 
 

@@ -15,7 +15,6 @@ Latency figures follow optimum-benchmark's shape:
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
 import json
 import os
@@ -35,7 +34,7 @@ from edgekd.errors import BackendUnavailable, ConfigError
 from edgekd.io import atomic_write_bytes, atomic_write_json
 from edgekd.metrics import classification_report
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
-from edgekd.runtime.autoselect import budget, cpu_fields
+from edgekd.runtime.autoselect import budget, cpu_fields, installed_versions
 from edgekd.runtime.backends import BACKENDS, backend_module
 from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
 from edgekd.runtime.integrity import TRUSTED_KEYS_ENV, resolve_trusted_keys
@@ -100,12 +99,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     """CPU model, cores, flags, frequency governor, library versions and the CUDA probe."""
     fields = cpu_fields()
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    versions = {}
-    for dist in _VERSIONED:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
+    versions = installed_versions(_VERSIONED)
     try:
         import psutil
 
