@@ -9,33 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_synth import IO, SPEC, leftovers, write_minimal
 
 from edgekd.errors import BundleError, ExportError
 from edgekd.export.bundle import BundleWriter
 from edgekd.runtime import load, read_bundle
 from edgekd.runtime.bundle import SCHEMA_VERSION, check_relpath, sha256_file
 from edgekd.runtime.integrity import digest_entry
-
-SPEC = {"name": "accel", "kind": "timeseries", "rate_hz": 50.0, "channels": 3, "window": 128,
-        "hop": 64}
-IO = {"input": {"name": "input", "shape": ["batch", 3, 128], "dtype": "float32"},
-      "output": {"name": "logits", "shape": ["batch", 2], "dtype": "float32"}}
-
-
-def write_minimal(out: Path, payload: bytes = b"onnx-bytes", force: bool = False) -> dict:
-    with BundleWriter(out, force=force) as w:
-        w.add_file("model.fp32.onnx", payload, format="onnx", precision="fp32")
-        w.add_npz("golden", x=np.zeros((2, 128, 3), np.float32), probs=np.full((2, 2), 0.5))
-        w.set("labels", ["a", "b"])
-        w.set("modality", SPEC)
-        w.set("io", IO)
-        w.set("provenance", {"git_commit": "abc"})
-    assert w.manifest is not None
-    return w.manifest
-
-
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
 def test_written_manifest_reads_back_with_hand_checked_hashes(tmp_path: Path) -> None:
