@@ -23,6 +23,7 @@ import numpy as np
 
 from edgekd.config import DEFAULT_EPOCHS, RunConfig, override, resolve_recipe, to_dict
 from edgekd.errors import ConfigError
+from edgekd.io import atomic_write_json, atomic_write_text, make_dirs
 
 STREAM_SUBJECT = 9  # a held-out test subject of the UCI-HAR split
 STREAM_CHUNK = 25  # samples per push: 0.5 s at 50 Hz, a typical sensor FIFO read
@@ -234,8 +235,7 @@ def run_demo(
     from edgekd.export.exporter import export_run
     from edgekd.report import plot_training_curves
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(out)
     settings = DemoSettings.for_mode(quick)
     timings: dict[str, float] = {}
 
@@ -296,8 +296,8 @@ def run_demo(
         "timings": timings,
         "environment": bench["environment"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(render_markdown(summary))
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.md", render_markdown(summary))
     return summary
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.io import atomic_write_png
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -34,7 +36,7 @@ def plot_training_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_png(path, fig)
     plt.close(fig)
 
 
@@ -55,7 +57,7 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str
                         color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_png(path, fig)
     plt.close(fig)
 
 
@@ -86,5 +88,5 @@ def plot_stream(
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_png(path, fig)
     plt.close(fig)

@@ -8,10 +8,13 @@
 
 Files are staged in a hidden folder next to `out`; on a clean exit sizes and sha256 are computed
 from the staged bytes, `manifest.json` (with its digest) is written last, `signature.json` when a
-signing key is given, and the folder is renamed into place. An exception inside the block removes
-the staging folder and leaves `out` as it was. Held-out windows (`add_npz("eval", ...)`) go beside
-the bundle as `<stem>.eval.npz` unless `with_eval`. Leftovers of a killed writer (staging folders,
-a half-done `force` swap) are cleaned up or restored by the next writer of the same `out`.
+signing key is given, and the folder is put in place: by one rename, or, replacing a bundle
+(`force`), by one atomic exchange where the OS has it, so that readers always find a complete
+bundle at `out` (docs/bundle.md, "Replacing a bundle"). An exception inside the block removes the
+staging folder and leaves `out` as it was. Held-out windows (`add_npz("eval", ...)`) go beside
+the bundle as `<stem>.eval.npz` unless `with_eval`. Every file is written through `edgekd.io`.
+Leftovers of a killed writer (staging folders, a half-done swap) are cleaned up or restored by
+the next writer of the same `out`; readers never change the filesystem.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import contextlib
 import io as _io
 import json
 import os
+import re
 import secrets
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +39,18 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.errors import BundleError, ExportError
+from edgekd.io import (
+    atomic_copy_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    create_new_bytes,
+    exchange_paths,
+    fsync_path,
+    remove_tree,
+    rename_path,
+    replace_path,
+)
 from edgekd.runtime.bundle import (
     DATA_FILES,
     EVAL_BESIDE,
@@ -45,20 +60,21 @@ from edgekd.runtime.bundle import (
     RESERVED_KEYS,
     SCHEMA_VERSION,
     artifact_problem,
-    backup_path,
     beside_eval_path,
     check_relpath,
     file_record,
     read_bundle,
-    recover_interrupted,
     sha256_file,
 )
 from edgekd.runtime.integrity import DIGEST_KEY, SIGNATURE, digest_entry, signature_record
 
 # Test hook: a writer pauses (prints `paused at STEP` on stderr, then sleeps) at the named step,
-# so a test can SIGKILL a real export there. Steps: staged, moved-aside, swapped.
+# so a test can SIGKILL a real export there. Steps: staged, moved-aside (two-rename swap only),
+# swapped.
 PAUSE_ENV = "EDGEKD_WRITER_PAUSE_AT"
-_STALE_KINDS = ("staging", "eval")
+# Hidden siblings a writer of `out` creates: `.NAME.<pid>-<8 hex>.<kind>`; the pid tells a later
+# writer whether their owner still runs. "old" is the bundle moved aside by a two-rename swap.
+_SIBLING_KINDS = ("staging", "eval", "old")
 
 
 @dataclass(frozen=True)
@@ -83,12 +99,44 @@ def writer_options(*, with_eval: bool = False, sign_key: Path | None = None) -> 
         _OPTIONS.reset(token)
 
 
+def check_replaceable(out: Path) -> None:
+    """ExportError unless `out` is an edgekd bundle folder that `force` may replace: a real
+    folder (not a symlink) whose manifest.json parses as JSON with `"format": "edgekd-bundle"`.
+    Force must never be able to delete an arbitrary folder or file."""
+    out = Path(out)
+    if out.is_symlink():
+        why = "it is a symlink"
+    elif not out.is_dir():
+        why = "it is not a folder"
+    else:
+        why = _not_a_bundle(out / MANIFEST)
+    if why is not None:
+        raise ExportError(
+            f"refusing to replace {out}: {why}; force (--force) only replaces an edgekd bundle "
+            f"(a folder whose {MANIFEST} says \"format\": \"{FORMAT}\"). Nothing was deleted; "
+            "choose another output path or remove it yourself"
+        )
+
+
+def _not_a_bundle(manifest: Path) -> str | None:
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"it holds no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"its {MANIFEST} cannot be read as JSON ({exc})"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        return f"its {MANIFEST} has format {found!r}, not {FORMAT!r}"
+    return None
+
+
 class BundleWriter:
-    """Stage files and manifest sections, then publish the bundle in one rename.
+    """Stage files and manifest sections, then publish the bundle atomically.
 
     `out` existing raises ExportError unless `force`; with `force` an existing bundle is replaced
-    only after the new one is complete, and restored if the swap fails. A non-bundle folder is
-    never replaced (force must not be able to delete an arbitrary directory).
+    only after the new one is complete, and kept if the swap fails. Anything but an edgekd
+    bundle is never replaced (`check_replaceable`).
     """
 
     def __init__(
@@ -106,6 +154,7 @@ class BundleWriter:
         self.sign_key = defaults.sign_key if sign_key is None else Path(sign_key)
         self.manifest: dict[str, Any] | None = None  # the published manifest, after a clean exit
         self._staging: Path | None = None
+        self._kept: Path | None = None  # where a failed swap left the new bundle
         self._eval_staged: Path | None = None  # eval.npz waiting beside the bundle
         self._sections: dict[str, Any] = {}
         self._artifacts: list[dict[str, Any]] = []
@@ -114,14 +163,14 @@ class BundleWriter:
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> BundleWriter:
         if self.out.parent.is_dir():
-            recover_interrupted(self.out, finish=True)
-            self._remove_stale()
+            self._clean_dead_writers()
         self._check_target()
         if self.sign_key is not None:  # fail before the work, not after it
             signature_record("0" * 64, self.sign_key)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._staging = self._sibling("staging")
-        self._staging.mkdir()  # plain mkdir: the published folder gets the usual umask modes
+        # plain mkdir: the published folder gets the usual umask modes; publishing fsyncs parent
+        self._staging.mkdir()
         return self
 
     def __exit__(
@@ -135,8 +184,8 @@ class BundleWriter:
             if exc_type is None:
                 self._finish()
         finally:
-            if self._staging.exists():
-                shutil.rmtree(self._staging, ignore_errors=True)
+            if self._kept != self._staging:
+                remove_tree(self._staging)
             if self._eval_staged is not None:
                 self._eval_staged.unlink(missing_ok=True)
 
@@ -164,11 +213,11 @@ class BundleWriter:
             raise ExportError(f"{rel_path}: {', '.join(sorted(reserved))} are set by the writer")
         dest = self._claim(rel_path)
         if isinstance(source, bytes):
-            dest.write_bytes(source)
+            atomic_write_bytes(dest, source)
         else:
             if not Path(source).is_file():
                 raise ExportError(f"cannot add {source} to the bundle: file not found")
-            shutil.copyfile(source, dest)
+            atomic_copy_file(source, dest)
         self._artifacts.append(
             {"path": rel_path, "format": format, "precision": precision, **extra}
         )
@@ -209,9 +258,10 @@ class BundleWriter:
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         if kind == "eval" and not self.with_eval:
             dest = self._eval_staged = self._sibling("eval")
+            create_new_bytes(dest, buf.getvalue())  # its pid-named name is its temp name
         else:
             dest = self._claim(f"{kind}.npz")
-        dest.write_bytes(buf.getvalue())
+            atomic_write_bytes(dest, buf.getvalue())
         self._data[kind] = f"{kind}.npz"
         return dest
 
@@ -234,7 +284,6 @@ class BundleWriter:
         dest = self.staging / rel_path
         if dest.exists():
             raise ExportError(f"{rel_path} added to the bundle twice")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         return dest
 
     def _sibling(self, kind: str) -> Path:
@@ -245,32 +294,29 @@ class BundleWriter:
             if not path.exists():
                 return path
 
-    def _remove_stale(self) -> None:
-        """Delete staging folders / eval files of writers of `out` that no longer run."""
-        prefix = f".{self.out.name}."
-        for path in self.out.parent.iterdir():
-            name = path.name
-            kind = name.rsplit(".", 1)[-1]
-            if not name.startswith(prefix) or kind not in _STALE_KINDS:
+    def _clean_dead_writers(self) -> None:
+        """Remove what writers of `out` that no longer run left beside it (staging folders, eval
+        files), and finish their half-done two-rename swaps: their old bundle goes back to `out`
+        if `out` is missing (killed between the renames), else it is deleted. Live writers'
+        siblings are left alone."""
+        kinds = "|".join(_SIBLING_KINDS)
+        pattern = re.compile(rf"\.{re.escape(self.out.name)}\.(\d+)-[0-9a-f]{{8}}\.({kinds})")
+        for path in sorted(self.out.parent.iterdir()):
+            match = pattern.fullmatch(path.name)
+            if match is None or _alive(int(match[1])):
                 continue
-            pid_text = name[len(prefix) :].split("-", 1)[0]
-            if pid_text.isdigit() and not _alive(int(pid_text)):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+            restore = match[2] == "old" and not (self.out.exists() or self.out.is_symlink())
+            if restore and path.is_dir() and not path.is_symlink():
+                rename_path(path, self.out)
+            else:
+                remove_tree(path)
 
     def _check_target(self) -> None:
         if not (self.out.exists() or self.out.is_symlink()):
             return
         if not self.force:
             raise ExportError(f"{self.out} exists; pass force (--force) to replace it")
-        if not self.out.is_dir() or self.out.is_symlink():
-            raise ExportError(f"refusing to replace {self.out}: not a bundle folder")
-        if not (self.out / MANIFEST).is_file() and any(self.out.iterdir()):
-            raise ExportError(
-                f"refusing to replace {self.out}: non-empty folder without {MANIFEST}"
-            )
+        check_replaceable(self.out)
 
     def _finish(self) -> None:
         missing = [k for k in REQUIRED_SECTIONS if k != "artifacts" and k not in self._sections]
@@ -300,54 +346,85 @@ class BundleWriter:
             "provenance": provenance,
         }
         manifest[DIGEST_KEY] = digest_entry(manifest)
-        # Inside staging a plain write is atomic enough: the folder rename publishes it.
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-        (self.staging / MANIFEST).write_text(text, encoding="utf-8")
+        atomic_write_text(self.staging / MANIFEST, text)
         if self.sign_key is not None:
             record = signature_record(manifest[DIGEST_KEY]["value"], self.sign_key)
-            (self.staging / SIGNATURE).write_text(json.dumps(record, indent=2) + "\n",
-                                                  encoding="utf-8")
+            atomic_write_json(self.staging / SIGNATURE, record)
         try:
             # the reader is the judge of what we wrote
             read_bundle(self.staging, verify=True, trusted_keys=[])
         except BundleError as exc:
             raise ExportError(f"the bundle written does not read back: {exc}") from exc
-        _fsync_tree(self.staging)
-        if self._eval_staged is not None:
-            _fsync(self._eval_staged)
         _pause_point("staged")
         self._publish()
         if self._eval_staged is not None:  # after the bundle: a failed publish keeps old + old
-            os.replace(self._eval_staged, beside_eval_path(self.out))
+            replace_path(self._eval_staged, beside_eval_path(self.out))
             self._eval_staged = None
-        _fsync(self.out.parent)  # make the renames themselves durable
         self.manifest = manifest
 
     def _publish(self) -> None:
-        """Rename the staged bundle into place. With `force` the old bundle goes to
-        `.NAME.old` first: a crash between the two renames is undone by the next writer or
-        reader (`recover_interrupted`), which renames it back."""
+        """Put the staged bundle at `out`. No bundle there yet: one rename. Else the staged
+        folder and the old bundle are exchanged in one atomic step (`exchange_paths`), so `out`
+        names a complete bundle at every moment, and the old one, now at the staging name, is
+        deleted. Where the OS cannot exchange, `_swap_by_renames`."""
         staging = self.staging
-        if not self.out.exists():
+        if not (self.out.exists() or self.out.is_symlink()):
             try:
-                os.rename(staging, self.out)
+                rename_path(staging, self.out)
             except OSError as exc:  # created meanwhile by someone else
                 raise ExportError(f"cannot publish the bundle at {self.out}: {exc}") from exc
             return
         self._check_target()
-        backup = backup_path(self.out)
-        if backup.exists():
-            raise ExportError(f"{backup} exists (another export replacing {self.out}?); "
-                              "remove it and retry")
-        os.rename(self.out, backup)
+        try:
+            exchanged = exchange_paths(staging, self.out)
+        except OSError as exc:
+            raise ExportError(f"cannot replace {self.out}: {exc}; the old bundle was kept") from exc
+        if not exchanged:
+            self._swap_by_renames()
+            return
+        fsync_path(self.out.parent)
+        _pause_point("swapped")
+        remove_tree(staging)
+
+    def _swap_by_renames(self) -> None:
+        """Old bundle to `.NAME.<pid>-<hex>.old`, staged one to `out`, then the old one deleted.
+        Readers may find no `out` between the renames. If the second rename fails the old bundle
+        is renamed back; if that fails too, the new bundle is kept at a visible name (never
+        deleted) and the error says where both are. A writer killed in between is repaired by
+        the next writer (`_clean_dead_writers`)."""
+        staging, backup = self.staging, self._sibling("old")
+        try:
+            rename_path(self.out, backup)
+        except OSError as exc:
+            raise ExportError(f"cannot replace {self.out}: moving the old bundle aside failed "
+                              f"({exc})") from exc
         _pause_point("moved-aside")
         try:
-            os.rename(staging, self.out)
+            rename_path(staging, self.out)
         except OSError as exc:
-            os.rename(backup, self.out)  # the old bundle survives
+            try:
+                rename_path(backup, self.out)
+            except OSError as undo:
+                self._kept = self._keep_new()
+                raise ExportError(
+                    f"cannot replace {self.out}: {exc}; putting the old bundle back failed too "
+                    f"({undo}). The old bundle is at {backup}, the new one at {self._kept}: "
+                    f"rename the one you want to {self.out}"
+                ) from exc
             raise ExportError(f"cannot replace {self.out}: {exc}; the old bundle was kept") from exc
         _pause_point("swapped")
-        shutil.rmtree(backup, ignore_errors=True)
+        remove_tree(backup)
+
+    def _keep_new(self) -> Path:
+        """Move the staged bundle to a visible name that no writer cleans up; where even that
+        rename fails it stays at the staging name, which this writer then does not delete."""
+        kept = self.out.with_name(f"{self.out.name}.new-{secrets.token_hex(4)}")
+        try:
+            rename_path(self.staging, kept)
+        except OSError:
+            return self.staging
+        return kept
 
 
 def _alive(pid: int) -> bool:
@@ -367,19 +444,3 @@ def _pause_point(step: str) -> None:
         print(f"paused at {step}", file=sys.stderr, flush=True)
         while True:
             time.sleep(60)
-
-
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every staged file and folder so the published bundle survives a power cut."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            _fsync(os.path.join(dirpath, name))
-        _fsync(dirpath)

@@ -115,8 +115,12 @@ class ExportOptions:
                     "--trt-frontend torch-tensorrt needs the torch-tensorrt package, which is "
                     f"not installed; {TORCH_TENSORRT_HINT}"
                 )
-        if (out.exists() or out.is_symlink()) and not self.force:
-            raise ConfigError(f"{out} already exists; pass --force to replace it")
+        if out.exists() or out.is_symlink():
+            if not self.force:
+                raise ConfigError(f"{out} already exists; pass --force to replace it")
+            from edgekd.export.bundle import check_replaceable
+
+            check_replaceable(out)  # refuse a non-bundle now, not after the whole export
         return tgt, prec
 
 

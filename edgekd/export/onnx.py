@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekd.constants import ONNX_OPSET
 from edgekd.errors import ExportError
+from edgekd.io import atomic_write_bytes, make_dirs
 
 if TYPE_CHECKING:
     import onnx
@@ -48,7 +49,7 @@ def export_onnx(
     if model.training and not isinstance(model, torch.fx.GraphModule):
         raise ExportError("export the model in eval mode (call model.eval() first)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     batch = torch.export.Dim(BATCH_DIM)
     log = io.StringIO()
     try:
@@ -91,7 +92,7 @@ def strip_node_metadata(path: Path) -> None:
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-    onnx.save(model, str(path))
+    atomic_write_bytes(path, model.SerializeToString())  # rewritten in place: never half of it
 
 
 # Loggers that talk about the toolchain itself (optional torchvision ops, torchao's CUDA kernels

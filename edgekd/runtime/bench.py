@@ -31,7 +31,7 @@ import numpy as np
 
 import edgekd
 from edgekd.errors import BackendUnavailable, ConfigError
-from edgekd.io import atomic_write_bytes, atomic_write_json
+from edgekd.io import atomic_write_json, atomic_write_png
 from edgekd.metrics import classification_report
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.autoselect import budget, cpu_fields, installed_versions
@@ -465,8 +465,6 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
     """PNG: batch-1 latency distribution per row (box plot, log scale) and throughput bars."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,7 +487,5 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     ax_lat.invert_yaxis()
     fig.suptitle(f"{report['model'].get('name', '')} on {report['environment']['cpu']}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_png(Path(path), fig)
     plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())

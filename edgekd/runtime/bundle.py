@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -80,33 +79,6 @@ def beside_eval_path(root: Path) -> Path:
     root = Path(root)
     stem = root.name[: -len(SUFFIX)] if root.name.endswith(SUFFIX) else root.name
     return root.parent / f"{stem}.eval.npz"
-
-
-def backup_path(root: Path) -> Path:
-    """Where `--force` moves the old bundle while the new one is renamed in."""
-    return Path(root).parent / f".{Path(root).name}.old"
-
-
-def recover_interrupted(root: Path, *, finish: bool) -> str | None:
-    """Repair what a replacement killed between its renames left (see docs/bundle.md).
-
-    Old bundle moved aside but no new one in place: the old one is renamed back. With `finish`
-    (the writer), a backup next to a complete bundle is the swap's leftover and is removed.
-    Returns what was done, or None.
-    """
-    root = Path(root)
-    backup = backup_path(root)
-    if not backup.is_dir() or backup.is_symlink():
-        return None
-    if not (root.exists() or root.is_symlink()):
-        os.rename(backup, root)
-        return f"restored {root} from {backup.name} (an interrupted replacement)"
-    if finish:
-        import shutil  # lazily: loads never get here, and their import time counts
-
-        shutil.rmtree(backup, ignore_errors=True)
-        return f"removed {backup.name} left by an interrupted replacement"
-    return None
 
 
 def file_record(root: Path, rel: str) -> dict[str, Any]:
@@ -296,8 +268,6 @@ def read_bundle(
     refused); its schema; and, if `verify`, every listed file's size and sha256 (else each file
     when first used). BundleError says which file or field is wrong."""
     root = Path(path).expanduser().absolute()
-    if not root.exists():
-        recover_interrupted(root, finish=False)
     root = root.resolve()
     if not root.is_dir():
         raise BundleError(f"bundle folder not found: {root}")

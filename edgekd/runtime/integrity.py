@@ -11,7 +11,8 @@ Signature: `signature.json` beside `manifest.json`, `{"algorithm": "ed25519", "k
 digest's hex ASCII. `key_id` is the first 16 hex digits of sha256(raw 32-byte public key).
 Signing adds that file only, so a bundle can be signed after export without changing its digest.
 
-Keys are PEM files: PKCS#8 private key (written mode 0600), SubjectPublicKeyInfo public key.
+Keys are PEM files: PKCS#8 private key (written mode 0600), SubjectPublicKeyInfo public key
+(mode per umask, like signature.json: both are meant to be read by other users).
 The `cryptography` package is imported only when a key is used.
 """
 
@@ -93,9 +94,11 @@ def key_id(public_key: Any) -> str:
 
 
 def keygen(out_dir: str | Path) -> tuple[Path, Path]:
-    """Write a new Ed25519 key pair into `out_dir`: (private key path (mode 0600), public key
-    path). ConfigError if either file exists (a signing key is never overwritten)."""
-    from edgekd.io import atomic_write_bytes
+    """Write a new Ed25519 key pair into `out_dir`: (private key path, public key path). The
+    private key is mode 0600 from its creation on; the public key follows the umask (0644 under
+    022) so that it can be handed out. ConfigError if either file exists: a key is never
+    overwritten, not even by a concurrent keygen (both are created O_EXCL)."""
+    from edgekd.io import create_new_bytes
 
     serialization, ed25519 = _crypto()
     out = Path(out_dir).expanduser()
@@ -103,19 +106,18 @@ def keygen(out_dir: str | Path) -> tuple[Path, Path]:
     for p in (priv_path, pub_path):
         if p.exists():
             raise ConfigError(f"{p} exists; refusing to overwrite a key (choose another --out)")
-    out.mkdir(parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-    # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-    atomic_write_bytes(pub_path, key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    create_new_bytes(priv_path, private_pem, private=True)
+    try:
+        create_new_bytes(pub_path, public_pem)
+    except BaseException:
+        priv_path.unlink(missing_ok=True)  # a private key without its public half is useless
+        raise
     return priv_path, pub_path
 
 

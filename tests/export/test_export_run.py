@@ -177,6 +177,10 @@ def test_cli_errors_are_one_line_with_exit_code_2(student_run: Path, tmp_path: P
             "int8 needs calibration data",
         ),
         ([str(student_run), "--out", str(existing)], "already exists; pass --force"),
+        (  # refused before the export runs, not after it
+            [str(student_run), "--out", str(existing), "--force"],
+            "refusing to replace " + str(existing) + ": it holds no manifest.json",
+        ),
         (
             [str(student_run), "--out", str(tmp_path / "a.edgekd"), "--ptq", "kl"],
             "--ptq 'kl' is not one of minmax, percentile, entropy",
@@ -198,7 +202,8 @@ def test_cli_jetson_export_without_tensorrt_says_where_the_engine_comes_from(
 ) -> None:
     out = tmp_path / "orin.edgekd"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")  # an old bundle: replaced only with --force
+    # an old bundle (its manifest says what it is): replaced only with --force
+    (out / "manifest.json").write_text('{"format": "edgekd-bundle", "schema_version": 1}')
     result = _cli(
         [
             "export",

@@ -226,3 +226,29 @@ def run_in_threads(work: Callable[[int], None], n: int) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+# A minimal bundle (no real model) for tests of the writer and reader themselves.
+SPEC = {"name": "accel", "kind": "timeseries", "rate_hz": 50.0, "channels": 3, "window": 128,
+        "hop": 64}
+IO = {"input": {"name": "input", "shape": ["batch", 3, 128], "dtype": "float32"},
+      "output": {"name": "logits", "shape": ["batch", 2], "dtype": "float32"}}
+
+
+def write_minimal(out: Path, payload: bytes = b"onnx-bytes", force: bool = False,
+                  sign_key: Path | None = None) -> dict:
+    """Publish a small valid bundle whose model file holds `payload`; its manifest."""
+    with BundleWriter(out, force=force, sign_key=sign_key) as w:
+        w.add_file("model.fp32.onnx", payload, format="onnx", precision="fp32")
+        w.add_npz("golden", x=np.zeros((2, 128, 3), np.float32), probs=np.full((2, 2), 0.5))
+        w.set("labels", ["a", "b"])
+        w.set("modality", SPEC)
+        w.set("io", IO)
+        w.set("provenance", {"git_commit": "abc"})
+    assert w.manifest is not None
+    return w.manifest
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Hidden entries of `parent`: what a writer left beside its bundle."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))

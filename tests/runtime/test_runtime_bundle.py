@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_synth import IO, SPEC, leftovers, write_minimal
 
 from edgekd.errors import BundleError, ExportError
 from edgekd.export.bundle import BundleWriter
 from edgekd.runtime import load, read_bundle
 from edgekd.runtime.bundle import SCHEMA_VERSION, check_relpath, sha256_file
 from edgekd.runtime.integrity import digest_entry
-
-SPEC = {"name": "accel", "kind": "timeseries", "rate_hz": 50.0, "channels": 3, "window": 128,
-        "hop": 64}
-IO = {"input": {"name": "input", "shape": ["batch", 3, 128], "dtype": "float32"},
-      "output": {"name": "logits", "shape": ["batch", 2], "dtype": "float32"}}
-
-
-def write_minimal(out: Path, payload: bytes = b"onnx-bytes", force: bool = False) -> dict:
-    with BundleWriter(out, force=force) as w:
-        w.add_file("model.fp32.onnx", payload, format="onnx", precision="fp32")
-        w.add_npz("golden", x=np.zeros((2, 128, 3), np.float32), probs=np.full((2, 2), 0.5))
-        w.set("labels", ["a", "b"])
-        w.set("modality", SPEC)
-        w.set("io", IO)
-        w.set("provenance", {"git_commit": "abc"})
-    assert w.manifest is not None
-    return w.manifest
-
-
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
 def test_written_manifest_reads_back_with_hand_checked_hashes(tmp_path: Path) -> None:
@@ -170,34 +149,6 @@ def test_force_replaces_and_failure_keeps_old_bundle(tmp_path: Path) -> None:
     write_minimal(out, payload=b"newer", force=True)
     assert (out / "model.fp32.onnx").read_bytes() == b"newer"
     assert leftovers(tmp_path) == []
-
-
-def test_failed_swap_restores_old_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "m.edgekd"
-    write_minimal(out, payload=b"old")
-    real_rename = os.rename
-    calls = []
-
-    def flaky_rename(src: str | Path, dst: str | Path) -> None:
-        calls.append((Path(src).name, Path(dst).name))
-        if len(calls) == 2:  # old -> backup succeeded; staging -> out fails
-            raise OSError("disk full")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", flaky_rename)
-    with pytest.raises(ExportError, match="disk full; the old bundle was kept"):
-        write_minimal(out, payload=b"new", force=True)
-    assert (out / "model.fp32.onnx").read_bytes() == b"old"
-    assert leftovers(tmp_path) == []
-
-
-def test_force_never_deletes_a_foreign_folder(tmp_path: Path) -> None:
-    out = tmp_path / "important"
-    out.mkdir()
-    (out / "thesis.tex").write_text("years of work")
-    with pytest.raises(ExportError, match="non-empty folder without manifest.json"):
-        write_minimal(out, force=True)
-    assert (out / "thesis.tex").exists()
 
 
 def test_incomplete_or_invalid_content_leaves_nothing(tmp_path: Path) -> None:

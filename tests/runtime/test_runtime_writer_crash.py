@@ -1,5 +1,6 @@
-"""A writer killed (SIGKILL) at each step of publishing leaves nothing the next export or load
-cannot repair: stale staging is removed, a half-done `force` swap is restored or finished."""
+"""A writer killed (SIGKILL) at each step of publishing leaves nothing the next export cannot
+repair: stale staging is removed, a half-done two-rename swap is restored or finished. Loads
+never repair (they change nothing), so a bundle moved aside stays unloadable until then."""
 
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from edgekd.errors import BundleError
 from edgekd.export.bundle import PAUSE_ENV
 from edgekd.runtime import read_bundle
 
-# A real BundleWriter publishing a bundle whose model file holds argv[2], with eval beside it.
+# A real BundleWriter publishing a bundle whose model file holds argv[2], with eval beside it;
+# argv[3] "renames": as on an OS without RENAME_EXCHANGE.
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     import numpy as np
+    import edgekd.export.bundle
     from edgekd.export.bundle import BundleWriter
 
     out, payload = Path(sys.argv[1]), sys.argv[2].encode()
+    if sys.argv[3] == "renames":
+        edgekd.export.bundle.exchange_paths = lambda a, b: False
     with BundleWriter(out, force=True) as w:
         w.add_file("model.fp32.onnx", payload, format="onnx", precision="fp32")
         w.add_npz("golden", x=np.zeros((1, 128, 3), np.float32), probs=np.ones((1, 2)))
@@ -35,17 +41,16 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def _write(out: Path, payload: str, pause_at: str | None = None) -> None:
+def _write(out: Path, payload: str, pause_at: str | None = None, swap: str = "exchange") -> None:
     """Run the writer in a child; with `pause_at`, SIGKILL it once it reports that step."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", WRITER, str(out), payload, swap]
     if pause_at is None:
         env.pop(PAUSE_ENV, None)
-        subprocess.run([sys.executable, "-c", WRITER, str(out), payload], env=env, check=True,
-                       timeout=120)
+        subprocess.run(argv, env=env, check=True, timeout=120)
         return
     env[PAUSE_ENV] = pause_at
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), payload], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -65,14 +70,16 @@ def _hidden(parent: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("step", "left_at_out"), [
-    ("staged", b"old"), ("moved-aside", None), ("swapped", b"new"),
+@pytest.mark.parametrize(("swap", "step", "left_at_out"), [
+    ("exchange", "staged", b"old"), ("exchange", "swapped", b"new"),
+    ("renames", "staged", b"old"), ("renames", "moved-aside", None),
+    ("renames", "swapped", b"new"),
 ])
-def test_killed_export_is_repaired_by_the_next_export(tmp_path: Path, step: str,
+def test_killed_export_is_repaired_by_the_next_export(tmp_path: Path, swap: str, step: str,
                                                       left_at_out: bytes | None) -> None:
     out = tmp_path / "har.edgekd"
     _write(out, "old")
-    _write(out, "new", pause_at=step)
+    _write(out, "new", pause_at=step, swap=swap)
     assert _hidden(tmp_path)  # the kill left staging or a backup behind
     if left_at_out is None:
         assert not out.exists()  # killed between the two renames
@@ -85,10 +92,13 @@ def test_killed_export_is_repaired_by_the_next_export(tmp_path: Path, step: str,
 
 
 @pytest.mark.slow
-def test_load_restores_a_bundle_moved_aside_by_a_killed_export(tmp_path: Path) -> None:
+def test_load_leaves_a_bundle_moved_aside_by_a_killed_export_alone(tmp_path: Path) -> None:
     out = tmp_path / "har.edgekd"
     _write(out, "old")
-    _write(out, "new", pause_at="moved-aside")
-    assert not out.exists()
-    assert _model(out) == b"old"  # read_bundle (as every load) renamed the backup back
-    assert (out / "manifest.json").is_file()
+    _write(out, "new", pause_at="moved-aside", swap="renames")
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(BundleError, match="bundle folder not found"):
+        read_bundle(out)
+    assert sorted(tmp_path.iterdir()) == before and not out.exists()
+    _write(out, "newest")
+    assert _model(out) == b"newest"
