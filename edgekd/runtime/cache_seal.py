@@ -60,16 +60,12 @@ def _usable_key(path: Path) -> tuple[bytes | None, str | None]:
 
 
 def _create_key(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    from edgekd.io import create_new_bytes
+
     try:
-        fd = os.open(path, flags, 0o600)
+        create_new_bytes(path, os.urandom(KEY_BYTES), private=True)
     except FileExistsError:
-        return  # another process made it first: use theirs
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(os.urandom(KEY_BYTES))
-        fh.flush()
-        os.fsync(fh.fileno())
+        pass  # another process made it first: use theirs
 
 
 @dataclass(frozen=True)
