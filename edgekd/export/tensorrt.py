@@ -36,7 +36,7 @@ def unavailable_reason() -> str | None:
 
     if not hasattr(trt, "Builder"):
         return f"the installed TensorRT {trt.__version__} is the lean runtime (no builder)"
-    return version_problem(trt)
+    return version_problem(trt.__version__)
 
 
 def require_tensorrt() -> Any:

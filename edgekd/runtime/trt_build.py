@@ -80,9 +80,8 @@ class BuiltEngine:
     layers: dict[str, int] | None = None
 
 
-def version_problem(trt: Any) -> str | None:
-    """None if `trt` (the imported module) is TensorRT >= MIN_TENSORRT, else why not."""
-    version = str(getattr(trt, "__version__", "unknown"))
+def version_problem(version: str) -> str | None:
+    """None if TensorRT `version` is >= MIN_TENSORRT, else why not."""
     major = version.split(".")[0]
     if major.isdigit() and int(major) >= MIN_TENSORRT:
         return None
@@ -92,7 +91,7 @@ def version_problem(trt: Any) -> str | None:
 
 def check_version(trt: Any) -> None:
     """BackendUnavailable unless `trt` is TensorRT >= MIN_TENSORRT."""
-    problem = version_problem(trt)
+    problem = version_problem(str(getattr(trt, "__version__", "unknown")))
     if problem is not None:
         raise BackendUnavailable(f"{problem}; {TENSORRT_HINT} (JetPack 6 or newer)")
 

@@ -181,6 +181,8 @@ def test_precisions_offered(bundle_path: Path, tmp_path: Path) -> None:
     ({**GPU_PROBE, "tensorrt": None},
      r"TensorRT is not installed; pip install 'edgekd\[tensorrt\]'"),
     ({**GPU_PROBE, "cuda_python": False}, r"needs cuda-python .* pip install cuda-python"),
+    ({**GPU_PROBE, "tensorrt": "8.6.2"}, r"TensorRT 8.6.2 is installed; edgekd needs TensorRT "
+                                         r">= 10 .*pip install 'edgekd\[tensorrt\]'"),
 ])
 def test_clear_error_when_a_piece_is_missing(monkeypatch: pytest.MonkeyPatch, probe: dict,
                                              message: str) -> None:
@@ -509,6 +511,19 @@ def test_tensorrt_older_than_10_is_refused(tmp_path: Path, version: str) -> None
     assert rec.calls == []
     build_engine(FakeTensorRT(version="10.0.1").module, tmp_path / "m.onnx", "int8", None,
                  "input", (3, 128))
+
+
+def test_runtime_refuses_a_tensorrt_older_than_10_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    # JetPack's TensorRT has no pip metadata: the probe says "unknown", the module tells
+    monkeypatch.setattr(trt_backend, "probe_cuda", lambda: {**GPU_PROBE, "tensorrt": "unknown"})
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", H100))
+    rec = _install(monkeypatch, FakeTensorRT(version="8.5.2"))
+    with pytest.raises(BackendUnavailable, match="TensorRT 8.5.2 is installed; edgekd needs "
+                                                 "TensorRT >= 10"):
+        trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert not [c for c in rec.calls if c[0] == "deserialize"]
 
 
 def test_tensorrt_10_network_is_weakly_typed_with_builder_flags(tmp_path: Path) -> None:

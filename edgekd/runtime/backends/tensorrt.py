@@ -44,7 +44,13 @@ from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
 from edgekd.runtime.cache_seal import CacheSeal
 from edgekd.runtime.probe import probe_cuda
-from edgekd.runtime.trt_build import build_engine, build_options, check_version, layer_devices
+from edgekd.runtime.trt_build import (
+    build_engine,
+    build_options,
+    check_version,
+    layer_devices,
+    version_problem,
+)
 
 NAME = "tensorrt"
 PACKAGE_HINT = (
@@ -161,7 +167,8 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str], cache
 
 # -- availability ------------------------------------------------------------------------------
 def check_available() -> None:
-    """BackendUnavailable unless a CUDA GPU, TensorRT and cuda-python are all present."""
+    """BackendUnavailable unless a CUDA GPU, TensorRT >= 10 and cuda-python are all present
+    (a TensorRT without pip metadata, JetPack's, is version-checked when it is imported)."""
     probe = probe_cuda()
     if not probe.get("cuda"):
         raise BackendUnavailable(
@@ -169,6 +176,10 @@ def check_available() -> None:
         )
     if not probe.get("tensorrt"):
         raise BackendUnavailable(f"TensorRT is not installed; {PACKAGE_HINT}")
+    too_old = (None if probe["tensorrt"] == "unknown"
+               else version_problem(str(probe["tensorrt"])))
+    if too_old is not None:
+        raise BackendUnavailable(f"{too_old}; {PACKAGE_HINT}")
     if not probe.get("cuda_python"):
         raise BackendUnavailable(
             "TensorRT inference here needs cuda-python (CUDA memory and streams without torch); "
