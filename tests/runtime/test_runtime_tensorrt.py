@@ -654,7 +654,9 @@ def test_tensorrt_matches_cpu_and_caches_the_engine(
         fp32 = load(bundle_path, backend="tensorrt", precision="fp32", cache_dir=tmp_path)
     assert "building a fp32 engine" in caplog.text
     cpu = model_of("onnxruntime", "fp32")
-    np.testing.assert_allclose(fp32.predict(x).probs, cpu.predict(x).probs, atol=1e-3)
+    # TF32 is off in fp32 engines: only reorderings separate them from ONNX Runtime's FP32
+    # (TF32 rounds matmul inputs to 10-bit mantissas: relative errors of order 1e-3)
+    np.testing.assert_allclose(fp32.predict(x).probs, cpu.predict(x).probs, atol=1e-4)
     caplog.clear()
     with caplog.at_level(logging.WARNING, "edgekd.runtime"):
         int8 = load(bundle_path, backend="tensorrt", precision="int8", cache_dir=tmp_path)
