@@ -184,17 +184,22 @@ def _build_tensorrt(job: _Export) -> Built | None:
     build = tgt.tensorrt_build(prec, dla_core=job.opts.dla_core)
     job.parts.sections["tensorrt_build"] = build
     reason = trt_export.unavailable_reason()
+    prof = build["profiles"]
+    batch = (f"batch {prof['max']}" if prof["min"] == prof["max"]
+             else f"batch {prof['min']}..{prof['max']}")
     if reason is not None:
         source = "model.int8.qdq.onnx" if prec == "int8" else "model.fp32.onnx"
         job.notices.append(
             f"TensorRT engine not built here ({reason}). The bundle carries {source} and "
             f"its build options (manifest tensorrt_build: {prec}, workspace "
-            f"{tgt.workspace_mib} MiB, batch 1..{tgt.max_batch}); the engine is built on the "
-            f"{tgt.name} device at first load and cached there."
+            f"{tgt.workspace_mib} MiB, {batch}"
+            + ("" if job.opts.dla_core is None else f", DLA core {job.opts.dla_core}")
+            + f"); the engine is built on the {tgt.name} device at first load and cached there."
         )
         return None
     feat = feature_shape(job.data.spec)
     stamp = trt_export.engine_stamp(trt_export.require_tensorrt().__version__, job.opts.dla_core)
+    extra: dict[str, Any] = {"stamp": stamp, "frontend": frontend, "backend": "tensorrt"}
     with job.steps.step(
         "tensorrt", f"build the TensorRT {prec} engine ({frontend}) for {stamp['gpu']}"
     ):
@@ -203,11 +208,19 @@ def _build_tensorrt(job: _Export) -> Built | None:
         else:
             onnx_path = job.built["onnx_qdq" if prec == "int8" else "onnx_fp32"]
             # the same per-device timing cache the runtime's first-load build uses
-            plan = trt_export.build_onnx_engine(
+            built = trt_export.build_onnx_engine(
                 onnx_path, prec, build, "input", feat,
                 timing_cache=timing_cache_path(cache_dir(), stamp),
             )  # fmt: skip
-    return Built(plan, {"stamp": stamp, "frontend": frontend, "backend": "tensorrt"})
+            plan = built.plan
+            if built.layers is not None:
+                extra["layers"] = built.layers
+                job.notices.append(
+                    f"TensorRT {prec} engine on DLA core {job.opts.dla_core}: "
+                    f"{built.layers['dla']} layers on the DLA, {built.layers['gpu']} on the GPU"
+                    f" ({batch} per call)"
+                )
+    return Built(plan, extra)
 
 
 FORMATS: dict[str, Format] = {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import BackendUnavailable, BundleError, ExportError
 from edgekd.runtime.probe import probe_cuda
-from edgekd.runtime.trt_build import TENSORRT_HINT, build_engine
+from edgekd.runtime.trt_build import TENSORRT_HINT, BuiltEngine, build_engine, version_problem
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +25,8 @@ TORCH_TENSORRT_HINT = "pip install torch-tensorrt (matching your torch and CUDA 
 
 
 def unavailable_reason() -> str | None:
-    """None when a CUDA GPU and a TensorRT with a builder are present, else why not (one line)."""
+    """None when a CUDA GPU and a TensorRT >= 10 with a builder are present, else why not (one
+    line)."""
     probe = probe_cuda()
     if not probe.get("cuda"):
         return f"no CUDA GPU: {probe.get('error') or 'the driver reports none'}"
@@ -35,7 +36,7 @@ def unavailable_reason() -> str | None:
 
     if not hasattr(trt, "Builder"):
         return f"the installed TensorRT {trt.__version__} is the lean runtime (no builder)"
-    return None
+    return version_problem(trt.__version__)
 
 
 def require_tensorrt() -> Any:
@@ -70,11 +71,12 @@ def build_onnx_engine(
     feature_shape: tuple[int, ...],
     *,
     timing_cache: Path | None = None,
-) -> bytes:
-    """Serialized engine from TensorRT's ONNX parser: `edgekd.runtime.trt_build.build_engine`
-    (options, precisions and the timing cache are documented there) once the probe has shown a
-    GPU and a full TensorRT. BackendUnavailable when one is missing; ExportError when this ONNX
-    cannot become an engine of `precision`."""
+) -> BuiltEngine:
+    """Engine from TensorRT's ONNX parser: `edgekd.runtime.trt_build.build_engine` (options,
+    precisions, DLA placement and the timing cache are documented there) once the probe has
+    shown a GPU and a full TensorRT >= 10. BackendUnavailable when one is missing; ExportError
+    when this ONNX cannot become an engine of `precision` (a DLA build with no layer on the DLA
+    included)."""
     trt = require_tensorrt()
     try:
         return build_engine(

@@ -3,12 +3,18 @@ accuracy budget, choose the fastest, and remember the choice per bundle and devi
 
 Budget: an artifact is a candidate when its accuracy drop against torch FP32 in the manifest's
 export report (`accuracy`) is at most the export's `--max-drop` (`export.options.max_drop`, in
-points); FP32 is the reference and always a candidate; a reduced precision the export did not
-measure (e.g. bf16) is not. Each candidate is compiled and timed for AUTO_ITERATIONS batch-1
-calls after AUTO_WARMUP; the lowest median wins. The choice is cached as JSON in
-`<cache_dir>/auto/<bundle digest>-<device stamp hash>.json`, the stamp being CPU model,
-machine, GPUs, backend library versions, threads and the competing backends: a new device,
-library or backend set measures again.
+points); FP32 is the reference and always a candidate. A reduced precision the export could not
+score (a TensorRT int8/fp16 engine when the export had no GPU, bf16) is measured here before it
+may compete (`measure_budget`): on the bundle's eval windows (inside or beside the bundle,
+labelled) its accuracy drop against the export's torch FP32 accuracy on the same windows, else
+on the golden windows its top-1 disagreement with the FP32 outputs stored there (an upper bound
+on the drop), must be within max_drop; what was measured is in the candidate's row. Each
+candidate is compiled and timed for AUTO_ITERATIONS batch-1 calls after AUTO_WARMUP; the lowest
+median wins. The choice is cached in `<cache_dir>/auto/<bundle digest>-<device stamp hash>.json`,
+sealed (`edgekd.runtime.cache_seal`) for this bundle's digest and signer and the device stamp
+(CPU model, machine, GPUs, backend library versions, threads and the competing backends): a new
+device, library or backend set, another bundle or signer, or an entry edited on disk measures
+again.
 """
 
 from __future__ import annotations
@@ -26,15 +32,17 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import BackendUnavailable, EdgeKDError
-from edgekd.io import atomic_write_json
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.backends import BACKENDS, PRECISION_PREFERENCE, Engine, backend_module
 from edgekd.runtime.bundle import PRECISIONS, Bundle
+from edgekd.runtime.cache_seal import CacheSeal
+from edgekd.runtime.model import Model
 from edgekd.runtime.probe import driver_library_present, probe_cuda
 
 AUTO_ITERATIONS = 30
 AUTO_WARMUP = 5
 _BACKEND_DISTS = ("onnxruntime", "openvino", "tensorrt")
+AUTO_KIND = "auto_precision"  # the cache seal's kind of a cached choice
 log = logging.getLogger("edgekd.runtime")
 
 OpenEngine = Callable[[str, str], Engine]  # (backend, precision) -> compiled engine
@@ -50,23 +58,74 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _report(manifest: dict[str, Any]) -> tuple[dict[str, Any], float | None, float | None]:
+    """(the export's accuracy report, its max_drop in points, torch FP32's accuracy), with
+    untrusted types read as absent."""
+    report = manifest.get("accuracy") if isinstance(manifest.get("accuracy"), dict) else {}
+    export = manifest.get("export") if isinstance(manifest.get("export"), dict) else {}
+    options = export.get("options") if isinstance(export.get("options"), dict) else {}
+    ref = report.get("torch_fp32") or report.get("fp32")
+    ref_acc = _number(ref.get("accuracy")) if isinstance(ref, dict) else None
+    return report, _number(options.get("max_drop")), ref_acc
+
+
 def budget(manifest: dict[str, Any], backend: str, precision: str) -> tuple[bool, str]:
     """(within the accuracy budget?, why) for `precision` on `backend`, from the manifest."""
     if precision == "fp32":
         return True, "fp32 is the reference"
-    report = manifest.get("accuracy") if isinstance(manifest.get("accuracy"), dict) else {}
-    export = manifest.get("export") if isinstance(manifest.get("export"), dict) else {}
-    options = export.get("options") if isinstance(export.get("options"), dict) else {}
-    max_drop = _number(options.get("max_drop"))
-    ref = report.get("torch_fp32") or report.get("fp32")
+    report, max_drop, ref_acc = _report(manifest)
     key = accuracy_key(backend, precision)
     entry = report.get(key)
-    ref_acc = _number(ref.get("accuracy")) if isinstance(ref, dict) else None
     acc = _number(entry.get("accuracy")) if isinstance(entry, dict) else None
     if max_drop is None or ref_acc is None or acc is None:
         return False, f"accuracy of {key} not measured at export"
     drop = round(100.0 * (ref_acc - acc), 6)
     return drop <= max_drop, f"{key} drops {drop:+.2f} points (limit {max_drop:g})"
+
+
+def scored_at_export(manifest: dict[str, Any], backend: str, precision: str) -> bool:
+    """Whether the export's report has a row for `precision` on `backend`."""
+    return isinstance(_report(manifest)[0].get(accuracy_key(backend, precision)), dict)
+
+
+def measure_budget(bundle: Bundle, engine: Engine) -> tuple[bool, str, dict[str, Any]]:
+    """(within budget?, why, what was measured) for an engine the export could not score, run
+    here on the bundle's windows: `{"eval": {"accuracy", "drop_points", "n"}}` on the labelled
+    eval windows (inside the bundle, else beside it if it matches the manifest) against the
+    export's torch FP32 accuracy on them, and `{"golden": {"top1_agreement", "max_abs_diff",
+    "n"}}` against the FP32 outputs in golden.npz. The eval drop decides when both exist, else
+    the golden disagreement (in points); nothing to measure on, or no max_drop / FP32 accuracy
+    in the manifest, is not within budget."""
+    _, max_drop, ref_acc = _report(bundle.manifest)
+    key = accuracy_key(engine.backend, engine.precision)
+    model = Model(bundle, engine, ModalitySpec.from_dict(bundle.modality), 0.0)
+    measured: dict[str, Any] = {}
+    golden = bundle.data_path("golden")
+    if golden is not None:
+        with np.load(golden, allow_pickle=False) as data:
+            x, ref = data["x"], data["probs"]
+        probs = model.predict(x).probs
+        measured["golden"] = {"top1_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
+                              "max_abs_diff": float(np.abs(probs - ref).max()), "n": len(x)}
+    held_out = bundle.data_path("eval") or bundle.beside_eval()[0]
+    if held_out is not None and ref_acc is not None:
+        with np.load(held_out, allow_pickle=False) as data:
+            x, y = data["x"], data["y"]
+        acc = float((model.predict(x).index == y).mean())
+        measured["eval"] = {"accuracy": acc, "drop_points": round(100.0 * (ref_acc - acc), 6),
+                            "n": len(x)}
+    if max_drop is None:
+        return False, f"{key} not scored at export and the manifest has no max_drop", measured
+    if "eval" in measured:
+        drop, n = measured["eval"]["drop_points"], measured["eval"]["n"]
+        return (drop <= max_drop, f"{key} measured here: drops {drop:+.2f} points on {n} eval "
+                f"windows (limit {max_drop:g})", measured)
+    if "golden" in measured:
+        off = round(100.0 * (1.0 - measured["golden"]["top1_agreement"]), 6)
+        n = measured["golden"]["n"]
+        return (off <= max_drop, f"{key} measured here: differs from FP32 on {off:.2f}% of {n} "
+                f"golden windows (limit {max_drop:g} points)", measured)
+    return False, f"{key} not scored at export and the bundle has no windows to measure", measured
 
 
 def cpu_fields() -> dict[str, str]:
@@ -107,12 +166,23 @@ def _cache_file(cache: Path, bundle: Bundle, stamp: dict[str, Any]) -> Path:
     return cache / "auto" / f"{bundle.digest[:16]}-{stamp_hash[:16]}.json"
 
 
-def _cached_choice(path: Path, bundle: Bundle, names: Sequence[str]) -> tuple[str, str] | None:
-    try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+def _cached_choice(seal: CacheSeal | None, path: Path, bundle: Bundle, stamp: dict[str, Any],
+                   names: Sequence[str]) -> tuple[str, str] | None:
+    """The cached (backend, precision) if `seal` vouches for the entry (this bundle, signer and
+    stamp, bytes unchanged) and it names a competing backend; else None (measure)."""
+    if seal is None:
         return None
-    if not isinstance(entry, dict) or entry.get("bundle_digest") != bundle.digest:
+    payload, why = seal.read(path, kind=AUTO_KIND, digest=bundle.digest, signer=bundle.signer,
+                             context=stamp)
+    if payload is None:
+        if why != "missing":
+            log.info("auto: cached choice %s not used (%s); measuring", path, why)
+        return None
+    try:
+        entry = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(entry, dict):
         return None
     choice = (entry.get("backend"), entry.get("precision"))
     return choice if choice[0] in names and choice[1] in PRECISIONS else None  # type: ignore
@@ -159,7 +229,8 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
     # call restricted to one backend, nor the reverse
     stamp = {**device_stamp(threads, with_gpu="tensorrt" in available), "backends": available}
     path = _cache_file(cache, bundle, stamp)
-    cached = _cached_choice(path, bundle, available)
+    seal = CacheSeal.for_cache(cache)  # None: a warning says why the choice is not cached
+    cached = _cached_choice(seal, path, bundle, stamp, available)
     if cached is not None:
         try:
             return open_engine(*cached), {"source": "cache", "cache_file": str(path)}
@@ -173,12 +244,16 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
         offered = module.precisions(bundle)
         for precision in sorted(offered, key=_preference):
             ok, why = budget(bundle.manifest, name, precision)
-            row: dict[str, Any] = {"backend": name, "precision": precision,
-                                   "within_budget": ok, "why": why}
+            row: dict[str, Any] = {"backend": name, "precision": precision}
             candidates.append(row)
+            engine = None
+            if not ok and not scored_at_export(bundle.manifest, name, precision):
+                engine = open_engine(name, precision)
+                ok, why, row["measured"] = measure_budget(bundle, engine)
+            row.update(within_budget=ok, why=why)
             if not ok:
                 continue
-            engine = open_engine(name, precision)
+            engine = engine or open_engine(name, precision)
             row["p50_ms"] = _median_ms(engine, features)
             if best is None or row["p50_ms"] < best[0]:
                 best = (row["p50_ms"], engine)
@@ -188,9 +263,12 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
                                  f"accuracy budget on {', '.join(available) or 'any backend'}"
                                  f" ({tried or 'no backend available'})")
     engine = best[1]
-    atomic_write_json(path, {"bundle_digest": bundle.digest, "stamp": stamp,
-                             "backend": engine.backend, "precision": engine.precision,
-                             "iterations": AUTO_ITERATIONS, "candidates": candidates})
+    if seal is not None:
+        entry = {"bundle_digest": bundle.digest, "stamp": stamp, "backend": engine.backend,
+                 "precision": engine.precision, "iterations": AUTO_ITERATIONS,
+                 "candidates": candidates}
+        seal.write(path, json.dumps(entry, indent=2).encode("utf-8"), kind=AUTO_KIND,
+                   digest=bundle.digest, signer=bundle.signer, context=stamp)
     return engine, {"source": "measured", "candidates": candidates, "cache_file": str(path)}
 
 

@@ -1,18 +1,22 @@
 """The one TensorRT engine builder: ONNX -> serialized engine (explicit int8 from the QDQ graph,
-FP16, FP32), used by the exporter and by the runtime's build at first load on the device.
+FP16, FP32 without TF32; optionally on a DLA core), used by the exporter and by the runtime's
+build at first load on the device. TensorRT 10 or newer (MIN_TENSORRT); older ones are refused.
 
 Torch-free, and TensorRT-free at import: callers pass the `tensorrt` module in, imported only
 after `edgekd.runtime.probe.probe_cuda` (a subprocess) has seen a driver and a GPU, because
 TensorRT segfaults instead of raising without one.
 
-Errors: BackendUnavailable when a piece is missing (a lean TensorRT runtime has no builder);
-BundleError when this ONNX cannot become an engine of this precision here (bad build options,
-parse or build failure). The exporter re-raises the latter as ExportError.
+Errors: BackendUnavailable when a piece is missing (a lean TensorRT runtime has no builder, a
+TensorRT older than MIN_TENSORRT); BundleError when this ONNX cannot become an engine of this
+precision here (bad build options, parse or build failure, a DLA build that put no layer on the
+DLA). The exporter re-raises the latter as ExportError.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,9 @@ from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.io import atomic_write_bytes
 
 TENSORRT_HINT = "pip install 'edgekd[tensorrt]' (on Jetson TensorRT comes with JetPack)"
+# TensorRT 10 is the first with only explicit batch and the name-based I/O tensor API
+# (set_tensor_address / execute_async_v3) the runner uses; JetPack 6 ships it.
+MIN_TENSORRT = 10
 # What a bundle without (parts of) `tensorrt_build` gets: batch 1..32, tuned for batch 1
 # (streaming), int8 strictly in int8.
 DEFAULT_BUILD: dict[str, Any] = {
@@ -34,7 +41,8 @@ def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
     """The manifest's `tensorrt_build` with DEFAULT_BUILD filling in what it lacks (`profiles`
     merged key by key), values normalised to int / bool; other keys are kept as they are.
     BundleError unless `workspace_mib` >= 1, 1 <= profiles min <= opt <= max and `dla_core`
-    (optional) is a core number."""
+    (optional) is a core number with a static batch profile (min == opt == max: DLA has no
+    dynamic shapes, so a dynamic profile puts every layer on the GPU fallback)."""
     given = dict(build or {})
     profiles = given.get("profiles", {})
     if not isinstance(profiles, Mapping):
@@ -54,9 +62,38 @@ def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
     dla = given.get("dla_core")
     if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int) or dla < 0):
         raise BundleError(f"tensorrt_build.dla_core must be a DLA core number >= 0, got {dla!r}")
+    if dla is not None and not lo == opt == hi:
+        raise BundleError(f"tensorrt_build.dla_core {dla} needs a static batch profile (min == "
+                          f"opt == max); got {dict(merged)}: DLA has no dynamic shapes, so every "
+                          f"layer would fall back to the GPU. Export again with --dla-core")
     return {**DEFAULT_BUILD, **given, "workspace_mib": workspace,
             "profiles": {"min": lo, "opt": opt, "max": hi},
             "fp16_fallback": bool(given.get("fp16_fallback", DEFAULT_BUILD["fp16_fallback"]))}
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    """A serialized engine and, for a DLA build, where its layers run: `{"dla": n, "gpu": m}`
+    as the engine inspector reports them (None for a GPU build)."""
+
+    plan: bytes
+    layers: dict[str, int] | None = None
+
+
+def version_problem(version: str) -> str | None:
+    """None if TensorRT `version` is >= MIN_TENSORRT, else why not."""
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) >= MIN_TENSORRT:
+        return None
+    return (f"TensorRT {version} is installed; edgekd needs TensorRT >= {MIN_TENSORRT} "
+            f"(explicit batch and the I/O tensor API)")
+
+
+def check_version(trt: Any) -> None:
+    """BackendUnavailable unless `trt` is TensorRT >= MIN_TENSORRT."""
+    problem = version_problem(str(getattr(trt, "__version__", "unknown")))
+    if problem is not None:
+        raise BackendUnavailable(f"{problem}; {TENSORRT_HINT} (JetPack 6 or newer)")
 
 
 def build_engine(
@@ -68,28 +105,40 @@ def build_engine(
     feature_shape: tuple[int, ...],
     *,
     timing_cache: Path | None = None,
-) -> bytes:
+) -> BuiltEngine:
     """Serialized TensorRT engine for `onnx_path`, with one optimization profile over the batch.
 
-    `trt`: the imported `tensorrt` module. `build`: the manifest's `tensorrt_build` section
-    (`workspace_mib`, `profiles` {min, opt, max} batch sizes, `fp16_fallback`; defaults from
-    DEFAULT_BUILD). int8 expects a QDQ graph: TensorRT takes every scale from the Q/DQ nodes
-    (explicit quantization, no calibrator); with `fp16_fallback` the layers the graph leaves
-    unquantized may run in FP16. With `dla_core` the engine runs on that DLA core, layers DLA
-    cannot run falling back to the GPU (fp16/int8 only). `input_name`: the ONNX input the
-    profile shapes as (batch, *feature_shape). `timing_cache`: a file (created if missing,
-    rewritten atomically) that makes rebuilds on the same device fast; key it by device,
-    TensorRT refuses foreign ones.
+    `trt`: the imported `tensorrt` module (>= MIN_TENSORRT). `build`: the manifest's
+    `tensorrt_build` section (`workspace_mib`, `profiles` {min, opt, max} batch sizes,
+    `fp16_fallback`, `dla_core`; defaults from DEFAULT_BUILD). Precisions: fp32 clears TF32
+    (on by default in a builder config) so that FP32 engines compute in FP32 like the reference
+    they are measured as; fp16 sets FP16; int8 expects a QDQ graph and sets INT8 (TensorRT 10's
+    weakly typed networks run the Q/DQ nodes in int8 only with it; the scales all come from the
+    graph, no calibrator), plus FP16 for the layers the graph leaves unquantized with
+    `fp16_fallback`. TensorRT 11 networks are strongly typed: no precision flags at all.
+
+    With `dla_core` the engine is built for that DLA core (default device DLA, GPU fallback for
+    layers DLA cannot run, fp16/int8 only, static batch profile), then deserialized on that core
+    and inspected: `layers` counts the layers on the DLA and on the GPU, and a build that put no
+    layer on the DLA is a BundleError. `input_name`: the ONNX input the profile shapes as
+    (batch, *feature_shape). `timing_cache`: a file (created if missing, rewritten atomically)
+    that makes rebuilds on the same device fast; key it by device, TensorRT refuses foreign
+    ones.
     """
     if precision not in PRECISIONS:
         raise BundleError(f"{onnx_path}: TensorRT precision must be one of "
                           f"{', '.join(PRECISIONS)}, got {precision!r}")
+    check_version(trt)
     if not hasattr(trt, "Builder"):
         raise BackendUnavailable(
             f"cannot build a TensorRT engine: TensorRT {trt.__version__} here is the lean runtime "
             f"(no builder); install the full TensorRT: {TENSORRT_HINT}"
         )
     opts = build_options(build)
+    dla = opts.get("dla_core")
+    if dla is not None and precision == "fp32":
+        raise BundleError(f"{onnx_path}: DLA runs fp16 or int8, not fp32 (tensorrt_build "
+                          f"dla_core {dla})")
     flags = _network_flags(trt, precision, onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -104,14 +153,14 @@ def build_engine(
     if _weakly_typed(trt):  # a strongly typed network takes its precisions from the graph
         for flag in _precision_flags(precision, opts["fp16_fallback"]):
             config.set_flag(getattr(trt.BuilderFlag, flag))
-
-    if opts.get("dla_core") is not None:
-        if precision == "fp32":
-            raise BundleError(f"{onnx_path}: DLA runs fp16 or int8, not fp32 (tensorrt_build "
-                              f"dla_core {opts['dla_core']})")
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if dla is not None:
         config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = opts["dla_core"]
+        config.DLA_core = dla
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        # the inspector names each layer's type only in a detailed engine
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
 
     prof = opts["profiles"]
     profile = builder.create_optimization_profile()
@@ -130,24 +179,72 @@ def build_engine(
         )
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    return bytes(plan)
+    plan = bytes(plan)
+    if dla is None:
+        return BuiltEngine(plan)
+    runtime = trt.Runtime(logger)
+    runtime.DLA_core = dla
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BundleError(f"the {precision} DLA engine built from {onnx_path} does not "
+                          f"deserialize on DLA core {dla} (see the TensorRT log)")
+    records = _engine_layers(trt, engine)
+    layers = _count_devices(records)
+    if layers["dla"] == 0:
+        kinds = sorted({str(r.get("LayerType")) if isinstance(r, dict) else "(name only)"
+                        for r in records})
+        raise BundleError(
+            f"{onnx_path}: TensorRT put none of the {layers['gpu']} layers of the {precision} "
+            f"engine on DLA core {dla}: all fell back to the GPU (layer types: "
+            f"{', '.join(kinds) or 'none reported'}); build without --dla-core, or see the "
+            f"TensorRT log for why DLA refused them"
+        )
+    return BuiltEngine(plan, layers)
+
+
+def _engine_layers(trt: Any, engine: Any) -> list[Any]:
+    """The engine inspector's per-layer records (dicts in a detailed engine, else names)."""
+    text = engine.create_engine_inspector().get_engine_information(
+        trt.LayerInformationFormat.JSON)
+    try:
+        info = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"the TensorRT engine inspector returned no JSON ({exc})") from exc
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    return layers if isinstance(layers, list) else []
+
+
+def _on_dla(layer: Any) -> bool:
+    """Whether an inspector layer record says it runs on a DLA: a DLA subgraph is one layer of
+    type "DLA" (or a record whose "Device" names DLA); anything else runs on the GPU."""
+    if not isinstance(layer, dict):
+        return False
+    return "DLA" in (str(layer.get("LayerType", "")).upper(),
+                     str(layer.get("Device", "")).upper())
+
+
+def _count_devices(records: list[Any]) -> dict[str, int]:
+    dla = sum(_on_dla(r) for r in records)
+    return {"dla": dla, "gpu": len(records) - dla}
+
+
+def layer_devices(trt: Any, engine: Any) -> dict[str, int]:
+    """`{"dla": n, "gpu": m}`: how many of a deserialized engine's layers run where."""
+    return _count_devices(_engine_layers(trt, engine))
 
 
 def _network_flags(trt: Any, precision: str, onnx_path: Path) -> int:
-    """Network creation flags. TensorRT < 10: explicit batch must be asked for (the only mode
-    from 10 on). TensorRT 10: weakly typed, precisions from builder flags (0). TensorRT 11
-    dropped weak typing: int8/fp32 networks are strongly typed (types from the Q/DQ graph) and
-    FP16 would need an FP16-typed ONNX, which export does not write."""
-    if not _weakly_typed(trt):
-        if precision == "fp16":
-            raise BundleError(
-                f"TensorRT {trt.__version__} builds FP16 only from an FP16-typed ONNX and "
-                f"{onnx_path} is not one; use int8 or fp32"
-            )
-        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if int(trt.__version__.split(".")[0]) < 10:
-        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    return 0
+    """Network creation flags. TensorRT 10: weakly typed, precisions from builder flags (0).
+    TensorRT 11 dropped weak typing: int8/fp32 networks are strongly typed (types from the Q/DQ
+    graph) and FP16 would need an FP16-typed ONNX, which export does not write."""
+    if _weakly_typed(trt):
+        return 0
+    if precision == "fp16":
+        raise BundleError(
+            f"TensorRT {trt.__version__} builds FP16 only from an FP16-typed ONNX and "
+            f"{onnx_path} is not one; use int8 or fp32"
+        )
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _weakly_typed(trt: Any) -> bool:
@@ -155,7 +252,7 @@ def _weakly_typed(trt: Any) -> bool:
 
 
 def _precision_flags(precision: str, fp16_fallback: bool) -> list[str]:
-    """BuilderFlag names to set for a weakly typed (TensorRT <= 10) network."""
+    """BuilderFlag names to set for a weakly typed (TensorRT 10) network."""
     if precision == "fp16":
         return ["FP16"]
     if precision == "int8":

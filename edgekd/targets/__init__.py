@@ -35,7 +35,8 @@ class Target:
     the board's (shared) memory; the optimization profile covers batches 1..max_batch and is tuned
     at opt_batch; `fp16_fallback` lets layers an int8 graph leaves unquantized run in FP16.
     `dla_cores`: how many Deep Learning Accelerator cores the board has (an engine may be built
-    for one of them, with GPU fallback for the layers DLA cannot run).
+    for one of them, with GPU fallback for the layers DLA cannot run; DLA has no dynamic shapes,
+    so such an engine takes exactly opt_batch windows per call).
     """
 
     name: str
@@ -78,9 +79,11 @@ class Target:
 
     def tensorrt_build(self, precision: str, *, dla_core: int | None = None) -> dict[str, Any]:
         """Engine build options as stored in the manifest (`tensorrt_build`) and read back by the
-        on-device build: precision, workspace (MiB), opset, the batch profile and, when
-        `dla_core` is given, the DLA core (with GPU fallback). ConfigError if this target has no
-        such DLA core or the precision cannot run on DLA (fp16 and int8 only)."""
+        on-device build: precision, workspace (MiB), opset, the batch profile (1..max_batch,
+        tuned at opt_batch) and, when `dla_core` is given, the DLA core (with GPU fallback) and
+        a static profile of opt_batch (min = opt = max: a dynamic one would put every layer on
+        the GPU). ConfigError if this target has no such DLA core or the precision cannot run
+        on DLA (fp16 and int8 only)."""
         if not self.uses_tensorrt:
             raise ConfigError(f"target {self.name!r} is not a TensorRT target")
         prec = self.resolve_precision(precision)
@@ -98,7 +101,8 @@ class Target:
             raise ConfigError(f"--dla-core {dla_core}: target {self.name!r} has {cores}")
         if prec == "fp32":
             raise ConfigError("--dla-core needs precision fp16 or int8: DLA does not run fp32")
-        return {**build, "dla_core": dla_core, "gpu_fallback": True}
+        static = {"min": self.opt_batch, "opt": self.opt_batch, "max": self.opt_batch}
+        return {**build, "profiles": static, "dla_core": dla_core, "gpu_fallback": True}
 
     def to_dict(self, precision: str) -> dict[str, Any]:
         """The manifest's `target` section."""

@@ -158,9 +158,66 @@ def test_real_int8_engine_from_the_qdq_model(
         pytest.skip(f"needs a CUDA GPU and TensorRT: {trt_export.unavailable_reason()}")
     ptq_onnx = request.getfixturevalue("ptq_onnx")  # only where it will be used
     build = get_target("x86-nvidia").tensorrt_build("int8")
-    plan = trt_export.build_onnx_engine(
+    built = trt_export.build_onnx_engine(
         ptq_onnx, "int8", build, "input", (3, 128), timing_cache=tmp_path / "timing.cache"
     )
-    assert len(plan) > 1000 and (tmp_path / "timing.cache").stat().st_size > 0
+    assert len(built.plan) > 1000 and (tmp_path / "timing.cache").stat().st_size > 0
+    assert built.layers is None  # a GPU build: no DLA placement to report
     stamp = trt_export.engine_stamp(probe_cuda()["tensorrt"])
     assert stamp["gpu"] and stamp["compute_capability"]
+
+
+def test_tensorrt_older_than_10_cannot_export(
+    fake_gpu: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _tensorrt(monkeypatch)
+    mod.__version__ = "8.6.1"  # JetPack 5
+    expected = "TensorRT 8.6.1 is installed; edgekd needs TensorRT >= 10"
+    assert (trt_export.unavailable_reason() or "").startswith(expected)
+    with pytest.raises(BackendUnavailable, match=f"cannot build a TensorRT engine: {expected}"):
+        trt_export.build_onnx_engine(Path("m.onnx"), "int8", {}, "input", (3, 128))
+
+
+def _job(dla_core: int | None, notices: list[str]) -> Any:
+    """The parts of an export job the TensorRT format builder reads (agx, int8, ONNX frontend)."""
+    from contextlib import nullcontext
+
+    from edgekd.modalities import ModalitySpec
+
+    spec = ModalitySpec.from_dict({"name": "accel", "kind": "timeseries", "rate_hz": 50,
+                                   "channels": 3, "window": 128, "hop": 64})
+    return types.SimpleNamespace(
+        tgt=get_target("jetson-agx-orin"), prec="int8", notices=notices,
+        opts=types.SimpleNamespace(trt_frontend="onnx", dla_core=dla_core),
+        parts=types.SimpleNamespace(sections={}), data=types.SimpleNamespace(spec=spec),
+        built={"onnx_qdq": Path("m.int8.qdq.onnx")},
+        steps=types.SimpleNamespace(step=lambda *a: nullcontext()),
+    )
+
+
+def test_dla_export_records_layers_per_device_or_leaves_the_build_to_the_board(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgekd.export.formats import _build_tensorrt
+    from edgekd.runtime.trt_build import BuiltEngine
+
+    notices: list[str] = []
+    monkeypatch.setattr(trt_export, "unavailable_reason", lambda: "no CUDA GPU: none")
+    job = _job(1, notices)
+    assert _build_tensorrt(job) is None
+    assert job.parts.sections["tensorrt_build"]["profiles"] == {"min": 8, "opt": 8, "max": 8}
+    assert "batch 8, DLA core 1); the engine is built on the jetson-agx-orin device" in notices[0]
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(trt_export, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda: types.SimpleNamespace(
+        __version__="10.3.0"))
+    monkeypatch.setattr(trt_export, "engine_stamp", lambda v, dla: {"gpu": "Orin", "dla": dla})
+    monkeypatch.setattr(trt_export, "build_onnx_engine", lambda path, prec, build, *a, **kw: (
+        seen.append(build) or BuiltEngine(b"PLAN", {"dla": 5, "gpu": 2})))
+    notices.clear()
+    built = _build_tensorrt(_job(1, notices))
+    assert built is not None and built.path == b"PLAN"
+    assert built.extra["layers"] == {"dla": 5, "gpu": 2} and seen[0]["dla_core"] == 1
+    assert notices == ["TensorRT int8 engine on DLA core 1: 5 layers on the DLA, 2 on the GPU "
+                       "(batch 8 per call)"]

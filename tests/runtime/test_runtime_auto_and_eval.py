@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,14 @@ import edgekd.runtime.bundle as bundle_mod
 import edgekd.runtime.probe as probe_mod
 from edgekd.errors import BackendUnavailable
 from edgekd.runtime import load, read_bundle
+from edgekd.runtime.backends import Engine, backend_module
 from edgekd.runtime.bench import run_benchmark
+from edgekd.runtime.cache_seal import SIDECAR_SUFFIX, sidecar
+
+
+def _entries(cache: Path) -> list[Path]:
+    """The cached auto choices (not their seals)."""
+    return sorted(f for f in (cache / "auto").iterdir() if not f.name.endswith(SIDECAR_SUFFIX))
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +102,10 @@ def test_precision_auto_measures_once_then_uses_the_cache(bundle_path: Path, tmp
     timed = [c for c in sel["candidates"] if "p50_ms" in c]
     assert {c["precision"] for c in timed} == {"int8", "fp32"}
     assert model.precision == min(timed, key=lambda c: c["p50_ms"])["precision"]
-    (cached_file,) = (cache / "auto").iterdir()
+    (cached_file,) = _entries(cache)
     entry = json.loads(cached_file.read_text())
     assert entry["bundle_digest"] == model.bundle.digest and entry["precision"] == model.precision
+    assert json.loads(sidecar(cached_file).read_text())["kind"] == autoselect.AUTO_KIND
 
     def no_timing(*_a: object) -> float:
         raise AssertionError("a cached choice must not be measured again")
@@ -110,7 +119,7 @@ def test_precision_auto_measures_once_then_uses_the_cache(bundle_path: Path, tmp
     both = load(bundle_path, backend="auto", precision="auto", cache_dir=cache)
     assert both.selection["source"] == "measured"  # other competitors: its own cache entry
     assert {c["backend"] for c in both.selection["candidates"]} == {"openvino", "onnxruntime"}
-    assert len(list((cache / "auto").iterdir())) == 2
+    assert len(_entries(cache)) == 2
 
 
 def test_precision_auto_with_nothing_in_budget_is_refused(bundle_path: Path, tmp_path: Path,
@@ -152,3 +161,104 @@ def test_auto_backend_skips_the_cuda_probe_without_a_driver(
 
     monkeypatch.setattr(probe_mod, "_run_probe", no_probe)
     assert load(bundle_path, backend="auto", cache_dir=cache_root).backend == "openvino"
+
+
+def test_auto_choice_edited_by_hand_or_copied_is_measured_again(
+        bundle_path: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = load(bundle_path, backend="onnxruntime", precision="auto", cache_dir=cache)
+    (entry,) = _entries(cache)
+    other = "fp32" if first.precision == "int8" else "int8"
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "precision": other}))  # "choose mine"
+    again = load(bundle_path, backend="onnxruntime", precision="auto", cache_dir=cache)
+    assert again.selection["source"] == "measured"
+    # what the cache held before seals: a plain JSON anyone could write
+    sidecar(entry).unlink()
+    entry.write_text(json.dumps({**record, "precision": other}))
+    assert load(bundle_path, backend="onnxruntime", precision="auto",
+                cache_dir=cache).selection["source"] == "measured"
+    # another bundle's sealed entry copied to this bundle's name is not this bundle's choice
+    b = read_bundle(bundle_path, verify=False)
+    twin = dataclasses.replace(b, digest="0" * 64)
+    open_one = lambda name, prec: backend_module(name).open(  # noqa: E731
+        b, prec, threads=None, cache_dir=cache)
+    _, sel = autoselect.choose(twin, "onnxruntime", None, cache, open_one)
+    assert sel["source"] == "measured"
+    (mine, theirs) = (Path(sel["cache_file"]), entry)
+    mine.write_bytes(theirs.read_bytes())
+    sidecar(mine).write_bytes(sidecar(theirs).read_bytes())
+    assert autoselect.choose(twin, "onnxruntime", None, cache, open_one)[1]["source"] == "measured"
+    assert autoselect.choose(b, "onnxruntime", None, cache, open_one)[1]["source"] == "cache"
+
+
+def _stand_in_tensorrt(bundle: object, cache: Path, monkeypatch: pytest.MonkeyPatch
+                       ) -> tuple[list[tuple[str, str]], autoselect.OpenEngine]:
+    """TensorRT "on a GPU" whose engines are stand-ins over the FP32 ONNX on ONNX Runtime:
+    int8 and fp32 give FP32's logits, fp16 gives garbage (the negated logits: always the least
+    likely class) and is the fastest. Returns the engines opened and the opener."""
+    trt = backend_module("tensorrt")
+    monkeypatch.setattr(trt, "check_available", lambda: None)
+    monkeypatch.setattr(trt, "precisions", lambda b: ["int8", "fp16", "fp32"])
+    monkeypatch.setattr(autoselect, "probe_cuda", lambda: {"gpus": [{"name": "Orin"}]})
+    speed = {"int8": 0.5, "fp16": 0.1, "fp32": 1.0}
+    monkeypatch.setattr(autoselect, "_median_ms", lambda engine, f: speed[engine.precision])
+    reference = backend_module("onnxruntime").open(bundle, "fp32", threads=1, cache_dir=cache)
+    opened: list[tuple[str, str]] = []
+
+    def open_engine(name: str, precision: str) -> Engine:
+        assert name == "tensorrt"
+        opened.append((name, precision))
+
+        def new_runner():  # type: ignore[no-untyped-def]
+            run = reference.new_runner()
+            return (lambda f: -run(f)) if precision == "fp16" else run
+
+        return Engine("tensorrt", precision, f"stand-in {precision}", new_runner,
+                      reference.max_batch)
+
+    return opened, open_engine
+
+
+def test_auto_measures_engines_the_export_could_not_score(
+        bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = read_bundle(bundle_path)
+    assert not any(k.endswith("_tensorrt") for k in b.manifest["accuracy"])  # no GPU at export
+    cache = tmp_path / "cache"
+    opened, open_engine = _stand_in_tensorrt(b, cache, monkeypatch)
+    engine, sel = autoselect.choose(b, "tensorrt", None, cache, open_engine)
+    assert (engine.backend, engine.precision) == ("tensorrt", "int8")
+    rows = {c["precision"]: c for c in sel["candidates"]}
+    ref = b.manifest["accuracy"]["fp32"]["accuracy"]  # the synthetic bundle's FP32 row
+    assert rows["int8"]["within_budget"] is True
+    assert rows["int8"]["measured"]["eval"] == {"accuracy": ref, "drop_points": 0.0, "n": 96}
+    assert rows["int8"]["measured"]["golden"]["top1_agreement"] == 1.0
+    assert rows["int8"]["why"] == ("int8_tensorrt measured here: drops +0.00 points on 96 eval "
+                                   "windows (limit 5)")
+    garbage = rows["fp16"]
+    assert garbage["within_budget"] is False and "p50_ms" not in garbage  # fastest, refused
+    assert garbage["measured"]["golden"]["top1_agreement"] == 0.0
+    assert garbage["measured"]["eval"]["drop_points"] > 5
+    assert rows["fp32"] == {"backend": "tensorrt", "precision": "fp32", "within_budget": True,
+                            "why": "fp32 is the reference", "p50_ms": 1.0}
+    # the measured choice is cached sealed: the next load neither opens nor measures
+    opened.clear()
+    assert autoselect.choose(b, "tensorrt", None, cache, open_engine)[1]["source"] == "cache"
+    assert opened == [("tensorrt", "int8")]
+
+
+def test_auto_without_eval_windows_measures_on_the_golden_ones(
+        bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = read_bundle(bundle_path)
+    manifest = {k: v for k, v in full.manifest.items() if k not in ("eval", "eval_beside")}
+    b = dataclasses.replace(full, manifest=manifest)
+    cache = tmp_path / "cache"
+    _, open_engine = _stand_in_tensorrt(b, cache, monkeypatch)
+    engine, sel = autoselect.choose(b, "tensorrt", None, cache, open_engine)
+    assert engine.precision == "int8"
+    rows = {c["precision"]: c for c in sel["candidates"]}
+    assert set(rows["int8"]["measured"]) == {"golden"}
+    assert rows["int8"]["why"] == ("int8_tensorrt measured here: differs from FP32 on 0.00% of 8 "
+                                   "golden windows (limit 5 points)")
+    assert rows["fp16"]["within_budget"] is False
+    assert "differs from FP32 on 100.00% of 8 golden windows" in rows["fp16"]["why"]

@@ -4,15 +4,23 @@ Engines are not portable across GPUs or TensorRT versions, so each is stamped wi
 version, CUDA runtime version, GPU name, compute capability, the L4T release on Jetson, the DLA
 core when built for one). The driver version is not in the stamp: a driver update runs the same
 engines and must not force a rebuild. On load: a bundled engine whose stamp matches this device
-and whose bytes match the manifest's sha256 is used; else an engine cached in
-`<cache_dir>/tensorrt/` whose sidecar stamp, ONNX hash and engine sha256 match; else one is
-built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build` options by
-`edgekd.runtime.trt_build.build_engine` (the exporter's builder too; the per-device timing cache
-sits beside the cached engines), cached with its sha256, and a notice is logged. A foreign,
-stale, altered or undeserializable engine is rebuilt, never a crash; where this TensorRT cannot
-build (the lean runtime) that is a BundleError naming why the engine was refused. Nothing
-CUDA-related is touched before `probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults
-rather than raising when no driver is present.
+and whose bytes match the manifest's sha256 is used; else the engine cached in
+`<cache_dir>/tensorrt/` if its seal (`edgekd.runtime.cache_seal`: this bundle's digest and
+signer, the device stamp, the ONNX sha256, the precision and the build options) matches; else
+one is built from the QDQ (int8) or FP32 ONNX with the manifest's `tensorrt_build` options by
+`edgekd.runtime.trt_build.build_engine` (the exporter's builder too; the per-device timing cache,
+which TensorRT validates itself, sits beside the cached engines), cached sealed, and a notice is
+logged. The bytes deserialized are the bytes checked: files are read once, never reopened. A
+foreign, stale, altered, unsealed or undeserializable engine is rebuilt, never a crash; where
+this TensorRT cannot build (the lean runtime) that is a BundleError naming why the engine was
+refused. TensorRT older than 10 is refused (BackendUnavailable). Nothing CUDA-related is touched
+before `probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults rather than raising when no
+driver is present.
+
+DLA (`tensorrt_build.dla_core`): the runtime is pointed at that core (`Runtime.DLA_core`) before
+it deserializes, the engine has a static batch (smaller calls are zero-padded to it), and the
+number of layers on the DLA and on the GPU, read from the engine inspector, is in the engine's
+details.
 
 Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
@@ -32,11 +40,17 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import BackendUnavailable, BundleError
-from edgekd.io import atomic_write_bytes, atomic_write_json
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
-from edgekd.runtime.bundle import Artifact, Bundle, sha256_file
+from edgekd.runtime.bundle import Artifact, Bundle
+from edgekd.runtime.cache_seal import CacheSeal
 from edgekd.runtime.probe import probe_cuda
-from edgekd.runtime.trt_build import build_engine, build_options
+from edgekd.runtime.trt_build import (
+    build_engine,
+    build_options,
+    check_version,
+    layer_devices,
+    version_problem,
+)
 
 NAME = "tensorrt"
 PACKAGE_HINT = (
@@ -47,6 +61,7 @@ PACKAGE_HINT = (
 # Jetson, no DLA core for a GPU engine).
 STAMP_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda_runtime", "jetpack_l4t", "dla_core")
 TIMING_KEYS = ("tensorrt", "gpu", "compute_capability", "cuda_runtime")  # timing cache validity
+ENGINE_KIND = "tensorrt_engine"  # the cache seal's kind of a cached engine
 log = logging.getLogger("edgekd.runtime")
 
 
@@ -90,8 +105,8 @@ def _device_key(device: dict[str, str], keys: tuple[str, ...]) -> str:
 
 def engine_cache_path(cache_root: Path, onnx_sha256: str, precision: str,
                       device: dict[str, str]) -> Path:
-    """Cache file of the engine for this ONNX, precision and device; its stamp sits beside it
-    in `<same name>.json`."""
+    """Cache file of the engine for this ONNX, precision and device; its seal sits beside it
+    (`edgekd.runtime.cache_seal.sidecar`)."""
     return (Path(cache_root) / "tensorrt"
             / f"{onnx_sha256[:16]}-{precision}-{_device_key(device, STAMP_KEYS)}.engine")
 
@@ -107,15 +122,26 @@ def onnx_source(bundle: Bundle, precision: str) -> Artifact | None:
     return bundle.find("onnx", "int8" if precision == "int8" else "fp32", NAME)
 
 
-def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
-                   cache_root: Path) -> tuple[Path | None, Path | None, list[str]]:
-    """(engine to deserialize or None, cache path a (re)build goes to or None, notices).
+def cache_context(device: dict[str, str], onnx_sha256: str, precision: str,
+                  build: dict[str, Any]) -> dict[str, Any]:
+    """What a cached engine is sealed with besides the bundle: the device stamp, the ONNX it was
+    built from, the precision and the build options (workspace, profile, fallback, DLA core)."""
+    return {"device": device, "onnx_sha256": onnx_sha256, "precision": precision,
+            "build": build}
+
+
+def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str], cache_root: Path,
+                   seal: CacheSeal | None, build: dict[str, Any],
+                   ) -> tuple[bytes | None, str | None, Path | None, list[str]]:
+    """(engine bytes to deserialize or None, where they came from, cache path a (re)build goes
+    to or None, notices).
 
     Order: a bundled engine of this precision whose stamp matches (its bytes are checked against
     the manifest's sha256 by `bundle.path`: an altered engine is a BundleError, never loaded);
-    then the cached engine whose sidecar stamp, ONNX hash and engine sha256 match; else
-    (None, cache path): build. The cache path is None only when the bundle has no ONNX to build
-    from. Every engine passed over gets a notice saying why.
+    then the cached engine if `seal` (None: the cache is bypassed) vouches for it for this
+    bundle, signer and `cache_context`; else (None, None, cache path): build. The cache path is
+    None only when the bundle has no ONNX to build from. Every engine passed over gets a notice
+    saying why. The bytes returned are the ones checked: deserialize them, never reopen the file.
     """
     notices = []
     source = onnx_source(bundle, precision)
@@ -125,27 +151,24 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str],
         if a.format == "tensorrt_engine" and a.precision == precision:
             why = stamp_mismatch(a.extra.get("stamp"), device)
             if why is None:
-                return bundle.path(a), cached, notices
+                path = bundle.path(a)  # checks the sha256; the bytes are then read once
+                return path.read_bytes(), str(path), cached, notices
             notices.append(f"ignoring bundled engine {a.path}: {why}")
-    if cached is not None and cached.is_file():
-        try:
-            meta = json.loads(cached.with_suffix(".json").read_text())
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        why = stamp_mismatch(meta.get("stamp"), device)
-        if why is None and meta.get("onnx_sha256") != source.sha256:
-            why = "built from another model"
-        if why is None and meta.get("engine_sha256") != sha256_file(cached):
-            why = "its bytes do not match the sha256 recorded when it was built"
-        if why is None:
-            return cached, cached, notices
-        notices.append(f"cached engine {cached} is stale ({why})")
-    return None, cached, notices
+    if cached is not None and seal is not None and source is not None:
+        plan, why = seal.read(cached, kind=ENGINE_KIND, digest=bundle.digest,
+                              signer=bundle.signer,
+                              context=cache_context(device, source.sha256, precision, build))
+        if plan is not None:
+            return plan, str(cached), cached, notices
+        if why != "missing":
+            notices.append(f"cached engine {cached} is not used ({why})")
+    return None, None, cached, notices
 
 
 # -- availability ------------------------------------------------------------------------------
 def check_available() -> None:
-    """BackendUnavailable unless a CUDA GPU, TensorRT and cuda-python are all present."""
+    """BackendUnavailable unless a CUDA GPU, TensorRT >= 10 and cuda-python are all present
+    (a TensorRT without pip metadata, JetPack's, is version-checked when it is imported)."""
     probe = probe_cuda()
     if not probe.get("cuda"):
         raise BackendUnavailable(
@@ -153,6 +176,10 @@ def check_available() -> None:
         )
     if not probe.get("tensorrt"):
         raise BackendUnavailable(f"TensorRT is not installed; {PACKAGE_HINT}")
+    too_old = (None if probe["tensorrt"] == "unknown"
+               else version_problem(str(probe["tensorrt"])))
+    if too_old is not None:
+        raise BackendUnavailable(f"{too_old}; {PACKAGE_HINT}")
     if not probe.get("cuda_python"):
         raise BackendUnavailable(
             "TensorRT inference here needs cuda-python (CUDA memory and streams without torch); "
@@ -206,11 +233,15 @@ def io_tensor_names(trt: Any, engine: Any, where: Path) -> tuple[str, str]:
 
 class _Runner:
     """One execution context + CUDA stream + device buffers; not thread-safe. TensorRT reports
-    a refused shape or address by returning False: each is checked and raised as BundleError."""
+    a refused shape or address by returning False: each is checked and raised as BundleError.
+    Fewer than `min_batch` windows (a static DLA profile) are zero-padded up to it; the
+    padding's outputs are dropped."""
 
     def __init__(self, engine: Any, cudart: Any, in_name: str, out_name: str,
-                 feature_shape: tuple[int, ...], num_classes: int, max_batch: int) -> None:
+                 feature_shape: tuple[int, ...], num_classes: int, max_batch: int,
+                 min_batch: int = 1) -> None:
         self._cudart, self._in, self._k, self._engine = cudart, in_name, num_classes, engine
+        self._min_batch = min_batch
         self._ctx = engine.create_execution_context()
         self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._d_in = _check(cudart, cudart.cudaMalloc(max_batch * int(np.prod(feature_shape)) * 4),
@@ -225,6 +256,10 @@ class _Runner:
     def __call__(self, features: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         kind = cudart.cudaMemcpyKind
+        n = features.shape[0]
+        if n < self._min_batch:
+            pad = np.zeros((self._min_batch - n, *features.shape[1:]), dtype=features.dtype)
+            features = np.concatenate([features, pad])
         if not self._ctx.set_input_shape(self._in, features.shape):
             lo, opt, hi = (tuple(s) for s in self._engine.get_tensor_profile_shape(self._in, 0))
             raise BundleError(f"TensorRT refused input shape {tuple(features.shape)} for "
@@ -240,7 +275,7 @@ class _Runner:
             out.ctypes.data, self._d_out, out.nbytes, kind.cudaMemcpyDeviceToHost,
             self._stream), "device-to-host copy")
         _check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return out
+        return out[:n]
 
 
 def _free(cudart: Any, stream: Any, *buffers: Any) -> None:
@@ -256,46 +291,58 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
 
     check_available()
     trt = import_or_unavailable("tensorrt", NAME, PACKAGE_HINT)
+    check_version(trt)
     cudart = _cudart()
     build = build_options(bundle.manifest.get("tensorrt_build"))
+    dla = build.get("dla_core")
     device = device_stamp(probe_cuda(), trt.__version__, cuda_runtime_version(cudart),
-                          dla_core=build.get("dla_core"))
+                          dla_core=dla)
     cache_root = cache_dir or default_cache_dir()
-    path, build_to, notices = resolve_engine(bundle, precision, device, cache_root)
+    seal = CacheSeal.for_cache(cache_root)  # None: a warning says why the cache is bypassed
+    plan, where, build_to, notices = resolve_engine(bundle, precision, device, cache_root, seal,
+                                                    build)
     for note in notices:
         log.warning("TensorRT: %s", note)
-    if path is None and notices and not hasattr(trt, "Builder"):
+    if plan is None and notices and not hasattr(trt, "Builder"):
         raise BundleError(f"{bundle.root}: no usable {precision} TensorRT engine ("
                           f"{'; '.join(notices)}) and TensorRT {trt.__version__} here is the "
                           f"lean runtime, which cannot rebuild it; {PACKAGE_HINT}")
     feat = feature_shape(ModalitySpec.from_dict(bundle.modality))
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path is not None else None
-    if path is not None and engine is None:
-        log.warning("TensorRT: engine %s does not deserialize on this device; rebuilding", path)
+    if dla is not None:
+        runtime.DLA_core = dla  # a DLA engine runs on the core its runtime names when it loads
+    engine = runtime.deserialize_cuda_engine(plan) if plan is not None else None
+    if plan is not None and engine is None:
+        log.warning("TensorRT: engine %s does not deserialize on this device; rebuilding", where)
     if engine is None:
         source = onnx_source(bundle, precision)
         if source is None or build_to is None:  # both None together; the check narrows types
             raise BundleError(f"{bundle.root}: no {precision} ONNX to build a TensorRT engine from")
         log.warning("TensorRT: building a %s engine for %s from %s (first load on this device; "
-                    "cached at %s)", precision, device["gpu"], source.path, build_to)
-        plan = build_engine(trt, bundle.path(source), precision, build,
-                            bundle.manifest["io"]["input"]["name"], feat,
-                            timing_cache=timing_cache_path(cache_root, device))
-        atomic_write_bytes(build_to, plan)
-        atomic_write_json(build_to.with_suffix(".json"),
-                          {"stamp": device, "onnx_sha256": source.sha256, "precision": precision,
-                           "engine_sha256": hashlib.sha256(plan).hexdigest()})
-        engine = runtime.deserialize_cuda_engine(plan)
-        path = build_to
-    in_name, out_name = io_tensor_names(trt, engine, path)
-    max_batch = build["profiles"]["max"]
+                    "cached at %s)", precision, device["gpu"], source.path,
+                    build_to if seal is not None else "nowhere: the cache is bypassed")
+        built = build_engine(trt, bundle.path(source), precision, build,
+                             bundle.manifest["io"]["input"]["name"], feat,
+                             timing_cache=timing_cache_path(cache_root, device))
+        if seal is not None:
+            seal.write(build_to, built.plan, kind=ENGINE_KIND, digest=bundle.digest,
+                       signer=bundle.signer,
+                       context=cache_context(device, source.sha256, precision, build))
+        engine = runtime.deserialize_cuda_engine(built.plan)
+        if engine is None:
+            raise BundleError(f"{bundle.root}: the {precision} TensorRT engine just built from "
+                              f"{source.path} does not deserialize (see the TensorRT log)")
+        where = str(build_to)
+    in_name, out_name = io_tensor_names(trt, engine, Path(str(where)))
+    prof = build["profiles"]
     k = len(bundle.labels)
+    details: dict[str, Any] = {"device": device, "engine": where, "io": [in_name, out_name]}
+    if dla is not None:
+        details["layers"] = layer_devices(trt, engine)
 
     def new_runner() -> Runner:
-        return _Runner(engine, cudart, in_name, out_name, feat, k, max_batch)
+        return _Runner(engine, cudart, in_name, out_name, feat, k, prof["max"], prof["min"])
 
-    return Engine(backend=NAME, precision=precision, artifact=str(path), new_runner=new_runner,
-                  max_batch=max_batch,
-                  details={"device": device, "engine": str(path), "io": [in_name, out_name]})
+    return Engine(backend=NAME, precision=precision, artifact=str(where), new_runner=new_runner,
+                  max_batch=prof["max"], details=details)
