@@ -4,15 +4,22 @@ Digest: sha256 of the canonical manifest, i.e. the manifest without its `digest`
 as JSON with sorted keys, no whitespace (separators `,` and `:`), non-ASCII kept as UTF-8, NaN and
 infinity refused. It is stored in the manifest as `"digest": {"algorithm": "sha256", "value":
 HEX}`. Every file entry of the manifest holds that file's sha256, so the digest pins every byte
-the runtime may load.
+the runtime may load. Without trusted keys the digest only detects accidents (a truncated copy,
+a flipped bit, a careless edit): whoever can change the manifest can recompute it. Manifests and
+signature records are parsed strictly (`strict_json`): a duplicate key, NaN, or a lone surrogate
+is refused, so one file cannot mean two things to two parsers.
 
 Signature: `signature.json` beside `manifest.json`, `{"algorithm": "ed25519", "key_id",
 "manifest_sha256", "signature"}`; the signature (base64) is Ed25519 over SIGNED_PREFIX + the
 digest's hex ASCII. `key_id` is the first 16 hex digits of sha256(raw 32-byte public key).
 Signing adds that file only, so a bundle can be signed after export without changing its digest.
 
-Keys are PEM files: PKCS#8 private key (written mode 0600), SubjectPublicKeyInfo public key.
-The `cryptography` package is imported only when a key is used.
+Rollback: a signed bundle older (manifest `version`) than the newest one of the same signer read
+on this device is refused (`check_rollback`; a sealed record per signer in the cache folder).
+
+Keys are PEM files: PKCS#8 private key (written mode 0600, and refused for signing when group or
+others may read it), SubjectPublicKeyInfo public key. The `cryptography` package is imported
+only when a key is used.
 """
 
 from __future__ import annotations
