@@ -280,3 +280,66 @@ def test_openvino_cache_is_sealed_and_an_edited_blob_is_recompiled(bundle_path: 
     # OpenVINO's own cache (CACHE_DIR) is not used: only sealed entries are there
     assert sorted(p.name for p in (cache / "openvino").iterdir()) == [
         blob.name, blob.name + ".seal.json"]
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): both paths exist at every instant (how the writer publishes)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        pytest.skip("this C library has no renameat2")
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        pytest.skip(f"renameat2(RENAME_EXCHANGE) unsupported here: {os.strerror(err)}")
+
+
+def _variant(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` with other golden windows (so every file of the two is not the same)
+    and a higher version, re-digested: what the next export would publish."""
+    import hashlib
+
+    shutil.copytree(bundle, out)
+    golden = dict(np.load(out / "golden.npz"))
+    np.savez(out / "golden.npz", **{k: v[:4] for k, v in golden.items()})
+    data = (out / "golden.npz").read_bytes()
+    manifest = _manifest(out)
+    manifest["golden"].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    manifest["version"] += 1
+    manifest["digest"] = digest_entry(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_a_load_loop_never_fails_while_bundles_are_published(bundle_copy: Path,
+                                                             tmp_path: Path) -> None:
+    """Two bundles published in turn under one path; every load reads one of them whole."""
+    import threading
+
+    _exchange(bundle_copy, bundle_copy)  # skips where the exchange is unavailable
+    sources = [tmp_path / "a.edgekd", _variant(bundle_copy, tmp_path / "b.edgekd")]
+    shutil.copytree(bundle_copy, sources[0])
+    done, errors = threading.Event(), []
+
+    def publish() -> None:
+        for i in range(30):
+            staging = tmp_path / f"staging{i}"
+            shutil.copytree(sources[i % 2], staging)
+            _exchange(staging, bundle_copy)
+            shutil.rmtree(staging)  # the old bundle, deleted under the readers
+        done.set()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    loads = 0
+    try:
+        while not done.is_set() or loads < 5:
+            check = load(bundle_copy, backend="onnxruntime", precision="int8").self_check()
+            assert check["n"] in (4, 8) and check["top1_agreement"] >= 0.75
+            loads += 1
+    except Exception as exc:  # reported once the publisher has stopped
+        errors.append(exc)
+    publisher.join()
+    assert not errors, errors[0]
