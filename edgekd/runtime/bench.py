@@ -352,8 +352,10 @@ def run_benchmark(
     `reference`: features (B, *feature_shape) float32 -> logits (B, K), e.g. a torch model in
     eval mode wrapped by the caller; measured as a row named `reference_name` with backend
     "reference" (model-only figures and accuracy; no load time, no stream).
-    `load_s` of the other rows is what `load` costs after the bundle was read: hashing the
-    artifact the first time a row uses it, and compiling. `cold`: add each row's cold start
+    `load_s` of the other rows is what `load` costs after the bundle was read: reading and
+    hashing the row's artifact, and compiling (or importing a sealed OpenVINO blob from
+    `cache_dir`, which also keeps the rollback record of signed bundles). `cold`: add each
+    row's cold start
     (`cold_start`). `trusted_keys` as for `load`. The report's `recommendation` is what
     `precision="auto"` would pick from these rows; `notes` says e.g. why accuracy is missing.
     Unavailable backends are listed under `skipped` when `backends` is "all", else raise.
@@ -367,7 +369,7 @@ def run_benchmark(
         if p != "all" and p not in PRECISIONS:
             raise ConfigError(f"unknown precision {p!r}; choose all or {', '.join(PRECISIONS)}")
     keys = resolve_trusted_keys(trusted_keys)
-    b = read_bundle(bundle, verify=False, trusted_keys=keys)
+    b = read_bundle(bundle, verify=False, trusted_keys=keys, cache_dir=cache_dir)
     spec = ModalitySpec.from_dict(b.modality)
     x, y, note = _inputs(b, spec)
     k = len(b.labels)
