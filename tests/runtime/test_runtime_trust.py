@@ -145,6 +145,15 @@ def test_invalid_values_are_a_bundle_error(bundle_copy: Path, value: str, messag
         read_bundle(bundle_copy, verify=False)
 
 
+def test_a_manifest_without_digest_is_refused_for_what_it_is(bundle_copy: Path) -> None:
+    manifest = _manifest(bundle_copy)
+    del manifest["digest"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"field 'digest' missing: the manifest has no digest, "
+                                          r"so not even accidental corruption would be detected"):
+        read_bundle(bundle_copy, verify=False)
+
+
 # -- a publish during a load -------------------------------------------------------------------
 def test_a_load_restarts_when_a_publish_replaces_the_folder_mid_read(
         bundle_copy: Path, bundle_path: Path, tmp_path: Path,
