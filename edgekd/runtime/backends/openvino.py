@@ -10,8 +10,9 @@ The model is compiled from the bundle's checked bytes (never reopened by path). 
 CACHE_DIR is not used: it would load blobs it finds there unchecked. Instead the compiled model is
 exported and kept in `<cache_dir>/openvino/` sealed with the cache's CacheSeal (bound to the
 bundle digest, signer, artifact, CPU, OpenVINO version and compile config); a later load imports
-it only when the seal matches, anything else is compiled again (import is about 20x faster than
-compiling for edge-sized models: 9 ms vs 200 ms for the int8 test CNN).
+it only when the seal matches, anything else is compiled again (for the int8 test CNN on a busy
+2-core x86, importing took a median 27 ms against 96-133 ms compiling; see
+benchmarks/openvino_cache.py).
 """
 
 from __future__ import annotations
