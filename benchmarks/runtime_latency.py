@@ -122,12 +122,12 @@ def torch_reference(model: Any, threads: int) -> Callable[[np.ndarray], np.ndarr
     return run
 
 
-def macs_per_window(onnx_path: Path) -> int:
+def macs_per_window(onnx_model: bytes) -> int:
     """Multiply-accumulates of one window: Conv, Gemm and MatMul nodes (batch set to 1)."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
-    model = onnx.load(str(onnx_path))
+    model = onnx.load_from_string(onnx_model)
     for tensor in list(model.graph.input) + list(model.graph.output):
         tensor.type.tensor_type.shape.dim[0].dim_value = 1
     model = shape_inference.infer_shapes(model)
@@ -274,7 +274,7 @@ def main() -> None:
         console.print(render_table(report))
         rows = {r["name"]: r for r in report["rows"]}
         b = rt.read_bundle(bundle)
-        macs = macs_per_window(b.path(b.find("onnx", "fp32")))
+        macs = macs_per_window(b.read(b.find("onnx", "fp32")))
         peaks = {p: peak_mac_rate(work, args.threads, p) for p in ("fp32", "int8")}
         model = rt.load(bundle, backend="openvino", precision="int8", threads=args.threads,
                         cache_dir=work / "cache")

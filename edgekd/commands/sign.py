@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def sign(
         bundle: Annotated[Path, typer.Argument(help="Bundle folder (NAME.edgekd).")],
-        key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
+        key: Annotated[Path, typer.Option(
+            "--key", help="Ed25519 private key (PEM), readable by its owner only (chmod 600).")],
     ) -> None:
         """Sign a bundle in place (writes signature.json; replaces an older signature)."""
         from edgekd.runtime.integrity import sign_bundle

@@ -59,6 +59,7 @@ from edgekd.runtime.bundle import (
     REQUIRED_SECTIONS,
     RESERVED_KEYS,
     SCHEMA_VERSION,
+    VERSION_KEY,
     artifact_problem,
     beside_eval_path,
     check_relpath,
@@ -340,6 +341,7 @@ class BundleWriter:
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
+            VERSION_KEY: time.time_ns(),  # rollback order: later exports of one signer are newer
             **{k: v for k, v in self._sections.items() if k != "provenance"},
             "artifacts": artifacts,
             **data,

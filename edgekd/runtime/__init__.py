@@ -8,7 +8,8 @@
         print(ev.label, ev.score, ev.t_end_s)
 
 `load` checks the manifest digest, the signature when trusted keys are given
-(`trusted_keys=[...]` or $EDGEKD_TRUSTED_KEYS), and the sha256 of every file it opens.
+(`trusted_keys=[...]` or $EDGEKD_TRUSTED_KEYS), the version (`min_version`, and no rollback of a
+signed bundle), and the sha256 of every file it uses; backends compile those checked bytes.
 `precision="auto"` picks the fastest artifact here within the export's accuracy budget.
 
 Imports numpy and the standard library only; backend libraries (openvino, onnxruntime,

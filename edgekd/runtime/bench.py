@@ -36,7 +36,7 @@ from edgekd.metrics import classification_report
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.autoselect import budget, cpu_fields, installed_versions
 from edgekd.runtime.backends import BACKENDS, backend_module
-from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
+from edgekd.runtime.bundle import PRECISIONS, Bundle, load_npz, read_bundle
 from edgekd.runtime.integrity import TRUSTED_KEYS_ENV, resolve_trusted_keys
 from edgekd.runtime.model import Model, load, softmax
 from edgekd.runtime.probe import cuda_status
@@ -145,17 +145,16 @@ def _inputs(bundle: Bundle, spec: ModalitySpec
     """Raw windows to time with and their labels, and a note when there are no labels. Held-out
     windows come from eval.npz inside the bundle, else from `<stem>.eval.npz` beside it (only if
     it matches the manifest); without them golden.npz (else seeded noise) is timed unlabelled."""
-    path, why_not = bundle.data_path("eval"), None
-    if path is None:
-        path, why_not = bundle.beside_eval()
-    if path is not None:
-        with np.load(path, allow_pickle=False) as data:
-            return data["x"], (data["y"] if "y" in data else None), None
+    raw, why_not = bundle.read_data("eval"), None
+    if raw is None:
+        raw, why_not = bundle.beside_eval()
+    if raw is not None:
+        data = load_npz(raw)
+        return data["x"], data.get("y"), None
     note = f"no eval data ({why_not or 'none inside or beside the bundle'}): accuracy omitted"
-    golden = bundle.data_path("golden")
+    golden = bundle.read_data("golden")
     if golden is not None:
-        with np.load(golden, allow_pickle=False) as data:
-            return data["x"], None, note
+        return load_npz(golden)["x"], None, note
     rng = np.random.default_rng(0)
     return rng.normal(size=(64, *raw_shape(spec))).astype(np.float32), None, note
 
@@ -176,12 +175,13 @@ _COLD_START = textwrap.dedent("""
     sys.meta_path.insert(0, NoTorch())
     import numpy as np
     import edgekd.runtime as rt
+    from edgekd.runtime.bundle import load_npz
     bundle, backend, precision, threads, cache = sys.argv[1:6]
     model = rt.load(bundle, backend=backend, precision=precision, threads=int(threads),
                     cache_dir=cache or None)
-    golden = model.bundle.data_path("golden")
+    golden = model.bundle.read_data("golden")
     if golden is not None:
-        x = np.load(golden, allow_pickle=False)["x"][0]
+        x = load_npz(golden)["x"][0]
     else:
         from edgekd.modalities import raw_shape
         x = np.zeros(raw_shape(model.spec), dtype=np.float32)
@@ -352,8 +352,10 @@ def run_benchmark(
     `reference`: features (B, *feature_shape) float32 -> logits (B, K), e.g. a torch model in
     eval mode wrapped by the caller; measured as a row named `reference_name` with backend
     "reference" (model-only figures and accuracy; no load time, no stream).
-    `load_s` of the other rows is what `load` costs after the bundle was read: hashing the
-    artifact the first time a row uses it, and compiling. `cold`: add each row's cold start
+    `load_s` of the other rows is what `load` costs after the bundle was read: reading and
+    hashing the row's artifact, and compiling (or importing a sealed OpenVINO blob from
+    `cache_dir`, which also keeps the rollback record of signed bundles). `cold`: add each
+    row's cold start
     (`cold_start`). `trusted_keys` as for `load`. The report's `recommendation` is what
     `precision="auto"` would pick from these rows; `notes` says e.g. why accuracy is missing.
     Unavailable backends are listed under `skipped` when `backends` is "all", else raise.
@@ -367,7 +369,7 @@ def run_benchmark(
         if p != "all" and p not in PRECISIONS:
             raise ConfigError(f"unknown precision {p!r}; choose all or {', '.join(PRECISIONS)}")
     keys = resolve_trusted_keys(trusted_keys)
-    b = read_bundle(bundle, verify=False, trusted_keys=keys)
+    b = read_bundle(bundle, verify=False, trusted_keys=keys, cache_dir=cache_dir)
     spec = ModalitySpec.from_dict(b.modality)
     x, y, note = _inputs(b, spec)
     k = len(b.labels)

@@ -4,41 +4,71 @@ The schema constants, the path rules and the hashing live here so that `edgekd.e
 (the writer) and the runtime (the reader) cannot drift apart: export imports runtime, never the
 reverse. Nothing in a bundle is ever unpickled or executed; a manifest is untrusted input.
 
-Reading checks the manifest digest first (and the signature, when trusted keys are given), then
-the schema. File hashes are checked either all at once (`verify=True`) or each file the first
-time its path is asked for (`Bundle.path`, `Bundle.data_path`): a load hashes only what it opens.
+Reading opens the bundle folder once and reads every file relative to that descriptor, each
+path component opened without following symlinks: a symlink anywhere inside the bundle is a
+BundleError. The manifest digest is checked first (and the signature, when trusted keys are
+given), then the schema, the version floor and, for signed bundles, the device's rollback
+record. Model and data files are read once, hashed, and the same bytes are handed to whoever
+loads them (`Bundle.read`, `Bundle.read_data`): nothing is reopened by path between the check and
+the use. With `verify=True` every listed file is also checked at read time.
+
+A publish that replaces the bundle folder while it is being read (the writer exchanges the
+folders, then deletes the old one) makes a read fail; when the path then names another folder
+than the one opened, the read raises `BundleReplaced` and `read_bundle` / `rt.load` start again
+from the new folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
-import json
-from collections.abc import Sequence
+import io
+import os
+import stat
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from edgekd.constants import RUNTIME_PRECISIONS
 from edgekd.errors import BundleError
 from edgekd.runtime.integrity import (
     DIGEST_KEY,
+    SIGNATURE,
     check_digest,
+    check_rollback,
     check_signature,
     resolve_trusted_keys,
+    strict_json,
 )
 
 FORMAT = "edgekd-bundle"
-SCHEMA_VERSION = 2  # 2: manifest digest, held-out windows beside the bundle
-SUPPORTED_SCHEMA_VERSIONS = (2,)
+SCHEMA_VERSION = 3  # 2: manifest digest, held-out windows beside the bundle; 3: version
+SUPPORTED_SCHEMA_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 SUFFIX = ".edgekd"
 ARTIFACT_FORMATS = ("onnx", "openvino_xml", "openvino_bin", "tensorrt_engine")
 PRECISIONS = RUNTIME_PRECISIONS
 DATA_FILES = ("golden", "eval")  # optional npz entries: {"path", "sha256", "size"}
 EVAL_BESIDE = "eval_beside"  # {"sha256", "size"} of `<stem>.eval.npz` next to the bundle
+VERSION_KEY = "version"  # schema 3: integer, higher = newer (the writer: creation time in ns)
 REQUIRED_SECTIONS = ("labels", "modality", "io", "artifacts")
-RESERVED_KEYS = ("schema_version", "format", "artifacts", *DATA_FILES, EVAL_BESIDE, DIGEST_KEY)
+RESERVED_KEYS = ("schema_version", "format", "artifacts", *DATA_FILES, EVAL_BESIDE, DIGEST_KEY,
+                 VERSION_KEY)
+REPLACED_RETRIES = 5  # whole reads retried after concurrent publishes, before giving up
+_JSON_MAX_BYTES = 16 << 20  # manifest.json / signature.json: far above any real one
 _HASH_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted in a bundle must not hang the reader (refused after fstat)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+T = TypeVar("T")
+
+
+class BundleReplaced(BundleError):
+    """The bundle folder was replaced while it was being read (a concurrent publish): the read
+    failed on the old folder and the path now names another one. Read it again."""
 
 
 def sha256_file(path: Path) -> str:
@@ -87,6 +117,147 @@ def file_record(root: Path, rel: str) -> dict[str, Any]:
     return {"path": rel, "sha256": sha256_file(path), "size": path.stat().st_size}
 
 
+def load_npz(data: bytes) -> dict[str, Any]:
+    """The arrays of npz bytes (numeric only: `allow_pickle=False`), read from the bytes that
+    were checked, never from the file again."""
+    import numpy as np  # lazily: the writer and the manifest checks need no numpy
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def _read_fd(fd: int, where: Path, limit: int) -> tuple[bytes, int]:
+    """(up to `limit` + 1 bytes of the open file `fd`, its size); BundleError unless it is a
+    regular file. Reading one byte past `limit` shows a file longer than expected without
+    reading all of it."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{where}: not a regular file")
+    chunks, left = [], limit + 1
+    while left > 0:
+        block = os.read(fd, min(left, _HASH_CHUNK))
+        if not block:
+            break
+        chunks.append(block)
+        left -= len(block)
+    return b"".join(chunks), st.st_size
+
+
+class BundleDir:
+    """A bundle folder opened once (its descriptor is closed with this object). Files are read
+    relative to it, each path component opened with O_NOFOLLOW, so a symlink anywhere inside
+    the bundle is refused and nothing outside it is reached."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # as given (not resolved): `replaced` compares what it names now
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BundleError(f"bundle folder not found: {path}") from None
+        weakref.finalize(self, os.close, self.fd)
+
+    def replaced(self) -> bool:
+        """Whether the path now names another folder than the one opened (or none)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        opened = os.fstat(self.fd)
+        return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+    def read(self, rel: str, limit: int) -> tuple[bytes, int] | None:
+        """(up to `limit` + 1 bytes of the file `rel`, its size), or None if it does not exist.
+        BundleError if `rel` or a folder on the way is a symlink or not what it should be."""
+        if rel != MANIFEST:  # the one file that is no artifact
+            check_relpath(rel)
+        parts = rel.split("/")
+        opened: list[int] = []
+        try:
+            parent = self.fd
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    fd = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=parent)
+                except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    raise self._refusal("/".join(parts[: i + 1]), parent, part, exc) from None
+                opened.append(fd)
+                parent = fd
+            return _read_fd(parent, self.path / rel, limit)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def _refusal(self, rel: str, parent: int, name: str, exc: OSError) -> BundleError:
+        where = self.path / rel
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            try:
+                is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
+                return BundleError(f"{where}: is a symlink; symlinks inside a bundle are refused "
+                                   "(copy the file into the bundle)")
+            if exc.errno == errno.ENOTDIR:
+                return BundleError(f"{where}: is not a folder")
+        return BundleError(f"{where}: cannot be read ({exc.strerror})")
+
+    def read_json(self, name: str) -> Any | None:
+        """The strictly parsed JSON file `name`, or None if it does not exist."""
+        found = self.read(name, _JSON_MAX_BYTES)
+        if found is None:
+            return None
+        data, size = found
+        if size > _JSON_MAX_BYTES:
+            raise BundleError(f"{self.path / name}: {size} bytes, more than the "
+                              f"{_JSON_MAX_BYTES} a bundle's JSON may have")
+        return strict_json(data, self.path / name)
+
+    def checked(self, rel: str, sha256: str, size: int) -> bytes:
+        """The bytes of `rel` after checking their size and sha256 against the manifest's.
+        BundleReplaced if the read failed because the folder was replaced meanwhile."""
+        with self.replacement_check():
+            found = self.read(rel, size)
+            where = self.path / rel
+            if found is None:
+                raise BundleError(f"{where}: listed in the manifest but missing "
+                                  "(re-export the bundle)")
+            data, actual = found
+            if actual != size or len(data) != size:
+                raise BundleError(f"{where}: size {actual} bytes, manifest says {size}: "
+                                  "the file changed")
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise BundleError(f"{where}: sha256 does not match the manifest: the file "
+                                  "changed or is corrupt")
+            return data
+
+    @contextlib.contextmanager
+    def replacement_check(self) -> Iterator[None]:
+        """A context in which a BundleError becomes BundleReplaced when the folder was replaced
+        (a publish deleting the old folder under the reader is no error of the bundle)."""
+        try:
+            yield
+        except BundleReplaced:
+            raise
+        except BundleError as exc:
+            if self.replaced():
+                raise BundleReplaced(f"{self.path} was replaced while it was read ({exc})") \
+                    from exc
+            raise
+
+
+def retry_if_replaced(read: Callable[[int], T]) -> T:
+    """`read(attempt)` for attempt 0, 1, ..., again each time it raises BundleReplaced (a
+    concurrent publish), at most REPLACED_RETRIES times; then the last BundleReplaced."""
+    for attempt in range(REPLACED_RETRIES - 1):
+        try:
+            return read(attempt)
+        except BundleReplaced:
+            continue
+    return read(REPLACED_RETRIES - 1)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One model file of a bundle. `extra` keeps the other manifest keys (stamp, quantizer...)."""
@@ -102,9 +273,11 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle whose manifest passed the digest and schema checks (and, if `verified`, every
-    sha256 at read time; otherwise each file is checked when its path is first asked for).
+    """A bundle whose manifest passed the digest, signature (when keys apply), schema and version
+    checks; if `verified`, every listed file matched at read time too.
 
+    Content is read through `folder`, the bundle folder opened once: `read` / `read_data` return
+    the checked bytes, which are what a backend must load (never the file again by path).
     digest: the manifest digest; signer: key_id of the trusted key that signed it, or None.
     """
 
@@ -112,9 +285,10 @@ class Bundle:
     manifest: dict[str, Any]
     artifacts: tuple[Artifact, ...]
     verified: bool
+    folder: BundleDir = field(repr=False, compare=False)
     digest: str = ""
     signer: str | None = None
-    _checked: set[str] = field(default_factory=set, repr=False, compare=False)
+    _data: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def labels(self) -> list[str]:
@@ -128,43 +302,76 @@ class Bundle:
     def target(self) -> dict[str, Any]:
         return dict(self.manifest.get("target") or {})
 
-    def path(self, artifact: Artifact | str) -> Path:
-        """Absolute path of an artifact (or of a relative path checked like one). A listed file
-        is checked against its size and sha256 the first time (BundleError if it differs)."""
+    @property
+    def version(self) -> int | None:
+        """The manifest's `version` (higher = newer), None for a schema 2 bundle."""
+        return self.manifest.get(VERSION_KEY)
+
+    def _listed(self, artifact: Artifact | str) -> Artifact:
         rel = artifact.path if isinstance(artifact, Artifact) else check_relpath(artifact)
         listed = next((a for a in self.artifacts if a.path == rel), None)
-        if listed is not None:
-            self._check(rel, listed.sha256, listed.size)
-        return self.root / rel
+        if listed is None:
+            raise BundleError(f"{self.root}: {rel} is not an artifact listed in the manifest")
+        return listed
 
-    def data_path(self, kind: str) -> Path | None:
-        """Path of `golden.npz` / `eval.npz` if the manifest lists it (checked like `path`),
-        else None."""
+    def read(self, artifact: Artifact | str) -> bytes:
+        """The bytes of a listed artifact (or of its bundle-relative path), read once and checked
+        against the manifest's size and sha256: load these bytes, do not reopen the file.
+        BundleError if it is missing, changed, a symlink or not listed; BundleReplaced if the
+        folder was replaced meanwhile (read the bundle again)."""
+        a = self._listed(artifact)
+        return self.folder.checked(a.path, a.sha256, a.size)
+
+    def read_data(self, kind: str) -> bytes | None:
+        """The checked bytes of `golden.npz` / `eval.npz` if the manifest lists it, else None;
+        kept after the first read (small, and used by load, self_check and bench alike)."""
         entry = self.manifest.get(kind)
         if not entry:
             return None
-        self._check(entry["path"], str(entry["sha256"]), int(entry["size"]))
-        return self.root / entry["path"]
+        if kind not in self._data:
+            self._data[kind] = self.folder.checked(entry["path"], str(entry["sha256"]),
+                                                   int(entry["size"]))
+        return self._data[kind]
 
-    def beside_eval(self) -> tuple[Path | None, str | None]:
-        """(`<stem>.eval.npz` next to the bundle if the manifest records one and the file
-        matches it, else None; why not, or None when the manifest records none)."""
+    def path(self, artifact: Artifact | str) -> Path:
+        """Absolute path of a listed artifact after checking its bytes, for tools that only take
+        a path. The file can change after the check: backends load `read(artifact)` instead."""
+        self.read(artifact)
+        return self.root / self._listed(artifact).path
+
+    def data_path(self, kind: str) -> Path | None:
+        """Path of `golden.npz` / `eval.npz` after checking it (like `path`), else None. Loaders
+        use `read_data(kind)` instead."""
+        if self.read_data(kind) is None:
+            return None
+        return self.root / self.manifest[kind]["path"]
+
+    def beside_eval(self) -> tuple[bytes | None, str | None]:
+        """(the checked bytes of `<stem>.eval.npz` next to the bundle if the manifest records one
+        and the file matches it, else None; why not, or None when the manifest records none).
+        The file is opened without following a symlink and read once."""
         entry = self.manifest.get(EVAL_BESIDE)
         if not entry:
             return None, None
         path = beside_eval_path(self.root)
-        if not path.is_file():
-            return None, f"{path} not found"
+        size = int(entry["size"])
         try:
-            _verify_file(path, str(entry["sha256"]), int(entry["size"]))
+            fd = os.open(path, _FILE_FLAGS)
+        except FileNotFoundError:
+            return None, f"{path} not found"
+        except OSError as exc:
+            return None, f"{path}: cannot be read safely ({exc.strerror})"
+        try:
+            data, actual = _read_fd(fd, path, size)
         except BundleError as exc:
             return None, str(exc)
-        return path, None
-
-    def _check(self, rel: str, sha256: str, size: int) -> None:
-        if not self.verified and rel not in self._checked:
-            _verify_file(self.root / rel, sha256, size)
-            self._checked.add(rel)
+        finally:
+            os.close(fd)
+        if actual != size or len(data) != size:
+            return None, f"{path}: size {actual} bytes, manifest says {size}: the file changed"
+        if hashlib.sha256(data).hexdigest() != str(entry["sha256"]):
+            return None, f"{path}: sha256 does not match the manifest: the file changed"
+        return data, None
 
     def find(self, fmt: str, precision: str, backend: str | None = None) -> Artifact | None:
         """The artifact of this format and precision meant for `backend` (or for any backend).
@@ -197,6 +404,10 @@ def parse_manifest(manifest: Any, where: Path) -> tuple[Artifact, ...]:
         f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} "
         "(upgrade edgekd or re-export the bundle)",
     )
+    order = manifest.get(VERSION_KEY)
+    if version != 2 or order is not None:
+        _require(type(order) is int and order >= 0, where,  # bool is no version
+                 f"field 'version' must be a non-negative integer, found {order!r}")
     missing = [k for k in REQUIRED_SECTIONS if k not in manifest]
     _require(not missing, where, f"missing section(s): {', '.join(missing)}")
     labels = manifest["labels"]
@@ -243,18 +454,44 @@ def parse_manifest(manifest: Any, where: Path) -> tuple[Artifact, ...]:
     return tuple(artifacts)
 
 
-def _verify_file(path: Path, sha256: str, size: int) -> None:
-    if not path.is_file():
-        raise BundleError(f"{path}: listed in the manifest but missing (re-export the bundle)")
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        raise BundleError(
-            f"{path}: size {actual_size} bytes, manifest says {size}: the file changed"
-        )
-    if sha256_file(path) != sha256:
-        raise BundleError(
-            f"{path}: sha256 does not match the manifest: the file changed or is corrupt"
-        )
+def check_min_version(version: int | None, min_version: int | None, where: Path) -> None:
+    """BundleError if `min_version` is set and the bundle's version is lower (or absent)."""
+    if min_version is None:
+        return
+    if version is None:
+        raise BundleError(f"{where}: the bundle has no version (schema_version 2) and version "
+                          f">= {min_version} is required; re-export it")
+    if version < min_version:
+        raise BundleError(f"{where}: bundle version {version} is older than the minimum "
+                          f"{min_version} required")
+
+
+def _read_once(path: Path, verify: bool, keys: Sequence[Path]) -> Bundle:
+    folder = BundleDir(path)
+    root = path.resolve()
+    mpath = root / MANIFEST
+    with folder.replacement_check():
+        manifest = folder.read_json(MANIFEST)
+        if manifest is None:
+            raise BundleError(f"{root} holds no {MANIFEST}: not an edgekd bundle")
+        _require(isinstance(manifest, dict), mpath, "manifest must be a JSON object")
+        if DIGEST_KEY not in manifest:
+            parse_manifest(manifest, mpath)  # an old or foreign manifest: say why in its terms
+            raise BundleError(f"{mpath}: field 'digest' missing: the manifest has no digest, so "
+                              "not even accidental corruption would be detected (re-export it)")
+        # Digest first: nothing else in the manifest is believed before it matches.
+        digest = check_digest(manifest, mpath)
+        signer = None
+        if keys:
+            signer = check_signature(root / SIGNATURE, folder.read_json(SIGNATURE), digest, keys)
+        artifacts = parse_manifest(manifest, mpath)
+    bundle = Bundle(root, manifest, artifacts, verify, folder, digest, signer)
+    if verify:
+        for a in artifacts:
+            bundle.read(a)
+        for kind in DATA_FILES:
+            bundle.read_data(kind)
+    return bundle
 
 
 def read_bundle(
@@ -262,39 +499,29 @@ def read_bundle(
     *,
     verify: bool = True,
     trusted_keys: Sequence[str | Path] | None = None,
+    min_version: int | None = None,
+    allow_rollback: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> Bundle:
     """Read `path/manifest.json` and check, in this order: its digest; its signature when trusted
     keys are given (None: $EDGEKD_TRUSTED_KEYS; an unsigned or otherwise-signed bundle is then
-    refused); its schema; and, if `verify`, every listed file's size and sha256 (else each file
-    when first used). BundleError says which file or field is wrong."""
-    root = Path(path).expanduser().absolute()
-    root = root.resolve()
-    if not root.is_dir():
-        raise BundleError(f"bundle folder not found: {root}")
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{root} holds no {MANIFEST}: not an edgekd bundle")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
-    _require(isinstance(manifest, dict), mpath, "manifest must be a JSON object")
-    if DIGEST_KEY not in manifest:
-        parse_manifest(manifest, mpath)  # an old or foreign manifest: say why in its terms
-        raise BundleError(f"{mpath}: field 'digest' missing: the manifest is not protected")
-    # Digest first: nothing else in the manifest is believed before it matches.
-    digest = check_digest(manifest, mpath)
+    refused); its schema; if `verify`, every listed file's size and sha256 (else each file when
+    it is read); its version against `min_version`; and, for a signed bundle, against the
+    newest version of the same signer this device has read (the rollback record in
+    `cache_dir`, default `edgekd.runtime.cache_dir()`; see `integrity.check_rollback`), unless
+    `allow_rollback`. BundleError says which file or field is wrong. Nothing in the bundle
+    folder is changed; a publish replacing the folder meanwhile makes it read the new one."""
+    where = Path(path).expanduser().absolute()
     keys = resolve_trusted_keys(trusted_keys)
-    signer = check_signature(root, digest, keys) if keys else None
-    artifacts = parse_manifest(manifest, mpath)
-    if verify:
-        for a in artifacts:
-            _verify_file(root / a.path, a.sha256, a.size)
-        for kind in DATA_FILES:
-            entry = manifest.get(kind)
-            if entry:
-                _verify_file(root / entry["path"], str(entry["sha256"]), int(entry["size"]))
-    return Bundle(root, manifest, artifacts, verify, digest, signer)
+    bundle = retry_if_replaced(lambda _: _read_once(where, verify, keys))
+    check_min_version(bundle.version, min_version, bundle.root / MANIFEST)
+    if bundle.signer is not None and not allow_rollback:
+        if cache_dir is None:
+            from edgekd.runtime.backends import cache_dir as default_cache_dir
+
+            cache_dir = default_cache_dir()
+        check_rollback(Path(cache_dir), bundle.signer, bundle.version, bundle.root / MANIFEST)
+    return bundle
 
 
 def verify_bundle(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> Bundle:

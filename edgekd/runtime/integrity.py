@@ -4,16 +4,23 @@ Digest: sha256 of the canonical manifest, i.e. the manifest without its `digest`
 as JSON with sorted keys, no whitespace (separators `,` and `:`), non-ASCII kept as UTF-8, NaN and
 infinity refused. It is stored in the manifest as `"digest": {"algorithm": "sha256", "value":
 HEX}`. Every file entry of the manifest holds that file's sha256, so the digest pins every byte
-the runtime may load.
+the runtime may load. Without trusted keys the digest only detects accidents (a truncated copy,
+a flipped bit, a careless edit): whoever can change the manifest can recompute it. Manifests and
+signature records are parsed strictly (`strict_json`): a duplicate key, NaN, or a lone surrogate
+is refused, so one file cannot mean two things to two parsers.
 
 Signature: `signature.json` beside `manifest.json`, `{"algorithm": "ed25519", "key_id",
 "manifest_sha256", "signature"}`; the signature (base64) is Ed25519 over SIGNED_PREFIX + the
 digest's hex ASCII. `key_id` is the first 16 hex digits of sha256(raw 32-byte public key).
 Signing adds that file only, so a bundle can be signed after export without changing its digest.
 
-Keys are PEM files: PKCS#8 private key (written mode 0600), SubjectPublicKeyInfo public key
-(mode per umask, like signature.json: both are meant to be read by other users).
-The `cryptography` package is imported only when a key is used.
+Rollback: a signed bundle older (manifest `version`) than the newest one of the same signer read
+on this device is refused (`check_rollback`; a sealed record per signer in the cache folder).
+
+Keys are PEM files: PKCS#8 private key (written mode 0600, and refused for signing when group or
+others may read it), SubjectPublicKeyInfo public key (mode per umask, like signature.json: both
+are meant to be read by other users). The `cryptography` package is imported only when a key is
+used.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,9 @@ TRUSTED_KEYS_ENV = "EDGEKD_TRUSTED_KEYS"
 PRIVATE_KEY_NAME = "edgekd-signing.key"
 PUBLIC_KEY_NAME = "edgekd-signing.pub"
 _SIG_BYTES = 64
+ROLLBACK_DIR = "rollback"  # in the cache folder: <key_id>.json per signer, sealed
+ROLLBACK_KIND = "rollback-record"
+log = logging.getLogger("edgekd.runtime")
 
 
 def canonical_manifest(manifest: dict[str, Any]) -> bytes:
@@ -47,6 +59,39 @@ def canonical_manifest(manifest: dict[str, Any]) -> bytes:
     except ValueError as exc:
         raise BundleError(f"manifest is not canonical JSON: {exc}") from exc
     return text.encode("utf-8")
+
+
+def strict_json(data: bytes, where: Path) -> Any:
+    """Parse untrusted JSON (a manifest, a signature record) so that it means one thing only:
+    UTF-8, no key twice in one object (parsers disagree on which one wins), no NaN or infinity,
+    no lone surrogate escape such as "\\ud800" (not Unicode: it cannot be hashed canonically).
+    BundleError names the file and what is wrong."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise BundleError(f"{where}: key {key!r} appears twice in one object; "
+                                  "a manifest must say each thing once")
+            out[key] = value
+        return out
+
+    def no_constant(name: str) -> Any:
+        raise BundleError(f"{where}: {name} is not allowed (not plain JSON)")
+
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=unique,
+                           parse_constant=no_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # finds lone surrogates
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{where}: not UTF-8 ({exc})") from exc
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end]
+        raise BundleError(f"{where}: holds the lone surrogate {bad!r}, which is not valid "
+                          "Unicode") from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{where}: not valid JSON: {exc}") from exc
+    return value
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -121,17 +166,37 @@ def keygen(out_dir: str | Path) -> tuple[Path, Path]:
     return priv_path, pub_path
 
 
-def _read_key(path: str | Path, kind: str) -> bytes:
+def _read_public_key(path: str | Path) -> bytes:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"{kind} key file not found: {p}")
+        raise ConfigError(f"public key file not found: {p}")
     return p.read_bytes()
 
 
+def _read_private_key(path: str | Path) -> bytes:
+    """The bytes of a private key file that only its owner can read (as ssh requires); checked
+    on the open file, so the file checked is the file read."""
+    p = Path(path).expanduser()
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"private key file not found: {p}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"private key {p} is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"private key {p} has mode {stat.S_IMODE(st.st_mode):04o}: group "
+                              f"or others can read it; refusing to sign with it (run: chmod 600 "
+                              f"{p}, and replace the key if others may have copied it)")
+        return fh.read()
+
+
 def load_private_key(path: str | Path) -> Any:
-    """An Ed25519 private key from a PEM file; ConfigError names the file if it is not one."""
+    """An Ed25519 private key from a PEM file that only its owner can read; ConfigError names
+    the file if it is not one, or if group or others may read it (chmod 600)."""
     serialization, ed25519 = _crypto()
-    data = _read_key(path, "private")
+    data = _read_private_key(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -144,7 +209,7 @@ def load_private_key(path: str | Path) -> Any:
 def load_public_key(path: str | Path) -> Any:
     """An Ed25519 public key from a PEM file; ConfigError names the file if it is not one."""
     serialization, ed25519 = _crypto()
-    data = _read_key(path, "public")
+    data = _read_public_key(path)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -186,18 +251,14 @@ def sign_bundle(root: str | Path, private_key_path: str | Path) -> dict[str, str
     return record
 
 
-def check_signature(root: Path, digest: str, trusted: Sequence[Path]) -> str:
-    """The key_id of the trusted key that signed `digest`; BundleError saying what is wrong
-    (no signature, malformed, unknown key, bad signature)."""
+def check_signature(path: Path, record: Any, digest: str, trusted: Sequence[Path]) -> str:
+    """The key_id of the trusted key that signed `digest`, given `record`, the parsed content
+    of the signature file `path` (None: there is none); BundleError saying what is wrong (no
+    signature, malformed, unknown key, bad signature)."""
     keys = {key_id(k): k for k in (load_public_key(p) for p in trusted)}
-    path = root / SIGNATURE
-    if not path.is_file():
-        raise BundleError(f"{root}: unsigned bundle (no {SIGNATURE}) but trusted keys are set; "
-                          "sign it with `edgekd sign` or drop the trusted keys")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if record is None:
+        raise BundleError(f"{path.parent}: unsigned bundle (no {SIGNATURE}) but trusted keys "
+                          "are set; sign it with `edgekd sign` or drop the trusted keys")
     if not isinstance(record, dict) or record.get("algorithm") != "ed25519":
         found = record.get("algorithm") if isinstance(record, dict) else record
         raise BundleError(f"{path}: field 'algorithm' must be 'ed25519', found {found!r}")
@@ -205,7 +266,7 @@ def check_signature(root: Path, digest: str, trusted: Sequence[Path]) -> str:
         raise BundleError(f"{path}: signs manifest digest {str(record.get('manifest_sha256'))[:16]}"
                           f"..., the manifest's is {digest[:16]}...: signature of another bundle")
     kid = record.get("key_id")
-    if kid not in keys:
+    if not isinstance(kid, str) or kid not in keys:
         raise BundleError(f"{path}: signed by key {kid!r}, which is not among the trusted keys "
                           f"({', '.join(sorted(keys))})")
     try:
@@ -223,3 +284,44 @@ def check_signature(root: Path, digest: str, trusted: Sequence[Path]) -> str:
         raise BundleError(f"{path}: Ed25519 signature does not verify with trusted key {kid}: "
                           "the bundle or its signature was altered") from None
     return str(kid)
+
+
+# -- rollback ----------------------------------------------------------------------------------
+def check_rollback(cache: Path, signer: str, version: int | None, where: Path) -> None:
+    """Refuse a bundle signed by `signer` whose version is older than the newest this device has
+    read from that signer; remember `version` when it is newer. BundleError says both numbers.
+
+    The record is `<cache>/rollback/<key_id>.json` (`{"version": N}`), sealed with the cache's
+    CacheSeal and updated under a lock. A record whose seal does not match was not written here
+    and is ignored (with a warning) and replaced; without a usable seal key no record is kept
+    (CacheSeal's warning says why). Whoever can delete the cache folder can reset the record:
+    it stops a replayed older bundle, not a compromised device.
+    """
+    import fcntl  # POSIX, like the bundle reader; imported only for signed bundles
+
+    from edgekd.runtime.cache_seal import CacheSeal
+
+    seal = CacheSeal.for_cache(cache)
+    if seal is None:
+        return
+    folder = cache / ROLLBACK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{signer}.json"
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # concurrent loads: the newest version wins
+        payload, why = seal.read(path, kind=ROLLBACK_KIND, digest="", signer=signer, context={})
+        seen = None
+        if payload is not None:
+            seen = json.loads(payload)["version"]
+        elif why != "missing":
+            log.warning("ignoring rollback record %s: %s", path, why)
+        if seen is not None and (version is None or version < seen):
+            found = "no version (schema_version 2)" if version is None else f"version {version}"
+            raise BundleError(
+                f"{where}: bundle has {found}, older than version {seen} already read on this "
+                f"device from signer {signer}: refusing a rollback (pass allow_rollback=True "
+                "to load an older signed bundle on purpose)"
+            )
+        if version is not None and (seen is None or version > seen):
+            seal.write(path, json.dumps({"version": version}).encode("ascii"),
+                       kind=ROLLBACK_KIND, digest="", signer=signer, context={})

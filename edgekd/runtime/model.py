@@ -20,7 +20,15 @@ from edgekd.errors import BackendUnavailable, BundleError, ConfigError, InputErr
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.backends import BACKENDS, Engine, Runner, backend_module, pick_precision
 from edgekd.runtime.backends import cache_dir as default_cache_dir
-from edgekd.runtime.bundle import PRECISIONS, Bundle, read_bundle
+from edgekd.runtime.bundle import (
+    MANIFEST,
+    PRECISIONS,
+    Bundle,
+    check_min_version,
+    load_npz,
+    read_bundle,
+    retry_if_replaced,
+)
 from edgekd.runtime.integrity import resolve_trusted_keys
 
 if TYPE_CHECKING:  # stream.py imports this module
@@ -139,11 +147,11 @@ class Model:
     def self_check(self) -> dict[str, float]:
         """Compare predictions on golden.npz with the FP32 probabilities stored at export:
         `{"max_abs_diff", "top1_agreement", "n"}`. BundleError if the bundle has no golden."""
-        path = self.bundle.data_path("golden")
-        if path is None:
+        data = self.bundle.read_data("golden")
+        if data is None:
             raise BundleError(f"{self.bundle.root} has no golden.npz to check against")
-        with np.load(path, allow_pickle=False) as golden:
-            x, ref = golden["x"], golden["probs"]
+        golden = load_npz(data)
+        x, ref = golden["x"], golden["probs"]
         probs = self.predict(x).probs
         return {"max_abs_diff": float(np.abs(probs - ref).max()),
                 "top1_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
@@ -177,13 +185,17 @@ def _open_engine(name: str, bundle: Bundle, precision: str | None, threads: int 
     return module.open(bundle, chosen, threads=threads, cache_dir=cache)
 
 
-def _read(bundle: str | Path | Bundle, trusted_keys: Sequence[str | Path] | None) -> Bundle:
-    """The bundle, digest-checked (and signature-checked when keys apply); files unhashed."""
+def _read(bundle: str | Path | Bundle, trusted_keys: Sequence[str | Path] | None,
+          min_version: int | None, allow_rollback: bool, cache: Path) -> Bundle:
+    """The bundle, digest-checked (and signature-, version- and rollback-checked when they
+    apply); files unhashed. A Bundle already read under the same trust is used as it is."""
     keys = resolve_trusted_keys(trusted_keys)
     if isinstance(bundle, Bundle) and (bundle.signer is not None or not keys):
+        check_min_version(bundle.version, min_version, bundle.root / MANIFEST)
         return bundle
     root = bundle.root if isinstance(bundle, Bundle) else bundle
-    return read_bundle(root, verify=False, trusted_keys=keys)
+    return read_bundle(root, verify=False, trusted_keys=keys, min_version=min_version,
+                       allow_rollback=allow_rollback, cache_dir=cache)
 
 
 def load(
@@ -193,12 +205,16 @@ def load(
     threads: int | None = None,
     cache_dir: str | Path | None = None,
     trusted_keys: Sequence[str | Path] | None = None,
+    min_version: int | None = None,
+    allow_rollback: bool = False,
 ) -> Model:
     """Check the bundle and compile it on a backend.
 
     Checks, before anything is compiled: the manifest digest, the signature when trusted keys
-    apply, the schema, and the size and sha256 of golden.npz and of each file the backend opens
-    (not every artifact: the others are never read).
+    apply, the schema, the version, and the size and sha256 of golden.npz and of each file the
+    backend loads (not every artifact: the others are never read). Each file is read once and
+    the checked bytes are what the backend compiles. A publish replacing the bundle folder
+    during the load makes it start again from the new bundle.
     backend: "auto" (TensorRT if a CUDA GPU and TensorRT are present, else OpenVINO, else ONNX
     Runtime) or one of "tensorrt", "openvino", "onnxruntime".
     precision: None = the manifest target's precision if this backend has it, else the best
@@ -206,9 +222,13 @@ def load(
     artifact here within the export's accuracy budget, measured once per bundle and device
     and cached (see `edgekd.runtime.autoselect`).
     threads: CPU inference threads (default 1: lowest, steadiest streaming latency).
-    cache_dir: compiled engines / OpenVINO model cache (default $EDGEKD_CACHE or XDG cache).
+    cache_dir: compiled engines, sealed OpenVINO blobs and the rollback record (default
+    $EDGEKD_CACHE or XDG cache).
     trusted_keys: Ed25519 public key files (PEM); a bundle not signed by one of them is refused.
     None = $EDGEKD_TRUSTED_KEYS (path list); [] = no signature required.
+    min_version: refuse a bundle whose manifest `version` is lower (or that has none).
+    allow_rollback: load a signed bundle older than the newest one of its signer read on this
+    device (refused by default; see `edgekd.runtime.integrity.check_rollback`).
     Raises BundleError, BackendUnavailable (with the package to install) or ConfigError.
     """
     t0 = time.perf_counter()
@@ -219,10 +239,21 @@ def load(
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if backend != "auto":
         backend_module(backend)  # ConfigError for an unknown name before any file is read
-    b = _read(bundle, trusted_keys)
-    spec = _check_model_sections(b)
-    b.data_path("golden")  # hashes golden.npz: self_check and auto timing trust it
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    def attempt(n: int) -> Model:
+        source = bundle.root if n and isinstance(bundle, Bundle) else bundle
+        b = _read(source, trusted_keys, min_version, allow_rollback, cache)
+        with b.folder.replacement_check():
+            return _compile(b, backend, precision, threads, cache, t0)
+
+    return retry_if_replaced(attempt)
+
+
+def _compile(b: Bundle, backend: str, precision: str | None, threads: int | None, cache: Path,
+             t0: float) -> Model:
+    spec = _check_model_sections(b)
+    b.read_data("golden")  # checks golden.npz now: self_check and auto timing use these bytes
     if precision == "auto":
         from edgekd.runtime.autoselect import choose
 

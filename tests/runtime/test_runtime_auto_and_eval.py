@@ -134,13 +134,13 @@ def test_precision_auto_with_nothing_in_budget_is_refused(bundle_path: Path, tmp
 def test_load_hashes_only_what_it_opens(bundle_path: Path, cache_root: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: list[str] = []
-    real = bundle_mod._verify_file
+    real = bundle_mod.BundleDir.checked
 
-    def counting(path: Path, sha256: str, size: int) -> None:
-        hashed.append(path.name)
-        real(path, sha256, size)
+    def counting(self: bundle_mod.BundleDir, rel: str, sha256: str, size: int) -> bytes:
+        hashed.append(Path(rel).name)
+        return real(self, rel, sha256, size)
 
-    monkeypatch.setattr(bundle_mod, "_verify_file", counting)
+    monkeypatch.setattr(bundle_mod.BundleDir, "checked", counting)
     load(bundle_path, backend="openvino", precision="int8", cache_dir=cache_root)
     assert sorted(hashed) == ["golden.npz", "model.int8.bin", "model.int8.xml"]
     hashed.clear()

@@ -28,7 +28,7 @@ def test_written_manifest_reads_back_with_hand_checked_hashes(tmp_path: Path) ->
     assert a.sha256 == hashlib.sha256(b"onnx-bytes").hexdigest()
     assert manifest["golden"]["sha256"] == sha256_file(out / "golden.npz")
     assert manifest["provenance"]["git_commit"] == "abc" and manifest["provenance"]["created"]
-    assert b.labels == ["a", "b"] and b.data_path("eval") is None
+    assert b.labels == ["a", "b"] and b.read_data("eval") is None
     assert leftovers(tmp_path) == []  # no staging folder left behind
 
 
@@ -85,7 +85,7 @@ def _edit_manifest(bundle: Path, **changes: object) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"schema_version": 1}, r"unknown schema_version 1; this edgekd reads 2"),
+        ({"schema_version": 1}, r"unknown schema_version 1; this edgekd reads 2, 3"),
         ({"format": "zip"}, r"format is 'zip', expected 'edgekd-bundle'"),
         ({"labels": []}, r"labels must be a non-empty list of strings"),
         ({"io": {"input": {"name": "input"}}}, r"io.input must be an object with a name and"),
@@ -205,8 +205,9 @@ def test_eval_inside_or_beside(tmp_path: Path) -> None:
         b = read_bundle(out)
         beside = tmp_path / f"{with_eval}.eval.npz"
         if with_eval:
-            assert b.data_path("eval") == out / "eval.npz" and not beside.exists()
+            assert b.read_data("eval") == (out / "eval.npz").read_bytes()
+            assert not beside.exists()
         else:
-            assert b.data_path("eval") is None and b.beside_eval() == (beside, None)
+            assert b.read_data("eval") is None and b.beside_eval() == (beside.read_bytes(), None)
             assert b.manifest["eval_beside"]["size"] == beside.stat().st_size
     assert leftovers(tmp_path) == []

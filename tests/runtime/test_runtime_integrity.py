@@ -34,6 +34,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
     return {name: keygen(root / name) for name in ("ours", "theirs")}
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed reads keep a rollback record in the cache: this test's, not the user's."""
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "edgekd-cache"))
+
+
 @pytest.fixture()
 def signed(bundle_copy: Path, keys: dict[str, tuple[Path, Path]]) -> Path:
     sign_bundle(bundle_copy, keys["ours"][0])
