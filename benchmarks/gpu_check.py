@@ -75,13 +75,13 @@ def check(bundle: Path, cache: Path, iterations: int) -> list[dict[str, Any]]:
     import edgekd.runtime as rt
     from edgekd.modalities import preprocess
     from edgekd.runtime.bench import latency_stats, time_calls
+    from edgekd.runtime.bundle import load_npz
 
     reference = rt.load(bundle, backend="onnxruntime", precision="fp32", cache_dir=cache)
-    golden = reference.bundle.data_path("golden")
+    golden = reference.bundle.read_data("golden")
     if golden is None:
         raise EdgeKDError(f"{bundle} has no golden.npz to compare against")
-    with np.load(golden, allow_pickle=False) as data:
-        x = data["x"]
+    x = load_npz(golden)["x"]
     ref = reference.predict(x).probs
     one = np.ascontiguousarray(preprocess(reference.spec, x[:1]))
     rows = []

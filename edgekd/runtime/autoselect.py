@@ -34,7 +34,7 @@ import numpy as np
 from edgekd.errors import BackendUnavailable, EdgeKDError
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.backends import BACKENDS, PRECISION_PREFERENCE, Engine, backend_module
-from edgekd.runtime.bundle import PRECISIONS, Bundle
+from edgekd.runtime.bundle import PRECISIONS, Bundle, load_npz
 from edgekd.runtime.cache_seal import CacheSeal
 from edgekd.runtime.model import Model
 from edgekd.runtime.probe import driver_library_present, probe_cuda
@@ -100,17 +100,17 @@ def measure_budget(bundle: Bundle, engine: Engine) -> tuple[bool, str, dict[str,
     key = accuracy_key(engine.backend, engine.precision)
     model = Model(bundle, engine, ModalitySpec.from_dict(bundle.modality), 0.0)
     measured: dict[str, Any] = {}
-    golden = bundle.data_path("golden")
+    golden = bundle.read_data("golden")
     if golden is not None:
-        with np.load(golden, allow_pickle=False) as data:
-            x, ref = data["x"], data["probs"]
+        data = load_npz(golden)
+        x, ref = data["x"], data["probs"]
         probs = model.predict(x).probs
         measured["golden"] = {"top1_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
                               "max_abs_diff": float(np.abs(probs - ref).max()), "n": len(x)}
-    held_out = bundle.data_path("eval") or bundle.beside_eval()[0]
+    held_out = bundle.read_data("eval") or bundle.beside_eval()[0]
     if held_out is not None and ref_acc is not None:
-        with np.load(held_out, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
+        data = load_npz(held_out)
+        x, y = data["x"], data["y"]
         acc = float((model.predict(x).index == y).mean())
         measured["eval"] = {"accuracy": acc, "drop_points": round(100.0 * (ref_acc - acc), 6),
                             "n": len(x)}
@@ -190,10 +190,9 @@ def _cached_choice(seal: CacheSeal | None, path: Path, bundle: Bundle, stamp: di
 
 def _batch1(bundle: Bundle) -> np.ndarray:
     spec = ModalitySpec.from_dict(bundle.modality)
-    golden = bundle.data_path("golden")
+    golden = bundle.read_data("golden")
     if golden is not None:
-        with np.load(golden, allow_pickle=False) as data:
-            x = data["x"][:1]
+        x = load_npz(golden)["x"][:1]
     else:
         x = np.zeros((1, *raw_shape(spec)), dtype=np.float32)
     return np.ascontiguousarray(preprocess(spec, x))
