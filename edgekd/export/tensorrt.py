@@ -76,11 +76,13 @@ def build_onnx_engine(
     precisions, DLA placement and the timing cache are documented there) once the probe has
     shown a GPU and a full TensorRT >= 10. BackendUnavailable when one is missing; ExportError
     when this ONNX cannot become an engine of `precision` (a DLA build with no layer on the DLA
-    included)."""
+    included). The ONNX file, which the export itself wrote, is read once here and named by its
+    path in messages."""
     trt = require_tensorrt()
     try:
         return build_engine(
-            trt, onnx_path, precision, build, input_name, feature_shape, timing_cache=timing_cache
+            trt, Path(onnx_path).read_bytes(), str(onnx_path), precision, build, input_name,
+            feature_shape, timing_cache=timing_cache,
         )
     except BundleError as exc:
         raise ExportError(f"export cannot build the TensorRT engine: {exc}") from exc

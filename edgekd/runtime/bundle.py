@@ -333,19 +333,6 @@ class Bundle:
                                                    int(entry["size"]))
         return self._data[kind]
 
-    def path(self, artifact: Artifact | str) -> Path:
-        """Absolute path of a listed artifact after checking its bytes, for tools that only take
-        a path. The file can change after the check: backends load `read(artifact)` instead."""
-        self.read(artifact)
-        return self.root / self._listed(artifact).path
-
-    def data_path(self, kind: str) -> Path | None:
-        """Path of `golden.npz` / `eval.npz` after checking it (like `path`), else None. Loaders
-        use `read_data(kind)` instead."""
-        if self.read_data(kind) is None:
-            return None
-        return self.root / self.manifest[kind]["path"]
-
     def beside_eval(self) -> tuple[bytes | None, str | None]:
         """(the checked bytes of `<stem>.eval.npz` next to the bundle if the manifest records one
         and the file matches it, else None; why not, or None when the manifest records none).

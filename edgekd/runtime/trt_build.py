@@ -8,13 +8,12 @@ TensorRT segfaults instead of raising without one.
 
 Errors: BackendUnavailable when a piece is missing (a lean TensorRT runtime has no builder, a
 TensorRT older than MIN_TENSORRT); BundleError when this ONNX cannot become an engine of this
-precision here (bad build options, parse or build failure, a DLA build that put no layer on the
-DLA). The exporter re-raises the latter as ExportError.
+precision here (bad build options, parse or build failure, a DLA build with no layer that can
+run on the DLA). The exporter re-raises the latter as ExportError.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +72,9 @@ def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuiltEngine:
-    """A serialized engine and, for a DLA build, where its layers run: `{"dla": n, "gpu": m}`
-    as the engine inspector reports them (None for a GPU build)."""
+    """A serialized engine and, for a DLA build, where its network's layers were placed:
+    `{"dla": n, "gpu": m}` as `IBuilderConfig.can_run_on_DLA` answered (None for a GPU
+    build)."""
 
     plan: bytes
     layers: dict[str, int] | None = None
@@ -98,7 +98,8 @@ def check_version(trt: Any) -> None:
 
 def build_engine(
     trt: Any,
-    onnx_path: Path,
+    onnx: bytes,
+    name: str,
     precision: str,
     build: Mapping[str, Any] | None,
     input_name: str,
@@ -106,7 +107,10 @@ def build_engine(
     *,
     timing_cache: Path | None = None,
 ) -> BuiltEngine:
-    """Serialized TensorRT engine for `onnx_path`, with one optimization profile over the batch.
+    """Serialized TensorRT engine for the ONNX model `onnx` (its bytes, parsed as given: the
+    caller hands over the bytes it checked, nothing is reopened by path; the model has no
+    external-data file), with one optimization profile over the batch. `name` names the model
+    in error messages.
 
     `trt`: the imported `tensorrt` module (>= MIN_TENSORRT). `build`: the manifest's
     `tensorrt_build` section (`workspace_mib`, `profiles` {min, opt, max} batch sizes,
@@ -118,15 +122,17 @@ def build_engine(
     `fp16_fallback`. TensorRT 11 networks are strongly typed: no precision flags at all.
 
     With `dla_core` the engine is built for that DLA core (default device DLA, GPU fallback for
-    layers DLA cannot run, fp16/int8 only, static batch profile), then deserialized on that core
-    and inspected: `layers` counts the layers on the DLA and on the GPU, and a build that put no
-    layer on the DLA is a BundleError. `input_name`: the ONNX input the profile shapes as
-    (batch, *feature_shape). `timing_cache`: a file (created if missing, rewritten atomically)
-    that makes rebuilds on the same device fast; key it by device, TensorRT refuses foreign
-    ones.
+    layers DLA cannot run, fp16/int8 only, static batch profile). Before building, each network
+    layer is asked `IBuilderConfig.can_run_on_DLA`: `layers` is `{"dla": n, "gpu": m}` from
+    that answer (what the builder is asked to place; TensorRT can still move a DLA-capable
+    layer to the GPU, which its log reports), and a network with no DLA-capable layer is a
+    BundleError naming its layer types, raised before the build. `input_name`: the ONNX input
+    the profile shapes as (batch, *feature_shape). `timing_cache`: a file (created if missing,
+    rewritten atomically) that makes rebuilds on the same device fast; key it by device,
+    TensorRT refuses foreign ones.
     """
     if precision not in PRECISIONS:
-        raise BundleError(f"{onnx_path}: TensorRT precision must be one of "
+        raise BundleError(f"{name}: TensorRT precision must be one of "
                           f"{', '.join(PRECISIONS)}, got {precision!r}")
     check_version(trt)
     if not hasattr(trt, "Builder"):
@@ -137,16 +143,16 @@ def build_engine(
     opts = build_options(build)
     dla = opts.get("dla_core")
     if dla is not None and precision == "fp32":
-        raise BundleError(f"{onnx_path}: DLA runs fp16 or int8, not fp32 (tensorrt_build "
+        raise BundleError(f"{name}: DLA runs fp16 or int8, not fp32 (tensorrt_build "
                           f"dla_core {dla})")
-    flags = _network_flags(trt, precision, onnx_path)
+    flags = _network_flags(trt, precision, name)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(onnx):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise BundleError(f"TensorRT cannot parse {name}: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts["workspace_mib"] << 20)
@@ -155,12 +161,13 @@ def build_engine(
             config.set_flag(getattr(trt.BuilderFlag, flag))
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
+    layers = None
     if dla is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        # the inspector names each layer's type only in a detailed engine
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        # asked of the configured builder (precision, core): DLA support depends on both
+        layers = _dla_placement(config, network, f"{name}: the {precision} network", dla)
 
     prof = opts["profiles"]
     profile = builder.create_optimization_profile()
@@ -175,65 +182,29 @@ def build_engine(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BundleError(
-            f"TensorRT could not build a {precision} engine from {onnx_path} (see the TensorRT log)"
+            f"TensorRT could not build a {precision} engine from {name} (see the TensorRT log)"
         )
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    plan = bytes(plan)
-    if dla is None:
-        return BuiltEngine(plan)
-    runtime = trt.Runtime(logger)
-    runtime.DLA_core = dla
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise BundleError(f"the {precision} DLA engine built from {onnx_path} does not "
-                          f"deserialize on DLA core {dla} (see the TensorRT log)")
-    records = _engine_layers(trt, engine)
-    layers = _count_devices(records)
-    if layers["dla"] == 0:
-        kinds = sorted({str(r.get("LayerType")) if isinstance(r, dict) else "(name only)"
-                        for r in records})
+    return BuiltEngine(bytes(plan), layers)
+
+
+def _dla_placement(config: Any, network: Any, what: str, dla: int) -> dict[str, int]:
+    """`{"dla": n, "gpu": m}`: the network's layers that `config` (default device DLA, its core
+    set) can and cannot run on the DLA; BundleError, naming the layer types, if none can."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    on_dla = sum(bool(config.can_run_on_DLA(layer)) for layer in layers)
+    if on_dla == 0:
+        kinds = sorted({getattr(layer.type, "name", str(layer.type)) for layer in layers})
         raise BundleError(
-            f"{onnx_path}: TensorRT put none of the {layers['gpu']} layers of the {precision} "
-            f"engine on DLA core {dla}: all fell back to the GPU (layer types: "
-            f"{', '.join(kinds) or 'none reported'}); build without --dla-core, or see the "
-            f"TensorRT log for why DLA refused them"
+            f"{what} has no layer that can run on DLA core {dla}: all {len(layers)} would fall "
+            f"back to the GPU (layer types: {', '.join(kinds) or 'none'}); build without "
+            f"--dla-core, or see the TensorRT log for why DLA refuses them"
         )
-    return BuiltEngine(plan, layers)
+    return {"dla": on_dla, "gpu": len(layers) - on_dla}
 
 
-def _engine_layers(trt: Any, engine: Any) -> list[Any]:
-    """The engine inspector's per-layer records (dicts in a detailed engine, else names)."""
-    text = engine.create_engine_inspector().get_engine_information(
-        trt.LayerInformationFormat.JSON)
-    try:
-        info = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"the TensorRT engine inspector returned no JSON ({exc})") from exc
-    layers = info.get("Layers") if isinstance(info, dict) else None
-    return layers if isinstance(layers, list) else []
-
-
-def _on_dla(layer: Any) -> bool:
-    """Whether an inspector layer record says it runs on a DLA: a DLA subgraph is one layer of
-    type "DLA" (or a record whose "Device" names DLA); anything else runs on the GPU."""
-    if not isinstance(layer, dict):
-        return False
-    return "DLA" in (str(layer.get("LayerType", "")).upper(),
-                     str(layer.get("Device", "")).upper())
-
-
-def _count_devices(records: list[Any]) -> dict[str, int]:
-    dla = sum(_on_dla(r) for r in records)
-    return {"dla": dla, "gpu": len(records) - dla}
-
-
-def layer_devices(trt: Any, engine: Any) -> dict[str, int]:
-    """`{"dla": n, "gpu": m}`: how many of a deserialized engine's layers run where."""
-    return _count_devices(_engine_layers(trt, engine))
-
-
-def _network_flags(trt: Any, precision: str, onnx_path: Path) -> int:
+def _network_flags(trt: Any, precision: str, name: str) -> int:
     """Network creation flags. TensorRT 10: weakly typed, precisions from builder flags (0).
     TensorRT 11 dropped weak typing: int8/fp32 networks are strongly typed (types from the Q/DQ
     graph) and FP16 would need an FP16-typed ONNX, which export does not write."""
@@ -242,7 +213,7 @@ def _network_flags(trt: Any, precision: str, onnx_path: Path) -> int:
     if precision == "fp16":
         raise BundleError(
             f"TensorRT {trt.__version__} builds FP16 only from an FP16-typed ONNX and "
-            f"{onnx_path} is not one; use int8 or fp32"
+            f"{name} is not one; use int8 or fp32"
         )
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 

@@ -5,6 +5,7 @@ build where a GPU and TensorRT exist (@pytest.mark.gpu)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -100,12 +101,15 @@ def test_onnx_frontend_hands_the_probed_module_to_the_runtime_builder(
     )
     build = get_target("jetson-orin-nano").tensorrt_build("int8")
     timing = tmp_path / "timing.cache"
+    (tmp_path / "m.onnx").write_bytes(b"ONNX written by the export")
     plan = trt_export.build_onnx_engine(
         tmp_path / "m.onnx", "int8", build, "input", (3, 128), timing_cache=timing
     )
     assert plan == b"PLAN"
+    # the file's bytes, read once, named by the path for the builder's messages
     assert seen == [
-        (mod, tmp_path / "m.onnx", "int8", build, "input", (3, 128), {"timing_cache": timing})
+        (mod, b"ONNX written by the export", str(tmp_path / "m.onnx"), "int8", build, "input",
+         (3, 128), {"timing_cache": timing})
     ]
 
 
@@ -114,8 +118,10 @@ def test_a_build_failure_is_an_export_error(
 ) -> None:
     _tensorrt(monkeypatch)
     build = get_target("x86-nvidia").tensorrt_build("fp16")
+    (tmp_path / "m.onnx").write_bytes(b"ONNX")
     with pytest.raises(
-        ExportError, match="export cannot build the TensorRT engine: .*precision must be one of"
+        ExportError, match="export cannot build the TensorRT engine: .*m.onnx: TensorRT "
+        "precision must be one of"
     ) as info:
         trt_export.build_onnx_engine(tmp_path / "m.onnx", "int4", build, "input", (3, 128))
     assert isinstance(info.value.__cause__, BundleError)  # what the runtime builder raised
@@ -178,7 +184,7 @@ def test_tensorrt_older_than_10_cannot_export(
         trt_export.build_onnx_engine(Path("m.onnx"), "int8", {}, "input", (3, 128))
 
 
-def _job(dla_core: int | None, notices: list[str]) -> Any:
+def _job(dla_core: int | None, notices: list[str], onnx: Path = Path("m.int8.qdq.onnx")) -> Any:
     """The parts of an export job the TensorRT format builder reads (agx, int8, ONNX frontend)."""
     from contextlib import nullcontext
 
@@ -190,16 +196,16 @@ def _job(dla_core: int | None, notices: list[str]) -> Any:
         tgt=get_target("jetson-agx-orin"), prec="int8", notices=notices,
         opts=types.SimpleNamespace(trt_frontend="onnx", dla_core=dla_core),
         parts=types.SimpleNamespace(sections={}), data=types.SimpleNamespace(spec=spec),
-        built={"onnx_qdq": Path("m.int8.qdq.onnx")},
+        built={"onnx_qdq": onnx},
         steps=types.SimpleNamespace(step=lambda *a: nullcontext()),
     )
 
 
 def test_dla_export_records_layers_per_device_or_leaves_the_build_to_the_board(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     from edgekd.export.formats import _build_tensorrt
-    from edgekd.runtime.trt_build import BuiltEngine
+    from tests.runtime.trt_standin import DLA_LAYERS, GPU_LAYERS, FakeTensorRT
 
     notices: list[str] = []
     monkeypatch.setattr(trt_export, "unavailable_reason", lambda: "no CUDA GPU: none")
@@ -208,16 +214,28 @@ def test_dla_export_records_layers_per_device_or_leaves_the_build_to_the_board(
     assert job.parts.sections["tensorrt_build"]["profiles"] == {"min": 8, "opt": 8, "max": 8}
     assert "batch 8, DLA core 1); the engine is built on the jetson-agx-orin device" in notices[0]
 
-    seen: list[dict[str, Any]] = []
+    # a board with TensorRT: the real builder asks can_run_on_DLA of every layer of the network
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))  # the timing cache goes there
     monkeypatch.setattr(trt_export, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(trt_export, "require_tensorrt", lambda: types.SimpleNamespace(
-        __version__="10.3.0"))
     monkeypatch.setattr(trt_export, "engine_stamp", lambda v, dla: {"gpu": "Orin", "dla": dla})
-    monkeypatch.setattr(trt_export, "build_onnx_engine", lambda path, prec, build, *a, **kw: (
-        seen.append(build) or BuiltEngine(b"PLAN", {"dla": 5, "gpu": 2})))
+    onnx = tmp_path / "m.int8.qdq.onnx"
+    onnx.write_bytes(b"QDQ")
+    rec = FakeTensorRT(layers=DLA_LAYERS)
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda: rec.module)
     notices.clear()
-    built = _build_tensorrt(_job(1, notices))
+    built = _build_tensorrt(_job(1, notices, onnx))
     assert built is not None and built.path == b"PLAN"
-    assert built.extra["layers"] == {"dla": 5, "gpu": 2} and seen[0]["dla_core"] == 1
-    assert notices == ["TensorRT int8 engine on DLA core 1: 5 layers on the DLA, 2 on the GPU "
+    assert built.extra["layers"] == {"dla": 2, "gpu": 1}
+    assert ("config", "DLA_core", 1) in rec.calls and ("parse", b"QDQ") in rec.calls
+    assert [c[1] for c in rec.calls if c[0] == "can_run_on_DLA"] == [
+        "CONVOLUTION", "ACTIVATION", "SHUFFLE"]
+    assert notices == ["TensorRT int8 engine on DLA core 1: 2 layers on the DLA, 1 on the GPU "
                        "(batch 8 per call)"]
+    # no layer DLA can run: an export error naming the layer types, before any build
+    rec = FakeTensorRT(layers=GPU_LAYERS)
+    with pytest.raises(ExportError, match=re.escape(
+            f"export cannot build the TensorRT engine: {onnx}: the int8 network has no layer "
+            "that can run on DLA core 1: all 2 would fall back to the GPU (layer types: REDUCE, "
+            "SHUFFLE)")):
+        _build_tensorrt(_job(1, [], onnx))
+    assert ("build",) not in rec.calls

@@ -29,6 +29,7 @@ from edgekd.runtime.cache_seal import CacheSeal, sidecar
 from edgekd.runtime.probe import probe_cuda
 from edgekd.runtime.trt_build import DEFAULT_BUILD, build_engine, build_options
 from edgekd.targets import get_target
+from tests.runtime.trt_standin import DLA_LAYERS, GPU_LAYERS, ONNX, FakeTensorRT
 
 ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda_runtime": "12.6"}
 H100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
@@ -69,16 +70,16 @@ def test_device_stamp_and_mismatch_reasons() -> None:
 
 
 def engine_bundle(out: Path, *stamps: dict, plan: bytes = b"plan", fp32: bool = False,
-                  build: dict | None = None) -> Path:
+                  build: dict | None = None, **entry: Any) -> Path:
     """A bundle with a (fake) QDQ ONNX, optionally a (fake) FP32 ONNX and `tensorrt_build`, and
-    one int8 engine per stamp (`plan` + its index)."""
+    one int8 engine per stamp (`plan` + its index; `entry`: more keys of its manifest entry)."""
     with BundleWriter(out) as w:
         w.add_file("model.int8.qdq.onnx", b"qdq", format="onnx", precision="int8")
         if fp32:
             w.add_file("model.fp32.onnx", b"fp32", format="onnx", precision="fp32")
         for i, stamp in enumerate(stamps):
             w.add_file(f"tensorrt/model.int8.{i}.engine", plan + str(i).encode(),
-                       format="tensorrt_engine", precision="int8", stamp=stamp)
+                       format="tensorrt_engine", precision="int8", stamp=stamp, **entry)
         if build is not None:
             w.set("tensorrt_build", build)
         w.set("labels", ["a", "b"])
@@ -223,191 +224,6 @@ def test_probe_runs_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- the builder and the backend against stand-ins for tensorrt and cuda-python ----------------
-GPU_LAYERS = [{"Name": "conv1 + relu1", "LayerType": "CaskConvolution"},
-              {"Name": "fc", "LayerType": "CaskGemm"}]
-DLA_LAYERS = [{"Name": "input to nvm", "LayerType": "Reformat"},
-              {"Name": "{ForeignNode[conv1...fc]}", "LayerType": "DLA"},
-              {"Name": "logits from nvm", "LayerType": "Reformat"}]
-
-
-class FakeTensorRT:
-    """A stand-in for the `tensorrt` module that records every builder call (and every
-    attribute set on a builder config or a runtime). Its runtime deserializes plans that start
-    with b"PLAN"; the engine has the I/O tensors `io` (first one the input), a profile over
-    batches profile_min..profile_max, an inspector that reports `layers` as JSON, and computes,
-    per input row, logits = (sum, max) on host memory."""
-
-    def __init__(self, *, version: str = "10.3.0", parse_ok: bool = True,
-                 plan: bytes | None = b"PLAN", io: tuple[str, ...] = ("x", "y"),
-                 out_dtype: str = "FLOAT", lean: bool = False, profile_max: int = 8,
-                 profile_min: int = 1, layers: list[Any] | None = None) -> None:
-        layers = GPU_LAYERS if layers is None else layers
-        self.calls: list[tuple[Any, ...]] = []
-        rec = self
-        mod = types.ModuleType("tensorrt")
-        mod.__version__ = version
-        mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0,
-                                                                  STRONGLY_TYPED=3)
-        mod.BuilderFlag = (types.SimpleNamespace(INT8="INT8", FP16="FP16", TF32="TF32",
-                                                 GPU_FALLBACK="GPU_FALLBACK")
-                           if int(version.split(".")[0]) < 11  # TensorRT 11 dropped weak typing
-                           else types.SimpleNamespace(STRIP_PLAN="STRIP_PLAN", TF32="TF32",
-                                                      GPU_FALLBACK="GPU_FALLBACK"))
-        mod.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
-        mod.ProfilingVerbosity = types.SimpleNamespace(LAYER_NAMES_ONLY="LAYER_NAMES_ONLY",
-                                                       DETAILED="DETAILED")
-        mod.LayerInformationFormat = types.SimpleNamespace(ONELINE="ONELINE", JSON="JSON")
-        mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-        mod.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
-
-        class Logger:
-            WARNING = "warning"
-
-            def __init__(self, level: str) -> None:
-                rec.calls.append(("logger", level))
-
-        class Cache:
-            def __init__(self, data: bytes) -> None:
-                self.data = data
-
-            def serialize(self) -> bytes:
-                return self.data + b"+new"
-
-        class Profile:
-            def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
-                rec.calls.append(("set_shape", name, *shapes))
-
-        class Config:
-            def __setattr__(self, name: str, value: Any) -> None:
-                rec.calls.append(("config", name, value))
-
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                rec.calls.append(("pool", pool, size))
-
-            def set_flag(self, flag: str) -> None:
-                rec.calls.append(("flag", flag))
-
-            def clear_flag(self, flag: str) -> None:
-                rec.calls.append(("clear_flag", flag))
-
-            def add_optimization_profile(self, profile: Profile) -> None:
-                rec.calls.append(("profile",))
-
-            def create_timing_cache(self, data: bytes) -> Cache:
-                rec.calls.append(("timing_cache_in", data))
-                return Cache(data)
-
-            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
-                rec.calls.append(("set_timing_cache", ignore_mismatch))
-
-        class Builder:
-            def __init__(self, logger: Logger) -> None:
-                pass
-
-            def create_network(self, flags: int) -> str:
-                rec.calls.append(("network_flags", flags))
-                return "network"
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network: str, config: Config) -> bytes | None:
-                return plan
-
-        class OnnxParser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network: str, logger: Logger) -> None:
-                pass
-
-            def parse_from_file(self, path: str) -> bool:
-                rec.calls.append(("parse", path))
-                return parse_ok
-
-            def get_error(self, i: int) -> str:
-                return "Unsupported ONNX op QLinearConv"
-
-        class Context:
-            """Like TensorRT: an unknown tensor name is refused (False), and execution fails
-            unless every I/O tensor has an address."""
-
-            def __init__(self) -> None:
-                self.addr: dict[str, int] = {}
-                self.shape: tuple[int, ...] = ()
-
-            def set_tensor_address(self, name: str, address: int) -> bool:
-                if name not in io:
-                    return False
-                self.addr[name] = address
-                return True
-
-            def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-                if name != io[0] or not profile_min <= shape[0] <= profile_max:
-                    return False
-                self.shape = tuple(shape)
-                return True
-
-            def execute_async_v3(self, stream: int) -> bool:
-                if set(self.addr) != set(io) or not self.shape:
-                    return False
-                batch, n = self.shape[0], int(np.prod(self.shape))
-                x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr[io[0]]))
-                out = np.ctypeslib.as_array(
-                    (ctypes.c_float * (2 * batch)).from_address(self.addr[io[1]]))
-                rows = x.reshape(batch, -1)
-                out[:] = np.stack([rows.sum(1), rows.max(1)], axis=1).ravel()
-                return True
-
-        class Inspector:
-            def get_engine_information(self, fmt: str) -> str:
-                assert fmt == "JSON"
-                return json.dumps({"Layers": layers, "Bindings": list(io)})
-
-        class Engine:
-            num_io_tensors = len(io)
-
-            def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
-                return [(profile_min, 3, 128), (profile_min, 3, 128), (profile_max, 3, 128)]
-
-            def create_engine_inspector(self) -> Inspector:
-                return Inspector()
-
-            def get_tensor_name(self, i: int) -> str:
-                return io[i]
-
-            def get_tensor_mode(self, name: str) -> str:
-                return "INPUT" if name == io[0] else "OUTPUT"
-
-            def get_tensor_dtype(self, name: str) -> str:
-                return out_dtype if name == io[-1] else "FLOAT"
-
-            def create_execution_context(self) -> Context:
-                return Context()
-
-        class Runtime:
-            def __init__(self, logger: Logger) -> None:
-                pass
-
-            def __setattr__(self, name: str, value: Any) -> None:
-                rec.calls.append(("runtime", name, value))
-
-            def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-                rec.calls.append(("deserialize", bytes(data)))
-                return Engine() if bytes(data).startswith(b"PLAN") else None
-
-        mod.Logger, mod.Runtime = Logger, Runtime
-        if not lean:
-            mod.Builder, mod.OnnxParser = Builder, OnnxParser
-        self.module = mod
-
-    def flags(self) -> list[str]:
-        return [c[1] for c in self.calls if c[0] == "flag"]
-
-
 class FakeCudart:
     """cuda-python's runtime API on host memory: a 'device' buffer is a numpy byte array, and a
     copy past its end fails the test instead of corrupting memory."""
@@ -464,12 +280,12 @@ def test_int8_build_for_orin_nano_sets_what_the_target_says(tmp_path: Path) -> N
     rec = FakeTensorRT()
     build = get_target("jetson-orin-nano").tensorrt_build("int8")
     cache = tmp_path / "timing.cache"
-    built = build_engine(rec.module, tmp_path / "m.int8.onnx", "int8", build, "input", (3, 128),
+    built = build_engine(rec.module, ONNX, "m.int8.onnx", "int8", build, "input", (3, 128),
                          timing_cache=cache)
     assert built.plan == b"PLAN" and built.layers is None  # a GPU engine: nothing to inspect
     calls = rec.calls
     assert ("network_flags", 0) in calls  # TensorRT 10: explicit batch by default, weakly typed
-    assert ("parse", str(tmp_path / "m.int8.onnx")) in calls
+    assert ("parse", ONNX) in calls  # the bytes handed in, not a file reopened
     assert ("pool", "WORKSPACE", 512 * 2**20) in calls
     assert rec.flags() == ["INT8", "FP16"]  # fp16 fallback on
     assert not [c for c in calls if c[0] == "clear_flag"]  # TF32 only matters for fp32
@@ -477,7 +293,7 @@ def test_int8_build_for_orin_nano_sets_what_the_target_says(tmp_path: Path) -> N
     assert ("timing_cache_in", b"") in calls and ("set_timing_cache", False) in calls
     assert cache.read_bytes() == b"+new"
     # A second build starts from the saved timing cache.
-    build_engine(rec.module, tmp_path / "m.int8.onnx", "int8", build, "input", (3, 128),
+    build_engine(rec.module, ONNX, "m.int8.onnx", "int8", build, "input", (3, 128),
                  timing_cache=cache)
     assert ("timing_cache_in", b"+new") in rec.calls
 
@@ -486,20 +302,20 @@ def test_fp16_fp32_flags_and_failures(tmp_path: Path) -> None:
     build = get_target("x86-nvidia").tensorrt_build("fp16")
     for precision, flags, cleared in (("fp16", ["FP16"], []), ("fp32", [], ["TF32"])):
         rec = FakeTensorRT()
-        build_engine(rec.module, tmp_path / "m.onnx", precision, build, "input", (3, 128))
+        build_engine(rec.module, ONNX, "m.onnx", precision, build, "input", (3, 128))
         assert rec.flags() == flags
         # TF32 is on in a fresh builder config: an fp32 engine must compute in FP32
         assert [c[1] for c in rec.calls if c[0] == "clear_flag"] == cleared
         assert ("set_shape", "input", (1, 3, 128), (8, 3, 128), (256, 3, 128)) in rec.calls
     with pytest.raises(BundleError,
-                       match="TensorRT cannot parse .*Unsupported ONNX op QLinearConv"):
-        build_engine(FakeTensorRT(parse_ok=False).module, tmp_path / "m.onnx", "int8", build,
+                       match="TensorRT cannot parse m.onnx: Unsupported ONNX op QLinearConv"):
+        build_engine(FakeTensorRT(parse_ok=False).module, ONNX, "m.onnx", "int8", build,
                      "input", (3, 128))
     with pytest.raises(BundleError, match="could not build a int8 engine"):
-        build_engine(FakeTensorRT(plan=None).module, tmp_path / "m.onnx", "int8", build, "input",
+        build_engine(FakeTensorRT(plan=None).module, ONNX, "m.onnx", "int8", build, "input",
                      (3, 128))
     with pytest.raises(BundleError, match="precision must be one of fp32, fp16, int8, got 'int4'"):
-        build_engine(FakeTensorRT().module, tmp_path / "m.onnx", "int4", build, "input", (3, 128))
+        build_engine(FakeTensorRT().module, ONNX, "m.onnx", "int4", build, "input", (3, 128))
 
 
 @pytest.mark.parametrize("version", ["8.6.2", "8.5.2.2", "7.1.3"])
@@ -507,9 +323,9 @@ def test_tensorrt_older_than_10_is_refused(tmp_path: Path, version: str) -> None
     rec = FakeTensorRT(version=version)  # JetPack 5 ships TensorRT 8.5/8.6
     with pytest.raises(BackendUnavailable, match=re.escape(
             f"TensorRT {version} is installed; edgekd needs TensorRT >= 10")):
-        build_engine(rec.module, tmp_path / "m.onnx", "int8", None, "input", (3, 128))
+        build_engine(rec.module, ONNX, "m.onnx", "int8", None, "input", (3, 128))
     assert rec.calls == []
-    build_engine(FakeTensorRT(version="10.0.1").module, tmp_path / "m.onnx", "int8", None,
+    build_engine(FakeTensorRT(version="10.0.1").module, ONNX, "m.onnx", "int8", None,
                  "input", (3, 128))
 
 
@@ -528,27 +344,27 @@ def test_runtime_refuses_a_tensorrt_older_than_10_before_loading(
 
 def test_tensorrt_10_network_is_weakly_typed_with_builder_flags(tmp_path: Path) -> None:
     rec = FakeTensorRT(version="10.3.0")
-    build_engine(rec.module, tmp_path / "m.onnx", "int8", None, "input", (3, 128))
+    build_engine(rec.module, ONNX, "m.onnx", "int8", None, "input", (3, 128))
     assert ("network_flags", 0) in rec.calls and rec.flags() == ["INT8"]
 
 
 def test_tensorrt_11_builds_strongly_typed(tmp_path: Path) -> None:
     rec = FakeTensorRT(version="11.0.0")
     build = get_target("jetson-agx-orin").tensorrt_build("int8")
-    build_engine(rec.module, tmp_path / "m.onnx", "int8", build, "input", (3, 128))
+    build_engine(rec.module, ONNX, "m.onnx", "int8", build, "input", (3, 128))
     assert ("network_flags", 1 << 3) in rec.calls and not rec.flags()
     fp32 = FakeTensorRT(version="11.0.0")
-    build_engine(fp32.module, tmp_path / "m.onnx", "fp32", build, "input", (3, 128))
+    build_engine(fp32.module, ONNX, "m.onnx", "fp32", build, "input", (3, 128))
     assert ("clear_flag", "TF32") in fp32.calls and not fp32.flags()
     with pytest.raises(BundleError, match="FP16 only from an FP16-typed ONNX"):
-        build_engine(rec.module, tmp_path / "m.onnx", "fp16", build, "input", (3, 128))
+        build_engine(rec.module, ONNX, "m.onnx", "fp16", build, "input", (3, 128))
 
 
 def test_lean_runtime_cannot_build(tmp_path: Path) -> None:
     rec = FakeTensorRT(lean=True)
     with pytest.raises(BackendUnavailable,
                        match=r"TensorRT 10.3.0 here is the lean runtime .*edgekd\[tensorrt\]"):
-        build_engine(rec.module, tmp_path / "m.onnx", "int8", {}, "input", (3, 128))
+        build_engine(rec.module, ONNX, "m.onnx", "int8", {}, "input", (3, 128))
     assert rec.calls == []
 
 
@@ -577,7 +393,7 @@ def test_first_load_builds_with_the_manifest_options_then_hits_the_cache(
     with caplog.at_level(logging.WARNING, "edgekd.runtime"):
         engine = trt_backend.open(b, "int8", threads=None, cache_dir=cache)
     assert "ignoring bundled engine" in caplog.text and "building a int8 engine" in caplog.text
-    assert ("parse", str(b.root / "model.int8.qdq.onnx")) in rec.calls
+    assert ("parse", (b.root / "model.int8.qdq.onnx").read_bytes()) in rec.calls
     assert ("pool", "WORKSPACE", 256 << 20) in rec.calls
     assert rec.flags() == ["INT8", "FP16"]  # the manifest's fp16_fallback
     # the manifest's ONNX input name; default min/opt batch, the manifest's max
@@ -599,7 +415,7 @@ def test_first_load_builds_with_the_manifest_options_then_hits_the_cache(
     assert ("deserialize", b"PLAN") in rec.calls  # the sealed bytes, read once
     # another build on this device starts from the timing cache the first one left
     trt_backend.open(b, "fp32", threads=None, cache_dir=cache)
-    assert ("parse", str(b.root / "model.fp32.onnx")) in rec.calls
+    assert ("parse", (b.root / "model.fp32.onnx").read_bytes()) in rec.calls
     assert ("timing_cache_in", b"+new") in rec.calls and rec.flags() == []
 
 
@@ -678,6 +494,38 @@ def test_altered_bundled_engine_is_not_deserialized(tmp_path: Path) -> None:
         _resolve(b, tmp_path / "cache")
 
 
+def test_files_swapped_after_the_check_are_not_what_tensorrt_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_device: FakeCudart,
+) -> None:
+    """The engine and the ONNX are checked and loaded as one read: a file swapped on disk right
+    after its check (by another process) is never what TensorRT deserializes or parses."""
+    from edgekd.runtime.bundle import BundleDir
+
+    checked = BundleDir.checked
+    swapped: list[str] = []
+
+    def check_then_swap(self: BundleDir, rel: str, sha256: str, size: int) -> bytes:
+        data = checked(self, rel, sha256, size)
+        (self.path / rel).write_bytes(b"PLAN swapped in")  # what a reopen by path would get
+        swapped.append(rel)
+        return data
+
+    b = read_bundle(engine_bundle(tmp_path / "b.edgekd", H100, plan=b"PLAN"), verify=False)
+    other = read_bundle(engine_bundle(tmp_path / "o.edgekd", ORIN), verify=False)
+    monkeypatch.setattr(BundleDir, "checked", check_then_swap)
+    rec = _install(monkeypatch, FakeTensorRT())
+    engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert swapped == ["tensorrt/model.int8.0.engine"]
+    assert engine.artifact == str(b.root / "tensorrt/model.int8.0.engine")
+    assert [c for c in rec.calls if c[0] == "deserialize"] == [("deserialize", b"PLAN0")]
+    # the first-load build parses the checked ONNX bytes, not the file swapped after the check
+    rec.calls.clear()
+    swapped.clear()
+    trt_backend.open(other, "int8", threads=None, cache_dir=tmp_path / "cache")
+    assert swapped == ["model.int8.qdq.onnx"]
+    assert [c for c in rec.calls if c[0] == "parse"] == [("parse", b"qdq")]
+
+
 def _corrupt_cached_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            fake: FakeTensorRT) -> tuple[Any, Path, FakeTensorRT]:
     """A bundle with no engine, opened once (build + sealed cache entry), then its cached
@@ -699,7 +547,7 @@ def test_altered_cached_engine_is_rebuilt_with_a_notice(
     with caplog.at_level(logging.WARNING, "edgekd.runtime"):
         engine = trt_backend.open(b, "int8", threads=None, cache_dir=tmp_path / "cache")
     assert f"cached engine {cached} is not used ({SEAL_MISMATCH}" in caplog.text
-    assert ("parse", str(b.root / "model.int8.qdq.onnx")) in rec.calls  # rebuilt
+    assert ("parse", (b.root / "model.int8.qdq.onnx").read_bytes()) in rec.calls  # rebuilt
     assert ("deserialize", b"PLAN, but not the one that was built") not in rec.calls
     assert engine.artifact == str(cached) and cached.read_bytes() == b"PLAN"
 
@@ -718,7 +566,7 @@ def test_cached_engine_of_another_bundle_is_rebuilt(
     rec.calls.clear()
     b = trt_backend.open(other, "int8", threads=None, cache_dir=cache)
     assert b.artifact == a.artifact  # same path ...
-    assert ("parse", str(other.root / "model.int8.qdq.onnx")) in rec.calls  # ... rebuilt
+    assert ("parse", (other.root / "model.int8.qdq.onnx").read_bytes()) in rec.calls  # ... rebuilt
     assert json.loads(sidecar(Path(b.artifact)).read_text())["bundle_digest"] == other.digest
 
 
@@ -794,33 +642,40 @@ def test_dla_core_is_a_target_build_option_with_a_static_profile() -> None:
         build_options({"dla_core": 0, "profiles": {"min": 1, "opt": 8, "max": 128}})
 
 
-def test_dla_build_targets_the_core_and_counts_layers_per_device(tmp_path: Path) -> None:
+def test_dla_build_targets_the_core_and_counts_layers_per_device() -> None:
     build = get_target("jetson-agx-orin").tensorrt_build("int8", dla_core=1)
     rec = FakeTensorRT(layers=DLA_LAYERS)
-    built = build_engine(rec.module, tmp_path / "m.onnx", "int8", build, "input", (3, 128))
+    built = build_engine(rec.module, ONNX, "m.onnx", "int8", build, "input", (3, 128))
     assert ("config", "default_device_type", "DLA") in rec.calls
     assert ("config", "DLA_core", 1) in rec.calls and "GPU_FALLBACK" in rec.flags()
-    assert ("config", "profiling_verbosity", "DETAILED") in rec.calls  # layer types inspected
     assert ("set_shape", "input", (8, 3, 128), (8, 3, 128), (8, 3, 128)) in rec.calls
-    # the built plan is inspected on the core it was built for
-    assert rec.calls.index(("runtime", "DLA_core", 1)) < rec.calls.index(("deserialize", b"PLAN"))
-    assert built.plan == b"PLAN" and built.layers == {"dla": 1, "gpu": 2}
-    gpu = FakeTensorRT()
-    plain = build_engine(gpu.module, tmp_path / "m.onnx", "int8",
+    # every layer is asked, of the config already pointed at the core, before the build
+    asked = [i for i, c in enumerate(rec.calls) if c[0] == "can_run_on_DLA"]
+    assert [rec.calls[i][1] for i in asked] == ["CONVOLUTION", "ACTIVATION", "SHUFFLE"]
+    assert rec.calls.index(("config", "DLA_core", 1)) < asked[0]
+    assert asked[-1] < rec.calls.index(("build",))
+    assert built.plan == b"PLAN" and built.layers == {"dla": 2, "gpu": 1}
+    # no inspector, no detailed profiling, no deserialization just to count
+    assert not [c for c in rec.calls if c[0] in ("runtime", "deserialize")
+                or c[1:2] == ("profiling_verbosity",)]
+    gpu = FakeTensorRT(layers=DLA_LAYERS)
+    plain = build_engine(gpu.module, ONNX, "m.onnx", "int8",
                          get_target("jetson-agx-orin").tensorrt_build("int8"), "input", (3, 128))
-    assert not [c for c in gpu.calls if c[0] in ("config", "runtime", "deserialize")]
+    assert not [c for c in gpu.calls if c[0] in ("config", "runtime", "deserialize",
+                                                 "can_run_on_DLA")]
     assert "GPU_FALLBACK" not in gpu.flags() and plain.layers is None
 
 
-def test_dla_build_with_every_layer_on_the_gpu_is_an_error(tmp_path: Path) -> None:
+def test_dla_build_with_every_layer_on_the_gpu_is_an_error() -> None:
     build = get_target("jetson-agx-orin").tensorrt_build("fp16", dla_core=0)
+    rec = FakeTensorRT(layers=GPU_LAYERS)
     with pytest.raises(BundleError, match=re.escape(
-            "TensorRT put none of the 2 layers of the fp16 engine on DLA core 0: all fell back "
-            "to the GPU (layer types: CaskConvolution, CaskGemm)")):
-        build_engine(FakeTensorRT(layers=GPU_LAYERS).module, tmp_path / "m.onnx", "fp16", build,
-                     "input", (3, 128))
-    with pytest.raises(BundleError, match="none of the 0 layers"):  # a names-only inspector
-        build_engine(FakeTensorRT(layers=[]).module, tmp_path / "m.onnx", "fp16", build,
+            "m.onnx: the fp16 network has no layer that can run on DLA core 0: all 2 would fall "
+            "back to the GPU (layer types: REDUCE, SHUFFLE); build without --dla-core")):
+        build_engine(rec.module, ONNX, "m.onnx", "fp16", build, "input", (3, 128))
+    assert ("build",) not in rec.calls  # refused before TensorRT spends a build on it
+    with pytest.raises(BundleError, match="all 0 would fall back .*layer types: none"):
+        build_engine(FakeTensorRT(layers=[]).module, ONNX, "m.onnx", "fp16", build,
                      "input", (3, 128))
 
 
@@ -835,20 +690,23 @@ def test_dla_engine_loads_on_its_core_with_a_padded_static_batch(
     assert engine.artifact != str(b.root / "tensorrt/model.int8.0.engine")  # a GPU engine
     seal = json.loads(sidecar(Path(engine.artifact)).read_text())
     assert seal["context"]["device"] == {**H100, "dla_core": "1"}
-    assert engine.details["layers"] == {"dla": 1, "gpu": 2} and engine.max_batch == 8
+    assert engine.details["layers"] == {"dla": 2, "gpu": 1} and engine.max_batch == 8
     x = np.arange(3 * 384, dtype=np.float32).reshape(3, 3, 128)
     out = engine.new_runner()(x)  # 3 windows into an engine that takes exactly 8
     np.testing.assert_array_equal(out, np.stack([x.reshape(3, -1).sum(1),
                                                  x.reshape(3, -1).max(1)], axis=1))
     # the cached engine is deserialized by a runtime pointed at the core first
     rec.calls.clear()
-    trt_backend.open(b, "int8", threads=None, cache_dir=cache)
+    cached = trt_backend.open(b, "int8", threads=None, cache_dir=cache)
     assert rec.calls.index(("runtime", "DLA_core", 1)) < rec.calls.index(("deserialize", b"PLAN"))
     assert not [c for c in rec.calls if c[0] == "parse"]
+    assert "layers" not in cached.details  # counted at build time, not kept with the cache
     # so is an engine that came in the bundle, built for this board's DLA core
     dla_bundle = read_bundle(engine_bundle(tmp_path / "d.edgekd", {**H100, "dla_core": "1"},
-                                           plan=b"PLAN", build=build))
+                                           plan=b"PLAN", build=build,
+                                           layers={"dla": 5, "gpu": 2}))
     rec.calls.clear()
     bundled = trt_backend.open(dla_bundle, "int8", threads=None, cache_dir=cache)
     assert bundled.artifact == str(dla_bundle.root / "tensorrt/model.int8.0.engine")
+    assert bundled.details["layers"] == {"dla": 5, "gpu": 2}  # as the export counted them
     assert rec.calls.index(("runtime", "DLA_core", 1)) < rec.calls.index(("deserialize", b"PLAN0"))

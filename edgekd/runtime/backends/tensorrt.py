@@ -18,9 +18,11 @@ before `probe_cuda` (a subprocess) has seen a GPU: TensorRT segfaults rather tha
 driver is present.
 
 DLA (`tensorrt_build.dla_core`): the runtime is pointed at that core (`Runtime.DLA_core`) before
-it deserializes, the engine has a static batch (smaller calls are zero-padded to it), and the
-number of layers on the DLA and on the GPU, read from the engine inspector, is in the engine's
-details.
+it deserializes, and the engine has a static batch (smaller calls are zero-padded to it). The
+engine's details have `layers`, `{"dla": n, "gpu": m}` network layers that can run on the DLA
+and that fall back to the GPU, counted when the engine is built (`trt_build.build_engine`): for
+an engine built by this load, or a bundled one whose manifest entry records it (the export
+does); an engine from the cache has none.
 
 Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
@@ -48,7 +50,6 @@ from edgekd.runtime.trt_build import (
     build_engine,
     build_options,
     check_version,
-    layer_devices,
     version_problem,
 )
 
@@ -137,7 +138,7 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str], cache
     to or None, notices).
 
     Order: a bundled engine of this precision whose stamp matches (its bytes are checked against
-    the manifest's sha256 by `bundle.path`: an altered engine is a BundleError, never loaded);
+    the manifest's sha256 by `Bundle.read`: an altered engine is a BundleError, never loaded);
     then the cached engine if `seal` (None: the cache is bypassed) vouches for it for this
     bundle, signer and `cache_context`; else (None, None, cache path): build. The cache path is
     None only when the bundle has no ONNX to build from. Every engine passed over gets a notice
@@ -151,8 +152,7 @@ def resolve_engine(bundle: Bundle, precision: str, device: dict[str, str], cache
         if a.format == "tensorrt_engine" and a.precision == precision:
             why = stamp_mismatch(a.extra.get("stamp"), device)
             if why is None:
-                path = bundle.path(a)  # checks the sha256; the bytes are then read once
-                return path.read_bytes(), str(path), cached, notices
+                return bundle.read(a), str(bundle.root / a.path), cached, notices
             notices.append(f"ignoring bundled engine {a.path}: {why}")
     if cached is not None and seal is not None and source is not None:
         plan, why = seal.read(cached, kind=ENGINE_KIND, digest=bundle.digest,
@@ -313,6 +313,10 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     if dla is not None:
         runtime.DLA_core = dla  # a DLA engine runs on the core its runtime names when it loads
     engine = runtime.deserialize_cuda_engine(plan) if plan is not None else None
+    # where a DLA engine's layers run is counted when it is built: by the export for a bundled
+    # engine (its manifest entry), by this load below; a cached engine's count is not kept
+    layers = next((a.extra.get("layers") for a in bundle.artifacts
+                   if engine is not None and str(bundle.root / a.path) == where), None)
     if plan is not None and engine is None:
         log.warning("TensorRT: engine %s does not deserialize on this device; rebuilding", where)
     if engine is None:
@@ -322,8 +326,8 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
         log.warning("TensorRT: building a %s engine for %s from %s (first load on this device; "
                     "cached at %s)", precision, device["gpu"], source.path,
                     build_to if seal is not None else "nowhere: the cache is bypassed")
-        built = build_engine(trt, bundle.path(source), precision, build,
-                             bundle.manifest["io"]["input"]["name"], feat,
+        built = build_engine(trt, bundle.read(source), str(bundle.root / source.path), precision,
+                             build, bundle.manifest["io"]["input"]["name"], feat,
                              timing_cache=timing_cache_path(cache_root, device))
         if seal is not None:
             seal.write(build_to, built.plan, kind=ENGINE_KIND, digest=bundle.digest,
@@ -333,13 +337,13 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
         if engine is None:
             raise BundleError(f"{bundle.root}: the {precision} TensorRT engine just built from "
                               f"{source.path} does not deserialize (see the TensorRT log)")
-        where = str(build_to)
+        where, layers = str(build_to), built.layers
     in_name, out_name = io_tensor_names(trt, engine, Path(str(where)))
     prof = build["profiles"]
     k = len(bundle.labels)
     details: dict[str, Any] = {"device": device, "engine": where, "io": [in_name, out_name]}
-    if dla is not None:
-        details["layers"] = layer_devices(trt, engine)
+    if dla is not None and layers is not None:
+        details["layers"] = layers
 
     def new_runner() -> Runner:
         return _Runner(engine, cudart, in_name, out_name, feat, k, prof["max"], prof["min"])
