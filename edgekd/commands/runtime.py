@@ -39,6 +39,12 @@ RunOpt = Annotated[Path | None, typer.Option(
 TrustedKeyOpt = Annotated[list[Path] | None, typer.Option(
     "--trusted-key", help="Ed25519 public key (PEM) the bundle must be signed by; repeatable "
     "(default: the paths in $EDGEKD_TRUSTED_KEYS, if set).")]
+MinVersionOpt = Annotated[int | None, typer.Option(
+    "--min-version", min=0, help="Refuse a bundle whose manifest version is lower than N (or "
+    "that has none).", metavar="N")]
+AllowRollbackOpt = Annotated[bool, typer.Option(
+    "--allow-rollback", help="Accept a signed bundle older than the newest one of its signer "
+    "read on this device (refused by default).")]
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -313,11 +319,14 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest.")] = False,
         verify: Annotated[bool, typer.Option(help="Check every file's sha256 first.")] = True,
         trusted_key: TrustedKeyOpt = None,
+        min_version: MinVersionOpt = None,
+        allow_rollback: AllowRollbackOpt = False,
     ) -> None:
         """Summarise a bundle: labels, modality, artifacts, accuracy, target, provenance."""
         from edgekd.runtime import read_bundle
 
-        b = read_bundle(bundle, verify=verify, trusted_keys=trusted_key or None)
+        b = read_bundle(bundle, verify=verify, trusted_keys=trusted_key or None,
+                        min_version=min_version, allow_rollback=allow_rollback)
         if as_json:
             typer.echo(json.dumps(b.manifest, indent=2))
         else:
@@ -334,6 +343,8 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = None,
         threads: ThreadsOpt = None,
         trusted_key: TrustedKeyOpt = None,
+        min_version: MinVersionOpt = None,
+        allow_rollback: AllowRollbackOpt = False,
     ) -> None:
         """Classify a recording: one line per window (end time, label, score)."""
         import numpy as np
@@ -342,7 +353,8 @@ def register(app: typer.Typer) -> None:
         from edgekd.runtime import load
 
         model = load(bundle, backend=backend, precision=precision, threads=threads,
-                     trusted_keys=trusted_key or None)
+                     trusted_keys=trusted_key or None, min_version=min_version,
+                     allow_rollback=allow_rollback)
         samples = read_samples(input, model.spec)
         typer.echo(f"# {model.backend}/{model.precision}, {len(samples)} samples from {input}",
                    err=True)
@@ -385,6 +397,8 @@ def register(app: typer.Typer) -> None:
         cold: Annotated[bool, typer.Option(
             help="Time to first prediction + its peak RSS, per row, in a fresh process.")] = True,
         trusted_key: TrustedKeyOpt = None,
+        min_version: MinVersionOpt = None,
+        allow_rollback: AllowRollbackOpt = False,
     ) -> None:
         """Latency, throughput, streaming cost, memory, cold start and accuracy per backend x
         precision, and which one `--precision auto` would choose."""
@@ -396,7 +410,8 @@ def register(app: typer.Typer) -> None:
 
         # a pipe or file gets the full table rather than rich's 80-column default
         console = Console() if sys.stdout.isatty() else Console(width=200)
-        b = read_bundle(bundle, verify=False, trusted_keys=trusted_key or None)
+        b = read_bundle(bundle, verify=False, trusted_keys=trusted_key or None,
+                        min_version=min_version, allow_rollback=allow_rollback)
         reference = None
         if run_dir is not None:  # only when asked for: torch being importable is no reason
             require_extra("train", "the PyTorch reference row (--run)")
@@ -413,7 +428,8 @@ def register(app: typer.Typer) -> None:
                 batch_sizes=_int_list(batch, "batch"), duration_s=duration,
                 iterations=iterations, warmup=warmup, threads=threads, reference=reference,
                 progress=lambda name: console.print(f"[dim]measuring {name}...[/dim]"),
-                trusted_keys=trusted_key or None, cold=cold,
+                trusted_keys=trusted_key or None, min_version=min_version,
+                allow_rollback=allow_rollback, cold=cold,
             )
         console.print(render_table(report))
         for s in report["skipped"]:

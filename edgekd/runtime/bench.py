@@ -176,9 +176,10 @@ _COLD_START = textwrap.dedent("""
     import numpy as np
     import edgekd.runtime as rt
     from edgekd.runtime.bundle import load_npz
-    bundle, backend, precision, threads, cache = sys.argv[1:6]
+    bundle, backend, precision, threads, cache, min_version, allow_rollback = sys.argv[1:8]
     model = rt.load(bundle, backend=backend, precision=precision, threads=int(threads),
-                    cache_dir=cache or None)
+                    cache_dir=cache or None, min_version=int(min_version) if min_version else None,
+                    allow_rollback=allow_rollback == "1")
     golden = model.bundle.read_data("golden")
     if golden is not None:
         x = load_npz(golden)["x"][0]
@@ -201,16 +202,20 @@ _COLD_START = textwrap.dedent("""
 
 def cold_start(bundle: str | Path, backend: str, precision: str, *, threads: int | None = None,
                cache_dir: str | Path | None = None, trusted_keys: Sequence[Path] = (),
+               min_version: int | None = None, allow_rollback: bool = False,
                timeout_s: float = 120.0) -> dict[str, Any]:
     """Time to first prediction in a fresh runtime-only process: `{"ttfp_ms" (import + load +
     first predict, from the child's first line), "process_ms" (the same plus interpreter start,
-    as the parent saw it), "load_s", "peak_rss_mb", "torch_loaded"}` or `{"error": ...}`."""
+    as the parent saw it), "load_s", "peak_rss_mb", "torch_loaded"}` or `{"error": ...}`. The
+    child loads under the same trust as `load` here: `trusted_keys`, `min_version`,
+    `allow_rollback`."""
     env = dict(os.environ)
     package_root = str(Path(edgekd.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env[TRUSTED_KEYS_ENV] = os.pathsep.join(str(k) for k in trusted_keys)
     args = [sys.executable, "-c", _COLD_START, str(bundle), backend, precision,
-            str(threads or 1), "" if cache_dir is None else str(cache_dir)]
+            str(threads or 1), "" if cache_dir is None else str(cache_dir),
+            "" if min_version is None else str(min_version), "1" if allow_rollback else "0"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -344,6 +349,8 @@ def run_benchmark(
     reference_name: str = "pytorch-eager/fp32",
     progress: Callable[[str], None] | None = None,
     trusted_keys: Sequence[str | Path] | None = None,
+    min_version: int | None = None,
+    allow_rollback: bool = False,
     cold: bool = True,
 ) -> dict[str, Any]:
     """Measure every (backend, precision) the bundle offers; returns the JSON-safe report
@@ -355,8 +362,8 @@ def run_benchmark(
     `load_s` of the other rows is what `load` costs after the bundle was read: reading and
     hashing the row's artifact, and compiling (or importing a sealed OpenVINO blob from
     `cache_dir`, which also keeps the rollback record of signed bundles). `cold`: add each
-    row's cold start
-    (`cold_start`). `trusted_keys` as for `load`. The report's `recommendation` is what
+    row's cold start (`cold_start`). `trusted_keys`, `min_version` and `allow_rollback` as for
+    `load` (the cold-start process too). The report's `recommendation` is what
     `precision="auto"` would pick from these rows; `notes` says e.g. why accuracy is missing.
     Unavailable backends are listed under `skipped` when `backends` is "all", else raise.
     """
@@ -369,7 +376,8 @@ def run_benchmark(
         if p != "all" and p not in PRECISIONS:
             raise ConfigError(f"unknown precision {p!r}; choose all or {', '.join(PRECISIONS)}")
     keys = resolve_trusted_keys(trusted_keys)
-    b = read_bundle(bundle, verify=False, trusted_keys=keys, cache_dir=cache_dir)
+    b = read_bundle(bundle, verify=False, trusted_keys=keys, cache_dir=cache_dir,
+                    min_version=min_version, allow_rollback=allow_rollback)
     spec = ModalitySpec.from_dict(b.modality)
     x, y, note = _inputs(b, spec)
     k = len(b.labels)
@@ -393,7 +401,8 @@ def run_benchmark(
         for precision in wanted:
             say(f"{name}/{precision}")
             model = load(b, backend=name, precision=precision, threads=threads,
-                         cache_dir=cache_dir, trusted_keys=[])  # keys checked when read
+                         cache_dir=cache_dir, trusted_keys=[],  # keys checked when read
+                         min_version=min_version, allow_rollback=allow_rollback)
             run = model.runner()
             row = _row(f"{name}/{precision}", name, precision, run, model.infer, spec, x, y, k,
                        batch_sizes, timing)
@@ -403,7 +412,9 @@ def run_benchmark(
             row["stream"] = _stream_figures(model, x, timing, row["batches"])
             row["memory"] = _memory()
             row["cold_start"] = (cold_start(b.root, name, precision, threads=threads,
-                                            cache_dir=cache_dir, trusted_keys=keys)
+                                            cache_dir=cache_dir, trusted_keys=keys,
+                                            min_version=min_version,
+                                            allow_rollback=allow_rollback)
                                  if cold else None)
             rows.append(row)
     if reference is not None:

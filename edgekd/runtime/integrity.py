@@ -319,8 +319,8 @@ def check_rollback(cache: Path, signer: str, version: int | None, where: Path) -
             found = "no version (schema_version 2)" if version is None else f"version {version}"
             raise BundleError(
                 f"{where}: bundle has {found}, older than version {seen} already read on this "
-                f"device from signer {signer}: refusing a rollback (pass allow_rollback=True "
-                "to load an older signed bundle on purpose)"
+                f"device from signer {signer}: refusing a rollback (pass allow_rollback=True, "
+                "or --allow-rollback, to load an older signed bundle on purpose)"
             )
         if version is not None and (seen is None or version > seen):
             seal.write(path, json.dumps({"version": version}).encode("ascii"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +149,63 @@ def test_bench_bad_options(bundle_path: Path) -> None:
     assert result.exit_code == 2 and "--batch must be comma-separated integers" in result.output
     result = invoke("bench", bundle_path, "--backend", "tensorrt", "--iterations", "2")
     assert result.exit_code == 2 and "TensorRT needs an NVIDIA GPU" in result.output
+
+
+# -- version floor and rollback protection from the command line --------------------------------
+def _command(name: str, bundle: Path, tmp_path: Path) -> list[Any]:
+    """`edgekd <name>` on `bundle`, as small as it gets (bench: one row, two timed calls)."""
+    if name == "info":
+        return ["info", bundle]
+    if name == "run":
+        np.save(tmp_path / "rec.npy", RECORDING)
+        return ["run", bundle, "--input", tmp_path / "rec.npy", "--backend", "onnxruntime"]
+    return ["bench", bundle, "--backend", "onnxruntime", "--precision", "fp32", "--batch", "1",
+            "--iterations", "2", "--warmup", "0", "--json", tmp_path / "bench.json"]
+
+
+def _version(bundle: Path) -> int:
+    return json.loads((bundle / "manifest.json").read_text())["version"]
+
+
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_min_version_refuses_an_older_bundle(bundle_path: Path, tmp_path: Path,
+                                             private_cache: Path, command: str) -> None:
+    version = _version(bundle_path)
+    refused = invoke(*_command(command, bundle_path, tmp_path), "--min-version", version + 1)
+    assert refused.exit_code == 2
+    assert refused.output.splitlines() == [
+        f"error: {bundle_path.resolve() / 'manifest.json'}: bundle version {version} is older "
+        f"than the minimum {version + 1} required"]
+    accepted = invoke(*_command(command, bundle_path, tmp_path), "--min-version", version)
+    assert accepted.exit_code == 0, accepted.output
+
+
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_allow_rollback_loads_an_older_signed_bundle(bundle_path: Path, tmp_path: Path,
+                                                     private_cache: Path, command: str) -> None:
+    from edgekd.runtime.integrity import digest_entry, keygen, sign_bundle
+
+    private, public = keygen(tmp_path / "k")  # a signer of its own: its own rollback record
+    older, newer = tmp_path / "older.edgekd", tmp_path / "newer.edgekd"
+    for copy in (older, newer):
+        shutil.copytree(bundle_path, copy)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["version"] -= 1
+    manifest["digest"] = digest_entry(manifest)
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    for copy in (older, newer):
+        sign_bundle(copy, private)
+    key = ["--trusted-key", public]
+    assert invoke(*_command(command, newer, tmp_path), *key).exit_code == 0  # recorded
+    refused = invoke(*_command(command, older, tmp_path), *key)
+    assert refused.exit_code == 2
+    [line] = refused.output.splitlines()
+    assert line.startswith(f"error: {older.resolve() / 'manifest.json'}: bundle has version "
+                           f"{_version(older)}, older than version {_version(newer)} already "
+                           "read on this device")
+    assert "--allow-rollback" in line
+    rolled_back = invoke(*_command(command, older, tmp_path), *key, "--allow-rollback")
+    assert rolled_back.exit_code == 0, rolled_back.output
+    if command == "bench":  # the cold-start process loads under the same flag
+        [row] = json.loads((tmp_path / "bench.json").read_text())["rows"]
+        assert "error" not in row["cold_start"], row["cold_start"]
