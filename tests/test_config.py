@@ -83,7 +83,10 @@ def test_train_settings_out_of_range_are_named(field: str, value: object, expect
 def test_train_settings_in_range_are_kept() -> None:
     cfg = override(RunConfig(), "train", batch_size=2, seed=2**32 - 1, lr=1e-5, epochs=1)
     assert (cfg.train.batch_size, cfg.train.seed, cfg.train.lr, cfg.train.epochs) == (
-        2, 2**32 - 1, 1e-5, 1
+        2,
+        2**32 - 1,
+        1e-5,
+        1,
     )
 
 
