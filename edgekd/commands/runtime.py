@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import sys
 import wave
@@ -132,9 +133,15 @@ def _read_csv(path: Path) -> Any:
 
     from edgekd.errors import InputError
 
+    try:
+        # utf-8-sig: a byte-order mark must not turn the first sample row into a "header".
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save the CSV as UTF-8") from None
     rows: list[list[float]] = []
     names: list[str] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -169,7 +176,12 @@ def _read_wav(path: Path, spec: Any) -> Any:
             rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as exc:
-        raise InputError(f"{path}: not a readable PCM .wav file ({exc})") from exc
+        from edgekd.data.readers import wav_failure
+
+        why = wav_failure(path, exc)
+        raise InputError(f"{path}: not a readable PCM .wav file ({why})") from exc
+    if not frames:
+        raise InputError(f"{path}: the .wav file holds no samples (a header only)")
     if width != 2:
         raise InputError(f"{path}: {8 * width}-bit samples; only 16-bit PCM .wav is supported")
     if spec.kind == "image":
