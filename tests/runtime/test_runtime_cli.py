@@ -127,7 +127,7 @@ def test_run_csv_with_byte_order_mark_keeps_every_window(bundle_path: Path, tmp_
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("ax,ay,az\n0,0,1\n".encode() + b"\xff\xfe", r"bad.csv: not UTF-8 text \(byte 0xff at "
+    (b"ax,ay,az\n0,0,1\n\xff\xfe", r"bad.csv: not UTF-8 text \(byte 0xff at "
      r"offset 15\); save the CSV as UTF-8"),
     ("accélération\n".encode("latin-1"), r"bad.csv: not UTF-8 text \(byte 0xe9 at offset 3\)"),
 ])
