@@ -178,6 +178,16 @@ def test_decompression_bomb_is_a_data_error(
             read()
 
 
+def test_manifest_and_header_with_byte_order_mark_load_alike(toy: Path) -> None:
+    before = load_dataset(toy)
+    for path in (toy, toy.parent / "modalities.yaml"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    after = load_dataset(toy)
+    assert after.specs == before.specs
+    for name, split in before.splits.items():
+        np.testing.assert_array_equal(after.splits[name].y, split.y)
+
+
 def test_wav_and_png_read_exactly(tmp_path: Path) -> None:
     voice = ModalitySpec("voice", "audio", 16000.0, 1, 400, 200)
     pcm = np.array([0, 16384, -32768, 32767], dtype="<i2")
