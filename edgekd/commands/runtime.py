@@ -403,11 +403,16 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from edgekd.commands import require_extra
+        from edgekd.report import plots_unavailable
         from edgekd.runtime import read_bundle
         from edgekd.runtime.bench import plot, render_table, run_benchmark, write_json
 
         # a pipe or file gets the full table rather than rich's 80-column default
         console = Console() if sys.stdout.isatty() else Console(width=200)
+        no_plot = plots_unavailable() if plot_out is not None else None
+        if no_plot:
+            console.print(f"note: --plot {plot_out}: {no_plot}", style="yellow", markup=False)
+            plot_out = None
         b = read_bundle(bundle, verify=False, trusted_keys=trusted_key or None)
         reference = None
         if run_dir is not None:  # only when asked for: torch being importable is no reason

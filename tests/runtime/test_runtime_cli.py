@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import wave
 from pathlib import Path
 
@@ -152,6 +153,22 @@ def test_run_empty_wav_names_the_file_and_the_reason(bundle_path: Path, tmp_path
     result = invoke("run", bundle_path, "--input", empty)
     assert result.exit_code == 2, result.output
     assert "(the file is empty, 0 bytes)" in result.output and "()" not in result.output
+
+
+def test_bench_plot_without_matplotlib_is_a_note_first(bundle_path: Path, tmp_path: Path,
+                                                       private_cache: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = invoke("bench", bundle_path, "--backend", "onnxruntime", "--precision", "int8",
+                    "--batch", "1,8", "--iterations", "5", "--warmup", "1", "--no-cold",
+                    "--json", out, "--plot", png)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (f"note: --plot {png}: plots skipped: matplotlib is not installed "
+                        "(pip install 'edgekd[report]')")
+    assert "measuring" in lines[1]  # said before the measurements, not after them
+    assert json.loads(out.read_text())["rows"] and not png.exists()
 
 
 def test_bench_json_and_plot(bundle_path: Path, tmp_path: Path, private_cache: Path) -> None:
