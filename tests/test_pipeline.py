@@ -119,6 +119,52 @@ def test_manifest_windows_are_memory_mapped(tmp_path: Path, monkeypatch) -> None
     assert list(spill_root().iterdir()) == []
 
 
+_SPILL_AND_WAIT = """
+import sys, time
+import numpy as np
+from edgekd.data.storage import WindowSpill
+spill = WindowSpill()
+spill.append("voice", np.zeros((4, 8), np.float32))
+print(spill.dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_spill_folders_of_killed_loads_are_removed_by_the_next(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.toy_manifest import make_toy_manifest
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SPILL_AND_WAIT], env=env, stdout=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        killed, live = (Path(p.stdout.readline().strip()) for p in procs)
+        assert killed.is_dir() and live.is_dir() and killed.parent == live.parent
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        assert (killed / "voice.f32").stat().st_size == 4 * 8 * 4  # left behind by the kill
+        ds = load_dataset(make_toy_manifest(tmp_path / "d", n_per_class=6, classes=2), seed=0)
+        assert len(ds.splits["train"]) > 0
+        assert not killed.exists()
+        assert sorted(killed.parent.iterdir()) == [live]  # the live process's folder is kept
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
+            p.stdout.close()
+
+
 # --- distill / teacher options ------------------------------------------------------------
 
 
