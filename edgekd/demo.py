@@ -61,7 +61,7 @@ def _say(progress: bool, text: str) -> None:
         from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold cyan]demo[/] {escape(text)}")
+        Console(stderr=True).print(f"[bold cyan]demo[/] {escape(text)}", soft_wrap=True)
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
