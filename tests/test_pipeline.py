@@ -316,14 +316,15 @@ def test_one_teacher_output_function_for_cached_online_and_qat(teacher_run: Path
 
     run = load_run(teacher_run, expect_role="teacher")
     specs = {m: ModalitySpec.from_dict(s) for m, s in run.sidecar["specs"].items()}
-    raw = {m: load_dataset("har", limit=300, seed=0).splits["val"].x[m][:50] for m in specs}
-    clean = {m: torch.from_numpy(preprocess(s, raw[m])) for m, s in specs.items()}
-    logits, emb = student_teacher_outputs(run.model, specs, raw, DistillConfig(), "accel", 0)
+    val = load_dataset("har", limit=300, seed=0).splits["val"]
+    windows = Windows.of((val, np.arange(50)))
+    clean = {m: torch.from_numpy(preprocess(s, val.x[m][:50])) for m, s in specs.items()}
+    logits, emb = student_teacher_outputs(run.model, specs, windows, DistillConfig(), "accel", 0)
     torch.testing.assert_close((logits, emb), teacher_forward(run.model, clean))
     corrupted = DistillConfig(teacher_corrupt=0.5)
-    noisy, _ = student_teacher_outputs(run.model, specs, raw, corrupted, "accel", 0)
+    noisy, _ = student_teacher_outputs(run.model, specs, windows, corrupted, "accel", 0)
     changed = (noisy - logits).abs().amax(1) > 1e-5
     assert int(changed.sum()) == 25  # round(0.5 * 50) windows saw noise instead of the gyroscope
     restricted = DistillConfig(teacher_view="student")
-    blind, _ = student_teacher_outputs(run.model, specs, raw, restricted, "accel", 0)
+    blind, _ = student_teacher_outputs(run.model, specs, windows, restricted, "accel", 0)
     torch.testing.assert_close(blind, teacher_forward(run.model, clean, ("gyro",))[0])
