@@ -374,10 +374,14 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{ev.t_end_s:10.3f} s  {ev.label}  {ev.score:.4f}")
                     count += 1
             if count == 0:
-                raise InputError(f"the recording has {len(samples)} samples, fewer than one "
-                                 f"window ({model.spec.window})")
+                raise InputError(f"{input}: the recording has {len(samples)} samples, fewer "
+                                 f"than one window ({model.spec.window})")
         else:
-            for t, label, score in _offline_events(model, samples):
+            try:
+                events = _offline_events(model, samples)
+            except InputError as exc:
+                raise InputError(f"{input}: {exc}") from None
+            for t, label, score in events:
                 typer.echo(f"{t:10.3f} s  {label}  {score:.4f}")
 
     @app.command()

@@ -101,7 +101,8 @@ def test_run_wav_checks_rate_and_channels(bundle_path: Path, tmp_path: Path,
 @pytest.mark.parametrize(("content", "message"), [
     ("ax,ay,az\n0,0,1\n0,x,1\n", r"bad.csv:3: not a number"),
     ("0,0,1\n0,0\n", r"bad.csv:2: 2 columns, earlier rows have 3"),
-    ("0,0,1\n" * 10, r"10 samples, fewer than one window \(128 samples = 2.56 s\)"),
+    ("0,0,1\n" * 10, r"bad.csv: the recording has 10 samples, fewer than one window \(128 "
+     r"samples = 2.56 s\)"),
     ("0,nan,1\n" * 200, r"NaN or inf"),
 ])
 def test_run_bad_input_files(bundle_path: Path, tmp_path: Path, private_cache: Path,
