@@ -8,7 +8,8 @@ run was trained on.
 
 Memory: training and validation windows stay in the dataset's storage (memory-mapped for a
 manifest) as `Windows` of labelled rows; export picks positions first and reads only those
-windows (`train_features`). Only the held-out windows (at most EVAL_CAP) are held in RAM.
+windows (`train_features`), QAT reads them batch by batch. Held in RAM: the held-out windows (at
+most EVAL_CAP) and, for NNCF's accuracy control only, the validation features.
 """
 
 from __future__ import annotations
