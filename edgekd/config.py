@@ -7,6 +7,7 @@ its folder alone. Unknown keys are errors (a typo must not silently fall back to
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,24 @@ DEFAULT_AUGMENT = AugmentConfig()
 NO_AUGMENT = AugmentConfig(policy="none", mix="none")
 
 
+def _check_int(name: str, value: Any, low: int, what: str, high: int | None = None) -> None:
+    """ConfigError unless `value` is an integer in [low, high] (bools are not integers here)."""
+    bound = f"between {low} and {high}" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number {bound} ({what}), got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} must be {bound} ({what}), got {value}")
+
+
+def _check_float(name: str, value: Any, what: str, positive: bool) -> None:
+    """ConfigError unless `value` is a finite number, > 0 if `positive` else >= 0."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number {bound} ({what}), got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be {bound} ({what}), got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by teacher and student training."""
@@ -109,6 +128,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise ConfigError(f"train.select={self.select!r} is not one of {', '.join(SELECTIONS)}")
+        if self.epochs is not None:
+            _check_int("train.epochs (--epochs)", self.epochs, 1, "epochs to train")
+        _check_int("train.batch_size (--batch-size)", self.batch_size, 2,
+                   "windows per step (BatchNorm needs 2)")  # fmt: skip
+        # numpy and torch seed generators with unsigned 32-bit integers.
+        _check_int("train.seed (--seed)", self.seed, 0, "seed", high=2**32 - 1)
+        _check_int("train.num_workers", self.num_workers, 0, "worker processes")
+        _check_float("train.lr (--lr)", self.lr, "peak learning rate", positive=True)
+        _check_float("train.weight_decay", self.weight_decay, "weight decay", positive=False)
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ class DemoSettings:
 def _say(progress: bool, text: str) -> None:
     if progress:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold cyan]demo[/] {text}")
+        Console(stderr=True).print(f"[bold cyan]demo[/] {escape(text)}", soft_wrap=True)
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def student_setup(runs: dict[str, Path]) -> dict[str, Any]:
 
 
 def _bench(
-    bundle: Path, student_dir: Path, out: Path, settings: DemoSettings, progress: bool
+    bundle: Path, student_dir: Path, out: Path, settings: DemoSettings, progress: bool, plots: bool
 ) -> dict[str, Any]:
     from edgekd.reference import eager_reference, torch_threads
     from edgekd.runtime.bench import plot, run_benchmark, write_json
@@ -150,11 +151,12 @@ def _bench(
             progress=(lambda msg: _say(progress, f"benchmarking {msg}")),
         )
     write_json(report, out / "bench.json")
-    plot(report, out / "latency.png")
+    if plots:
+        plot(report, out / "latency.png")
     return report
 
 
-def _stream(bundle: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
+def _stream(bundle: Path, out: Path, settings: DemoSettings, plots: bool) -> dict[str, Any]:
     import edgekd.runtime as rt
     from edgekd.data.har import har_recording
     from edgekd.report import plot_stream
@@ -181,17 +183,18 @@ def _stream(bundle: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
         if labelled.any()
         else float("nan")
     )
-    plot_stream(
-        ends / spec.rate_hz,
-        predicted,
-        expected,
-        np.arange(len(truth)) / spec.rate_hz,
-        truth,
-        model.labels,
-        out / "stream.png",
-        f"Subject {STREAM_SUBJECT} streamed in {STREAM_CHUNK}-sample chunks "
-        f"({model.backend} {model.precision})",
-    )
+    if plots:
+        plot_stream(
+            ends / spec.rate_hz,
+            predicted,
+            expected,
+            np.arange(len(truth)) / spec.rate_hz,
+            truth,
+            model.labels,
+            out / "stream.png",
+            f"Subject {STREAM_SUBJECT} streamed in {STREAM_CHUNK}-sample chunks "
+            f"({model.backend} {model.precision})",
+        )
     return {
         "subject": STREAM_SUBJECT,
         "backend": model.backend,
@@ -205,7 +208,7 @@ def _stream(bundle: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
     }
 
 
-def _confusion(bundle: Path, out: Path) -> dict[str, Any]:
+def _confusion(bundle: Path, out: Path, plots: bool) -> dict[str, Any]:
     import edgekd.runtime as rt
     from edgekd.data import load_dataset
     from edgekd.metrics import classification_report, confusion_matrix
@@ -218,25 +221,29 @@ def _confusion(bundle: Path, out: Path) -> dict[str, Any]:
     pred = np.concatenate([model.predict(x[i : i + 512]).index for i in range(0, len(x), 512)])
     k = len(model.labels)
     cm = confusion_matrix(y, pred, k)
-    plot_confusion(
-        cm,
-        model.labels,
-        out / "confusion_int8.png",
-        f"int8 student ({model.backend}), test subjects",
-    )
+    if plots:
+        plot_confusion(
+            cm,
+            model.labels,
+            out / "confusion_int8.png",
+            f"int8 student ({model.backend}), test subjects",
+        )
     return classification_report(y, pred, k)
 
 
 def run_demo(
     out: Path, *, quick: bool = False, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run every step; write `out/report.md`, `out/summary.json` and the PNGs; return the
-    summary."""
+    """Run every step; write `out/report.md`, `out/summary.json` and the PNGs (without
+    matplotlib: no PNGs, said before training and in report.md); return the summary."""
     from edgekd.export.exporter import export_run
-    from edgekd.report import plot_training_curves
+    from edgekd.report import plot_training_curves, plots_unavailable
 
     out = make_dirs(out)
     settings = DemoSettings.for_mode(quick)
+    no_plots = plots_unavailable()
+    if no_plots:
+        _say(True, f"{no_plots}: report.md and summary.json only")
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -245,7 +252,8 @@ def run_demo(
     metrics = {name: json.loads((d / "metrics.json").read_text()) for name, d in runs.items()}
     setup = student_setup(runs)
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in runs.items()}
-    plot_training_curves(histories, out / "training.png")
+    if not no_plots:
+        plot_training_curves(histories, out / "training.png")
 
     bundle = out / "har.edgekd"
     t0 = time.perf_counter()
@@ -266,11 +274,11 @@ def run_demo(
     manifest = json.loads((bundle / "manifest.json").read_text())
 
     t0 = time.perf_counter()
-    bench = _bench(bundle, runs["student (distilled)"], out, settings, progress)
+    bench = _bench(bundle, runs["student (distilled)"], out, settings, progress, not no_plots)
     timings["bench_s"] = time.perf_counter() - t0
     _say(progress, f"streaming subject {STREAM_SUBJECT}'s recording through the int8 bundle")
-    stream = _stream(bundle, out, settings)
-    int8_test = _confusion(bundle, out)
+    stream = _stream(bundle, out, settings, not no_plots)
+    int8_test = _confusion(bundle, out, not no_plots)
 
     summary = {
         "mode": "quick" if quick else "full",
@@ -295,6 +303,7 @@ def run_demo(
         "stream": stream,
         "timings": timings,
         "environment": bench["environment"],
+        "plots_skipped": no_plots,
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "report.md", render_markdown(summary))
@@ -349,18 +358,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         *[f"| {a} | {b} |" for a, b in summary_rows(summary)],
         "",
         *render_setup(summary["setup"]),
-        "## Training curves",
-        "![training](training.png)",
-        "",
-        "## Confusion matrix of the int8 student (test subjects)",
-        "![confusion](confusion_int8.png)",
-        "",
-        "## Latency distributions per backend and precision (batch 1, one thread)",
-        "![latency](latency.png)",
-        "",
-        "## Streamed predictions against the true activity",
-        "![stream](stream.png)",
-        "",
+        *_figures(summary.get("plots_skipped")),
         f"Timings (s): {', '.join(f'{k} {v:.1f}' for k, v in summary['timings'].items())}.",
         "",
     ]
@@ -371,6 +369,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+FIGURES = (
+    ("Training curves", "training"),
+    ("Confusion matrix of the int8 student (test subjects)", "confusion_int8"),
+    ("Latency distributions per backend and precision (batch 1, one thread)", "latency"),
+    ("Streamed predictions against the true activity", "stream"),
+)
+
+
+def _figures(skipped: str | None) -> list[str]:
+    """report.md's figure sections; `skipped` (why there are no PNGs) replaces them."""
+    if skipped:
+        return [f"No figures: {skipped}.", ""]
+    return [line for title, png in FIGURES for line in (f"## {title}", f"![{png}]({png}.png)", "")]
 
 
 def render_setup(setup: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""PNG plots for the demo report (matplotlib, Agg backend, imported lazily)."""
+"""PNG plots for the demo report (matplotlib, Agg backend, imported lazily), and the check every
+plotting command makes before its long work: matplotlib is optional (the `report` extra)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ import numpy as np
 from edgekd.io import atomic_write_png
 
 
-def _pyplot() -> Any:
+def plots_unavailable() -> str | None:
+    """None when matplotlib imports; else the one-line note a command prints instead of its
+    plots. Commands ask before they train or measure, so that a missing matplotlib is said at
+    the start and never fails a run at its end."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "plots skipped: matplotlib is not installed (pip install 'edgekd[report]')"
+    return None
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (PNG files, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +35,7 @@ def _pyplot() -> Any:
 
 def plot_training_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path: Path) -> None:
     """Training loss and validation accuracy per epoch, one line per run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
@@ -42,7 +55,7 @@ def plot_training_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (rows: true class) with counts in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     fig, ax = plt.subplots(figsize=(8, 7))
@@ -73,7 +86,7 @@ def plot_stream(
 ) -> None:
     """Streamed predictions (one dot per event: green where it equals `expected`, the window's
     true label, red where not, grey where that label is unknown, -1) over the true activity."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(12, 4))
     labelled = true >= 0
     ax.plot(true_t_s[labelled], true[labelled], ",", color="0.3", label="true activity")

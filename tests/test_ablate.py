@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -312,6 +313,19 @@ def test_cli_end_to_end_and_resume(teacher_run: Path, tmp_path: Path) -> None:
     result = run_cli(args)
     assert result.exit_code == 0, result.output
     assert json.loads(killed.read_text())["test"] == before["test"]
+
+    # Without matplotlib: said before any run starts, ablate.json written, no ablate.png.
+    (out / "ablate.png").unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+        result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "plots skipped: matplotlib is not installed (pip install 'edgekd[report]'): "
+        "ablate.json only, no ablate.png"
+    )
+    assert json.loads((out / "ablate.json").read_text())["runs"] == again["runs"]
+    assert not (out / "ablate.png").exists()
 
     # Other settings in the same folder are refused rather than mixed in.
     result = run_cli([*args[:-6], "--epochs", "2", "--limit", "300", "--batch-size", "64"])

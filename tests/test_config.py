@@ -56,3 +56,64 @@ def test_recipes() -> None:
     )
     with pytest.raises(ConfigError, match="unknown recipe"):
         resolve_recipe("magic")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("batch_size", 0, r"train.batch_size \(--batch-size\) must be >= 2"),
+        ("batch_size", 1, r"must be >= 2 \(windows per step \(BatchNorm needs 2\)\), got 1"),
+        ("seed", -1, r"train.seed \(--seed\) must be between 0 and 4294967295"),
+        ("seed", 2**32, r"train.seed \(--seed\) must be between 0 and 4294967295"),
+        ("lr", -0.1, r"train.lr \(--lr\) must be > 0 \(peak learning rate\), got -0.1"),
+        ("lr", 0.0, r"train.lr \(--lr\) must be > 0"),
+        ("lr", float("nan"), r"train.lr \(--lr\) must be a finite number > 0"),
+        ("epochs", -1, r"train.epochs \(--epochs\) must be >= 1 \(epochs to train\), got -1"),
+        ("epochs", 0, r"train.epochs \(--epochs\) must be >= 1"),
+        ("epochs", "3", r"train.epochs \(--epochs\) must be a whole number >= 1"),
+        ("weight_decay", -1e-4, r"train.weight_decay must be >= 0"),
+        ("num_workers", -2, r"train.num_workers must be >= 0"),
+    ],
+)
+def test_train_settings_out_of_range_are_named(field: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        override(RunConfig(), "train", **{field: value})
+
+
+def test_train_settings_in_range_are_kept() -> None:
+    cfg = override(RunConfig(), "train", batch_size=2, seed=2**32 - 1, lr=1e-5, epochs=1)
+    assert (cfg.train.batch_size, cfg.train.seed, cfg.train.lr, cfg.train.epochs) == (
+        2,
+        2**32 - 1,
+        1e-5,
+        1,
+    )
+
+
+def test_yaml_with_a_bad_train_value_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--batch-size", "0", "train.batch_size (--batch-size) must be >= 2"),
+        ("--seed", "-1", "train.seed (--seed) must be between 0 and 4294967295"),
+        ("--lr", "-0.001", "train.lr (--lr) must be > 0"),
+        ("--epochs", "-1", "train.epochs (--epochs) must be >= 1 (epochs to train), got -1"),
+    ],
+)
+def test_cli_bad_train_option_is_one_line_before_any_work(
+    tmp_path: Path, flag: str, value: str, expected: str
+) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "teacher"
+    result = run_cli(["teacher", "--data", "har", "--out", str(out), flag, value, "--quiet"])
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()

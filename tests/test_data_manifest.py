@@ -127,6 +127,67 @@ def test_csv_with_header_reads_like_npy(tmp_path: Path) -> None:
         np.testing.assert_array_equal(read_recording(tmp_path / name, spec), data)
 
 
+def test_csv_with_byte_order_mark_keeps_its_first_sample(tmp_path: Path) -> None:
+    spec = ModalitySpec("accel", "timeseries", 50.0, 2, 4, 3)
+    data = np.array([[0.5, -1.0], [2.0, 3.25], [4.0, 5.0]])
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf0.5,-1\n2,3.25\n4,5\n")
+    (tmp_path / "bomhead.csv").write_bytes(b"\xef\xbb\xbfax,ay\n0.5,-1\n2,3.25\n4,5\n")
+    for name in ("bom.csv", "bomhead.csv"):
+        np.testing.assert_array_equal(read_recording(tmp_path / name, spec), data)
+
+
+def test_csv_not_in_utf8_is_named(tmp_path: Path) -> None:
+    spec = ModalitySpec("accel", "timeseries", 50.0, 2, 4, 3)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("acc\xe9l\u00e9ration,y\n1,2\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        read_recording(path, spec)
+
+
+def test_wav_without_samples_or_bytes_says_so(tmp_path: Path) -> None:
+    voice = ModalitySpec("voice", "audio", 16000.0, 1, 400, 200)
+    header_only = tmp_path / "silent.wav"
+    with wave.open(str(header_only), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+    with pytest.raises(DataError, match=rf"{header_only}: the .wav file holds no samples"):
+        read_recording(header_only, voice)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{empty}: .*\(the file is empty, 0 bytes\)$"):
+        read_recording(empty, voice)
+    short = tmp_path / "short.wav"
+    short.write_bytes(header_only.read_bytes()[:20])
+    with pytest.raises(DataError, match=r"\(the file ends inside the header, 20 bytes\)$"):
+        read_recording(short, voice)
+
+
+@pytest.mark.parametrize("pixels", [150, 300])  # over MAX_IMAGE_PIXELS: warning; over 2x: error
+def test_decompression_bomb_is_a_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pixels: int
+) -> None:
+    from edgekd.data.readers import image_channels
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((1, pixels), dtype=np.uint8)).save(path)
+    face = ModalitySpec("face", "image", 0.0, 1, 0, 0, size=(1, pixels))
+    for read in (lambda: read_recording(path, face), lambda: image_channels(path)):
+        with pytest.raises(DataError, match=rf"{path}: image too large to open safely"):
+            read()
+
+
+def test_manifest_and_header_with_byte_order_mark_load_alike(toy: Path) -> None:
+    before = load_dataset(toy)
+    for path in (toy, toy.parent / "modalities.yaml"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    after = load_dataset(toy)
+    assert after.specs == before.specs
+    for name, split in before.splits.items():
+        np.testing.assert_array_equal(after.splits[name].y, split.y)
+
+
 def test_wav_and_png_read_exactly(tmp_path: Path) -> None:
     voice = ModalitySpec("voice", "audio", 16000.0, 1, 400, 200)
     pcm = np.array([0, 16384, -32768, 32767], dtype="<i2")

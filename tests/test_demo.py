@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,20 @@ def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
     again = run_cli(["demo", "--quick", "--quiet", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["timings"]["train_s"] < 5
+
+    # Without matplotlib the demo says so before any work and writes everything but the PNGs.
+    for png in out.glob("*.png"):
+        png.unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+        bare = run_cli(["demo", "--quick", "--out", str(out)])
+    assert bare.exit_code == 0, bare.output
+    note = "plots skipped: matplotlib is not installed (pip install 'edgekd[report]')"
+    assert bare.output.splitlines()[0] == f"demo {note}: report.md and summary.json only"
+    assert not list(out.glob("*.png"))
+    assert json.loads((out / "summary.json").read_text())["plots_skipped"] == note
+    report = (out / "report.md").read_text()
+    assert f"No figures: {note}." in report and ".png)" not in report
 
     # A finished run made with other settings is not passed off as this demo's.
     config = out / "student-ce" / "config.yaml"

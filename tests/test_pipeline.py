@@ -119,6 +119,52 @@ def test_manifest_windows_are_memory_mapped(tmp_path: Path, monkeypatch) -> None
     assert list(spill_root().iterdir()) == []
 
 
+_SPILL_AND_WAIT = """
+import sys, time
+import numpy as np
+from edgekd.data.storage import WindowSpill
+spill = WindowSpill()
+spill.append("voice", np.zeros((4, 8), np.float32))
+print(spill.dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_spill_folders_of_killed_loads_are_removed_by_the_next(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.toy_manifest import make_toy_manifest
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SPILL_AND_WAIT], env=env, stdout=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        killed, live = (Path(p.stdout.readline().strip()) for p in procs)
+        assert killed.is_dir() and live.is_dir() and killed.parent == live.parent
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        assert (killed / "voice.f32").stat().st_size == 4 * 8 * 4  # left behind by the kill
+        ds = load_dataset(make_toy_manifest(tmp_path / "d", n_per_class=6, classes=2), seed=0)
+        assert len(ds.splits["train"]) > 0
+        assert not killed.exists()
+        assert sorted(killed.parent.iterdir()) == [live]  # the live process's folder is kept
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
+            p.stdout.close()
+
+
 # --- distill / teacher options ------------------------------------------------------------
 
 
@@ -270,14 +316,15 @@ def test_one_teacher_output_function_for_cached_online_and_qat(teacher_run: Path
 
     run = load_run(teacher_run, expect_role="teacher")
     specs = {m: ModalitySpec.from_dict(s) for m, s in run.sidecar["specs"].items()}
-    raw = {m: load_dataset("har", limit=300, seed=0).splits["val"].x[m][:50] for m in specs}
-    clean = {m: torch.from_numpy(preprocess(s, raw[m])) for m, s in specs.items()}
-    logits, emb = student_teacher_outputs(run.model, specs, raw, DistillConfig(), "accel", 0)
+    val = load_dataset("har", limit=300, seed=0).splits["val"]
+    windows = Windows.of((val, np.arange(50)))
+    clean = {m: torch.from_numpy(preprocess(s, val.x[m][:50])) for m, s in specs.items()}
+    logits, emb = student_teacher_outputs(run.model, specs, windows, DistillConfig(), "accel", 0)
     torch.testing.assert_close((logits, emb), teacher_forward(run.model, clean))
     corrupted = DistillConfig(teacher_corrupt=0.5)
-    noisy, _ = student_teacher_outputs(run.model, specs, raw, corrupted, "accel", 0)
+    noisy, _ = student_teacher_outputs(run.model, specs, windows, corrupted, "accel", 0)
     changed = (noisy - logits).abs().amax(1) > 1e-5
     assert int(changed.sum()) == 25  # round(0.5 * 50) windows saw noise instead of the gyroscope
     restricted = DistillConfig(teacher_view="student")
-    blind, _ = student_teacher_outputs(run.model, specs, raw, restricted, "accel", 0)
+    blind, _ = student_teacher_outputs(run.model, specs, windows, restricted, "accel", 0)
     torch.testing.assert_close(blind, teacher_forward(run.model, clean, ("gyro",))[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import sys
 import wave
@@ -138,9 +139,15 @@ def _read_csv(path: Path) -> Any:
 
     from edgekd.errors import InputError
 
+    try:
+        # utf-8-sig: a byte-order mark must not turn the first sample row into a "header".
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save the CSV as UTF-8") from None
     rows: list[list[float]] = []
     names: list[str] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -175,7 +182,12 @@ def _read_wav(path: Path, spec: Any) -> Any:
             rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as exc:
-        raise InputError(f"{path}: not a readable PCM .wav file ({exc})") from exc
+        from edgekd.data.readers import wav_failure
+
+        why = wav_failure(path, exc)
+        raise InputError(f"{path}: not a readable PCM .wav file ({why})") from exc
+    if not frames:
+        raise InputError(f"{path}: the .wav file holds no samples (a header only)")
     if width != 2:
         raise InputError(f"{path}: {8 * width}-bit samples; only 16-bit PCM .wav is supported")
     if spec.kind == "image":
@@ -374,10 +386,14 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{ev.t_end_s:10.3f} s  {ev.label}  {ev.score:.4f}")
                     count += 1
             if count == 0:
-                raise InputError(f"the recording has {len(samples)} samples, fewer than one "
-                                 f"window ({model.spec.window})")
+                raise InputError(f"{input}: the recording has {len(samples)} samples, fewer "
+                                 f"than one window ({model.spec.window})")
         else:
-            for t, label, score in _offline_events(model, samples):
+            try:
+                events = _offline_events(model, samples)
+            except InputError as exc:
+                raise InputError(f"{input}: {exc}") from None
+            for t, label, score in events:
                 typer.echo(f"{t:10.3f} s  {label}  {score:.4f}")
 
     @app.command()
@@ -405,11 +421,16 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from edgekd.commands import require_extra
+        from edgekd.report import plots_unavailable
         from edgekd.runtime import read_bundle
         from edgekd.runtime.bench import plot, render_table, run_benchmark, write_json
 
         # a pipe or file gets the full table rather than rich's 80-column default
         console = Console() if sys.stdout.isatty() else Console(width=200)
+        no_plot = plots_unavailable() if plot_out is not None else None
+        if no_plot:
+            console.print(f"note: --plot {plot_out}: {no_plot}", style="yellow", markup=False)
+            plot_out = None
         b = read_bundle(bundle, verify=False, trusted_keys=trusted_key or None,
                         min_version=min_version, allow_rollback=allow_rollback)
         reference = None

@@ -187,7 +187,7 @@ def _spec_from_header(name: str, params: Any, header: Path) -> ModalitySpec:
 def read_header(header: Path) -> Header:
     """The modality header at `header` (see the module docstring)."""
     try:
-        text = header.read_text()
+        text = header.read_text(encoding="utf-8-sig")  # editors on Windows may add a BOM
         doc = json.loads(text) if header.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise DataError(f"{header}: cannot parse ({exc})") from exc
@@ -302,7 +302,7 @@ def _json_error(exc: json.JSONDecodeError) -> str:
 def read_records(manifest: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) of every non-blank line of `manifest`."""
     try:
-        lines = manifest.read_text().splitlines()
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{manifest}: cannot read ({exc})") from exc
     records: list[tuple[int, dict[str, Any]]] = []

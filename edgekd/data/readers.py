@@ -9,8 +9,10 @@ whose message starts with the file path.
 
 from __future__ import annotations
 
+import warnings
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,17 @@ def read_npy(path: Path) -> np.ndarray:
 
 
 def read_csv(path: Path) -> np.ndarray:
-    """A comma-separated numeric table (T, C); a non-numeric first line is taken as a header."""
+    """A comma-separated numeric table (T, C) in UTF-8; a non-numeric first line is taken as a
+    header. A leading byte-order mark is not part of the first value (else a header-less file
+    would lose its first sample as a "header")."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the CSV as UTF-8"
+        ) from exc
+    except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
     rows = [line for line in lines if line.strip()]
     if rows:
@@ -53,13 +62,16 @@ def read_csv(path: Path) -> np.ndarray:
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """16-bit PCM mono .wav -> (samples (T,) float32 in [-1, 1), sample rate in Hz)."""
+    """16-bit PCM mono .wav -> (samples (T,) float32 in [-1, 1), sample rate in Hz); a file
+    without samples is a DataError."""
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
     except (OSError, EOFError, wave.Error) as exc:
-        raise DataError(f"{path}: not a readable PCM .wav file ({exc})") from exc
+        raise DataError(f"{path}: not a readable PCM .wav file ({wav_failure(path, exc)})") from exc
+    if not frames:
+        raise DataError(f"{path}: the .wav file holds no samples (a header only)")
     if channels != 1 or width != 2:
         raise DataError(
             f"{path}: expected 16-bit PCM mono, got {channels} channel(s) of {8 * width}-bit "
@@ -71,13 +83,40 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def wav_failure(path: Path, exc: BaseException) -> str:
+    """Why `wave` could not read `path`, in words: its EOFError on a short file has no message."""
+    size = path.stat().st_size if path.is_file() else None
+    if size == 0:
+        return "the file is empty, 0 bytes"
+    if isinstance(exc, EOFError):
+        return f"the file ends inside the header, {size} bytes"
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def _bomb_checked(path: Path) -> Iterator[None]:
+    """PIL's decompression-bomb guard (an image of more pixels than Image.MAX_IMAGE_PIXELS: a
+    warning, twice that: an error) as a DataError naming the file; no model reads such images."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(
+                f"{path}: image too large to open safely ({exc}); image modalities read files "
+                "of exactly their spec's size"
+            ) from None
+
+
 def image_channels(path: Path) -> int:
     """Channels of an image file: 1 for greyscale modes (L, LA, 1, I, F), 3 for colour ones
     (RGB, RGBA, palette, ...). Alpha does not count: it is dropped when read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _bomb_checked(path), Image.open(path) as img:
             return _mode_channels(img.mode)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
@@ -98,7 +137,7 @@ def read_image(path: Path, channels: int, name: str = "the modality") -> np.ndar
     if channels not in _IMAGE_MODES:
         raise DataError(f"{path}: images need 1 or 3 channels, the spec asks for {channels}")
     try:
-        with Image.open(path) as img:
+        with _bomb_checked(path), Image.open(path) as img:
             img.load()
             found = _mode_channels(img.mode)
             if found != channels:

@@ -4,20 +4,33 @@ A manifest's windows may exceed RAM. `WindowSpill` appends each recording's wind
 file per modality as it is read, and `stack` copies chosen runs of them into one contiguous
 `np.memmap` per split, chunk by chunk; nothing ever holds all windows in memory. Files live in
 a fresh folder under `cache_dir()/windows` and are unlinked as soon as they are mapped (POSIX
-keeps a mapped file alive until the process exits), so even a killed run leaves nothing behind
-but a folder being written.
+keeps a mapped file alive until the process exits).
+
+A process killed while it writes (SIGKILL, out of memory) leaves its folder behind. Folder names
+carry the owner's host and pid (`spill-<host>-<pid>-<random>`), and every new `WindowSpill`
+first removes the folders of this host whose process no longer exists. Folders of live
+processes, and of other hosts sharing the cache (whose pids mean nothing here), are kept.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 CHUNK_BYTES = 64 << 20  # copy granularity of `stack`: bounds the RAM it touches at once
+_KINDS = ("spill", "split")  # WindowSpill's folders, and stack's (gone once its file is mapped)
+# mkdtemp's random suffix has no "-", so the pid is the last number between dashes.
+_OWNED = re.compile(rf"^(?:{'|'.join(_KINDS)})-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
 
 
 def spill_root() -> Path:
@@ -28,11 +41,51 @@ def spill_root() -> Path:
     return root
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _owned_folder(kind: str) -> Path:
+    """A new folder under `spill_root()` named after this host and process."""
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{_host()}-{os.getpid()}-", dir=spill_root()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_dead_spills() -> list[Path]:
+    """Remove this host's spill folders whose owning process has exited; the removed folders.
+
+    A pid reused by a new process keeps the old folder until that process exits too: a live
+    process's folder is never touched.
+    """
+    removed = []
+    host = _host()
+    for folder in spill_root().iterdir():
+        match = _OWNED.match(folder.name)
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        log.info("removed %d spill folder(s) left by killed processes", len(removed))
+    return removed
+
+
 class WindowSpill:
-    """Append-only float32 window files, one per modality, in a private temporary folder."""
+    """Append-only float32 window files, one per modality, in a private temporary folder
+    (made after removing the folders that dead processes left)."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="spill-", dir=spill_root()))
+        remove_dead_spills()
+        self.dir = _owned_folder("spill")
         self._files: dict[str, tuple[object, int, tuple[int, ...]]] = {}
 
     def append(self, name: str, windows: np.ndarray) -> int:
@@ -66,7 +119,7 @@ def stack(parts: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     total = sum(len(p) for p in parts)
     if total == 0:
         return np.zeros((0, *shape), dtype=np.float32)
-    folder = Path(tempfile.mkdtemp(prefix="split-", dir=spill_root()))
+    folder = _owned_folder("split")
     try:
         out = np.lib.format.open_memmap(
             folder / "x.npy", mode="w+", dtype=np.float32, shape=(total, *shape)

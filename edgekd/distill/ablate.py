@@ -679,10 +679,14 @@ def describe_plan(
 
 def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the ablation; write ablate.json and ablate.png; return the results."""
+    from edgekd.report import plots_unavailable
     from edgekd.threads import plan_threads
 
     threads = plan_threads(spec.jobs, spec.threads)
     names = _check(spec)
+    no_plot = plots_unavailable()
+    if no_plot:
+        log(f"{no_plot}: ablate.json only, no ablate.png")
     out = Path(spec.out)
     teachers = _teachers(spec, names, threads.per_job)
     settings = _check_settings(out, _settings(spec, names))
@@ -701,7 +705,8 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     results = run_jobs(jobs, spec.jobs, log, epoch_s)
     report = summarize_runs(jobs, results, teachers, spec)
     atomic_write_json(out / "ablate.json", report)
-    plot(report, out / "ablate.png")
+    if not no_plot:
+        plot(report, out / "ablate.png")
     return report
 
 
@@ -862,11 +867,9 @@ def format_table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Bar chart: test accuracy and macro-F1 per run (mean ± s.e.), teacher as a dashed line."""
-    import matplotlib
+    from edgekd.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(report["runs"])
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(names)), 4), sharey=False)
     for ax, metric in zip(axes, METRICS, strict=True):

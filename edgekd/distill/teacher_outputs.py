@@ -14,7 +14,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -108,17 +107,12 @@ def cached_teacher_outputs(
 def student_teacher_outputs(
     teacher: nn.Module,
     specs: Mapping[str, ModalitySpec],
-    raw: Mapping[str, np.ndarray],
+    windows: Windows,
     distill: DistillConfig,
     student: str,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """QAT's teacher outputs: as `distill` configured them (view, corruption) on clean raw
-    training windows `raw[modality]` (N, ...)."""
-    from edgekd.data.dataset import Split
-    from edgekd.data.pipeline import Windows
-
-    n = len(next(iter(raw.values())))
-    split = Split(x=dict(raw), y=np.zeros(n, dtype=np.int64), subject=np.zeros(n, dtype=str))
+    """QAT's teacher outputs: as `distill` configured them (view, corruption) on the clean raw
+    training `windows`, read from storage batch by batch."""
     view = TeacherView.of(distill, list(specs), student)
-    return cached_teacher_outputs(teacher, specs, Windows.of((split, np.arange(n))), view, seed)
+    return cached_teacher_outputs(teacher, specs, windows, view, seed)

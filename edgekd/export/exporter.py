@@ -375,7 +375,7 @@ class _Export:
         """How many calibration windows PTQ uses: --calib, or DEFAULT_CALIB capped at the
         training windows (said in the log, the notices and the calibration record). An explicit
         --calib above the count is an error."""
-        n, requested = len(self.data.train_x), self.opts.calib
+        n, requested = len(self.data.train), self.opts.calib
         if requested is not None:
             if requested > n:
                 raise ConfigError(
@@ -393,10 +393,10 @@ class _Export:
             self.notices.append(line)
 
     def calibration_windows(self) -> np.ndarray:
-        """`self.calib` seeded training windows as model features (float32)."""
+        """`self.calib` seeded training windows as model features (float32); only those
+        windows are read."""
         data, rng = self.data, np.random.default_rng(self.opts.seed)
-        pick = np.sort(rng.choice(len(data.train_x), self.calib, replace=False))
-        return np.ascontiguousarray(data.features(data.train_x[pick]), dtype=np.float32)
+        return data.train_features(np.sort(rng.choice(len(data.train), self.calib, replace=False)))
 
     # -- manifest, measurement -----------------------------------------------------------------
 

@@ -146,7 +146,7 @@ def _build_openvino_int8(job: _Export) -> Built:
             job.built["openvino_fp32"],
             job.work / "nncf" / "model.int8.xml",
             job.calibration_windows(),
-            job.data.features(job.data.val_x),
+            job.data.val_features(),
             job.data.val_y,
             max_drop_points=job.opts.max_drop,
         )
@@ -255,7 +255,10 @@ def _qat(job: _Export) -> tuple[Path, dict[str, Any]]:
 
     data, epochs = job.data, job.opts.qat_epochs
     cfg = data.run.config
-    x = torch.from_numpy(data.features(data.train_x))
+
+    def features(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(data.train_features(idx))
+
     with job.steps.step("teacher", "teacher outputs for QAT distillation"):
         t_logits, t_emb = _teacher_outputs(job)
     loss_text = describe_loss(qat_loss_config(cfg.distill, t_logits is not None))
@@ -266,8 +269,8 @@ def _qat(job: _Export) -> tuple[Path, dict[str, Any]]:
     with job.steps.step("qat", f"QAT {epochs} epoch(s), loss {loss_text}"):
         result = quantization_aware_finetune(
             data.run.model,
-            x,
-            torch.from_numpy(data.train_y.astype(np.int64)),
+            features,
+            torch.from_numpy(data.train_y),
             distill=cfg.distill,
             teacher_logits=t_logits,
             teacher_emb=t_emb,
@@ -278,15 +281,18 @@ def _qat(job: _Export) -> tuple[Path, dict[str, Any]]:
             on_epoch=on_epoch,
         )
         path = export_qat_onnx(
-            result.quantized, x[:EXAMPLE_BATCH], job.work / "model.int8.qat.onnx", opset=ONNX_OPSET
+            result.quantized,
+            features(np.arange(EXAMPLE_BATCH)),
+            job.work / "model.int8.qat.onnx",
+            opset=ONNX_OPSET,
         )
     with torch.no_grad():
         fake = result.fake_quant(torch.from_numpy(data.features(data.eval_x))).numpy()
     job.accuracy["qat_fake_quant"] = data.score(fake)
     record = {
         "method": "qat",
-        "samples": len(x),
-        "data_sha256": data_sha256(x.numpy()),
+        "samples": len(data.train),
+        "data_sha256": data.train_sha256(),
         "epochs": epochs,
         "loss": loss_text,
         "history": result.history,
@@ -313,9 +319,12 @@ def _teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.Tensor | 
         return None, None
     teacher = load_run(Path(teacher_dir), expect_role="teacher")
     specs = {m: ModalitySpec.from_dict(s) for m, s in teacher.sidecar["specs"].items()}
-    train = job.data.dataset.splits["train"]
-    raw = {m: train.x[m][train.y >= 0] for m in specs}
     # The same function distillation uses: teacher view (restricted control) and corruption.
     return student_teacher_outputs(
-        teacher.model, specs, raw, distill, run.sidecar["student_modality"], run.config.train.seed
+        teacher.model,
+        specs,
+        job.data.train,
+        distill,
+        run.sidecar["student_modality"],
+        run.config.train.seed,
     )

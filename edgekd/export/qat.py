@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgekd.config import DistillConfig
 from edgekd.constants import ONNX_OPSET
 from edgekd.errors import ExportError
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     import torch
 
 EXAMPLE_BATCH = 8  # torch.export specialises a batch of 1 to a constant: trace with more
+# Features (B, *feature_shape) float32 of the training windows at positions (B,) int64: QAT reads
+# its windows batch by batch through one, so a training set larger than RAM can be fine-tuned.
+FeatureFetch = Callable[["np.ndarray"], "torch.Tensor"]
 LOGGED_TERMS = ("total", "task", "classifier")  # per-epoch means in QATResult.history
 
 
@@ -132,7 +137,7 @@ class QATResult:
 
 def quantization_aware_finetune(
     model: torch.nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | FeatureFetch,
     y: torch.Tensor,
     *,
     distill: DistillConfig | None = None,
@@ -146,9 +151,11 @@ def quantization_aware_finetune(
 ) -> QATResult:
     """Fine-tune a copy of `model` (the caller's model is not changed) with fake quantization.
 
-    x: (N, *feature_shape) float32 training features; y: (N,) int64 labels (-1 unlabelled);
-    teacher_logits / teacher_emb: (N, K) / (N, D) frozen-teacher outputs for the same windows,
-    or None. `on_epoch(epoch, mean_terms)` is called after each epoch.
+    x: (N, *feature_shape) float32 training features, or a FeatureFetch giving the features of
+    the positions it is asked for (then only one batch of windows is in memory at a time);
+    y: (N,) int64 labels (-1 unlabelled); teacher_logits / teacher_emb: (N, K) / (N, D)
+    frozen-teacher outputs for the same windows, or None. `on_epoch(epoch, mean_terms)` is
+    called after each epoch.
     """
     import torch
 
@@ -156,26 +163,28 @@ def quantization_aware_finetune(
 
     if epochs < 1:
         raise ExportError(f"QAT needs at least one epoch, got {epochs}")
-    if len(x) < EXAMPLE_BATCH or len(x) != len(y):
+    n = len(x) if isinstance(x, torch.Tensor) else len(y)
+    if n < EXAMPLE_BATCH or n != len(y):
         raise ExportError(
             f"QAT needs at least {EXAMPLE_BATCH} labelled windows with one label "
-            f"each (x {len(x)}, y {len(y)})"
+            f"each (x {n}, y {len(y)})"
         )
+    features = _fetch_of(x)
     loss_cfg = qat_loss_config(distill, teacher_logits is not None)
     # Only task + classifier terms: no projector is built, so student_dim is only a formality.
     criterion = DistillCriterion(loss_cfg, student_dim=int(getattr(model, "embed_dim", 1)))
     torch.manual_seed(seed)
-    prepared = _prepare(model, x[:EXAMPLE_BATCH])
+    prepared = _prepare(model, features(np.arange(EXAMPLE_BATCH)))
     optimizer = torch.optim.Adam(prepared.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(n, generator=generator)
         sums: dict[str, float] = {}
         steps = 0
-        for start in range(0, len(x), batch_size):
+        for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            logits = prepared(x[idx])
+            logits = prepared(features(idx.numpy()))
             # Without feature terms the criterion never reads the student embedding.
             terms = criterion(
                 logits,
@@ -203,6 +212,14 @@ def quantization_aware_finetune(
         fake_quant = copy.deepcopy(prepared)
         quantized = convert_pt2e(prepared)
     return QATResult(fake_quant=fake_quant, quantized=quantized, loss=loss_cfg, history=history)
+
+
+def _fetch_of(x: torch.Tensor | FeatureFetch) -> FeatureFetch:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return lambda idx: x[torch.from_numpy(idx)]
+    return x
 
 
 def _prepare(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:

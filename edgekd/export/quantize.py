@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,21 @@ class CalibrationRecord:
 
 def data_sha256(x: np.ndarray) -> str:
     """sha256 of an array's dtype, shape and C-order bytes (equal arrays, equal hash)."""
-    arr = np.ascontiguousarray(x)
-    digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    digest.update(arr.tobytes())
-    return digest.hexdigest()
+    return chunked_sha256(x.shape, [x])
+
+
+def chunked_sha256(shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> str:
+    """`data_sha256` of the array of `shape` whose consecutive row blocks are `chunks` (same
+    dtype), without ever holding the whole array."""
+    digest: Any = None
+    for chunk in chunks:
+        arr = np.ascontiguousarray(chunk)
+        if digest is None:
+            digest = hashlib.sha256(f"{arr.dtype.str}{tuple(shape)}".encode())
+        digest.update(arr.tobytes())
+    if digest is None:
+        raise ValueError("chunked_sha256 needs at least one chunk (its dtype names the data)")
+    return str(digest.hexdigest())
 
 
 def ptq_options(method: str) -> dict[str, Any]:

@@ -5,10 +5,16 @@ torch FP32 reference logits on them.
 The dataset is the one recorded in the run's sidecar, or the same dataset at a new place
 (`data_override`, `edgekd export --data`), checked against the labels and modality layouts the
 run was trained on.
+
+Memory: training and validation windows stay in the dataset's storage (memory-mapped for a
+manifest) as `Windows` of labelled rows; export picks positions first and reads only those
+windows (`train_features`), QAT reads them batch by batch. Held in RAM: the held-out windows (at
+most EVAL_CAP) and, for NNCF's accuracy control only, the validation features.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +27,11 @@ from edgekd.export.accuracy import score
 if TYPE_CHECKING:
     from edgekd.checkpoint import Run
     from edgekd.data import PairedDataset
+    from edgekd.data.pipeline import Windows
     from edgekd.modalities import ModalitySpec
 
 EVAL_CAP = 1024  # held-out windows kept in eval.npz and used for the accuracy report
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -34,10 +42,8 @@ class RunData:
     spec: ModalitySpec
     dataset: PairedDataset
     source: str  # where the windows came from: the sidecar's data source or --data
-    train_x: np.ndarray  # raw labelled training windows
-    train_y: np.ndarray
-    val_x: np.ndarray  # raw labelled validation windows (NNCF accuracy control)
-    val_y: np.ndarray
+    train: Windows  # labelled training windows, read on demand (calibration, QAT)
+    val: Windows  # labelled validation windows, read on demand (NNCF accuracy control)
     eval_x: np.ndarray  # raw held-out test windows, at most EVAL_CAP
     eval_y: np.ndarray
     torch_logits: np.ndarray  # torch FP32 on eval_x: the reference
@@ -46,10 +52,45 @@ class RunData:
     def labels(self) -> list[str]:
         return list(self.run.sidecar["labels"])
 
+    @property
+    def train_y(self) -> np.ndarray:
+        """(N,) int64 labels of the labelled training windows."""
+        return self.train.y.astype(np.int64)
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return self.val.y.astype(np.int64)
+
     def features(self, raw: np.ndarray) -> np.ndarray:
         from edgekd.modalities import preprocess
 
         return preprocess(self.spec, raw)
+
+    def train_features(self, idx: np.ndarray) -> np.ndarray:
+        """float32 features of the labelled training windows at positions `idx`, in that
+        order; only those windows are read from storage."""
+        return self._features(self.train, idx)
+
+    def train_batches(self, batch: int = 1024) -> Iterator[np.ndarray]:
+        """Features of every labelled training window, in order, `batch` at a time."""
+        for start in range(0, len(self.train), batch):
+            yield self.train_features(np.arange(start, min(start + batch, len(self.train))))
+
+    def train_sha256(self) -> str:
+        """`data_sha256` of the features of every labelled training window (read in batches)."""
+        from edgekd.export.quantize import chunked_sha256
+        from edgekd.modalities import feature_shape
+
+        shape = (len(self.train), *feature_shape(self.spec))
+        return chunked_sha256(shape, self.train_batches())
+
+    def val_features(self) -> np.ndarray:
+        """float32 features of every labelled validation window, in order."""
+        return self._features(self.val, np.arange(len(self.val)))
+
+    def _features(self, windows: Windows, idx: np.ndarray) -> np.ndarray:
+        raw, _ = windows.fetch(np.asarray(idx, dtype=np.int64), [self.spec.name])
+        return np.ascontiguousarray(self.features(raw[self.spec.name]), dtype=np.float32)
 
     def score(self, logits: np.ndarray) -> dict[str, Any]:
         return score(logits.argmax(1), self.eval_y, len(self.labels))
@@ -91,6 +132,7 @@ def load_run_data(run_dir: Path, seed: int, data_override: str | None) -> RunDat
 
     from edgekd.checkpoint import load_run
     from edgekd.data import load_dataset
+    from edgekd.data.pipeline import Windows, labelled
     from edgekd.modalities import ModalitySpec, preprocess
 
     run = load_run(run_dir, expect_role="student")
@@ -120,14 +162,14 @@ def load_run_data(run_dir: Path, seed: int, data_override: str | None) -> RunDat
         raise ConfigError(
             f"{run_dir} was not trained on the data at {given}{source}: it has " + "; ".join(diffs)
         )
-    train, val, test = (ds.splits[s] for s in ("train", "val", "test"))
-    test_x, test_y = test.x[modality][test.y >= 0], test.y[test.y >= 0]
-    if len(test_y) == 0:
+    train, val, test = (Windows.of((ds.splits[s], labelled(ds.splits[s]))) for s in SPLITS)
+    if len(test) == 0:
         raise ConfigError(f"{source} has no labelled test windows to measure accuracy on")
-    if len(test_y) > EVAL_CAP:
-        pick = np.sort(np.random.default_rng(seed).choice(len(test_y), EVAL_CAP, replace=False))
-        test_x, test_y = test_x[pick], test_y[pick]
-    test_x = np.ascontiguousarray(test_x, dtype=np.float32)
+    pick = np.arange(len(test))
+    if len(test) > EVAL_CAP:
+        pick = np.sort(np.random.default_rng(seed).choice(len(test), EVAL_CAP, replace=False))
+    raw, test_y = test.fetch(pick, [modality])
+    test_x = np.ascontiguousarray(raw[modality], dtype=np.float32)
     with torch.no_grad():
         logits = run.model(torch.from_numpy(preprocess(spec, test_x))).numpy()
     return RunData(
@@ -135,10 +177,8 @@ def load_run_data(run_dir: Path, seed: int, data_override: str | None) -> RunDat
         spec=spec,
         dataset=ds,
         source=source,
-        train_x=train.x[modality][train.y >= 0],
-        train_y=train.y[train.y >= 0],
-        val_x=val.x[modality][val.y >= 0],
-        val_y=val.y[val.y >= 0],
+        train=train,
+        val=val,
         eval_x=test_x,
         eval_y=test_y.astype(np.int64),
         torch_logits=logits,

@@ -480,9 +480,9 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     """PNG: batch-1 latency distribution per row (box plot, log scale) and throughput bars."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from edgekd.report import pyplot
 
+    plt = pyplot()
     rows = report["rows"]
     names = [r["name"] for r in rows]
     fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.5 * len(rows)))

@@ -122,3 +122,37 @@ def test_calibration_windows_are_the_seeded_training_windows(
     assert result.manifest["calibration"]["data_sha256"] == data_sha256(
         np.ascontiguousarray(feats, dtype=np.float32)
     )
+
+
+def test_export_reads_only_the_windows_it_uses(
+    moved_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training and validation windows stay memory-mapped; PTQ export reads `calib` training
+    windows and the held-out ones, never a whole split."""
+    from edgekd.data import load_dataset
+    from edgekd.data.pipeline import Windows
+    from edgekd.export.run_data import load_run_data
+
+    student, moved = moved_run
+    data = load_run_data(student, 0, str(moved))
+    for windows in (data.train, data.val):
+        ((split, _),) = windows.parts
+        assert all(isinstance(arr, np.memmap) for arr in split.x.values())
+    test = load_dataset(moved).splits["test"]
+    n_test = int((test.y >= 0).sum())
+    assert len(data.eval_y) == n_test
+
+    reads: dict[int, int] = {}  # windows read per split (by its number of windows)
+    fetch = Windows.fetch
+
+    def counted(self: Windows, idx: np.ndarray, modalities: list[str]):  # noqa: ANN202
+        for split, _ in self.parts:
+            reads[len(split)] = reads.get(len(split), 0) + len(idx)
+        return fetch(self, idx, modalities)
+
+    monkeypatch.setattr(Windows, "fetch", counted)
+    calib = 8
+    export_run(student, tmp_path / "m.edgekd", data=moved, calib=calib, max_drop=100.0,
+               progress=False)  # fmt: skip
+    n_train = len(data.train.parts[0][0])
+    assert reads == {n_train: calib, len(test): n_test}

@@ -56,10 +56,38 @@ def test_int8_ir_executes_int8_convs_and_matmuls(
     }
     assert all(kernel.upper().endswith("_I8") for kernel in conv_kernels), conv_kernels
     assert evidence.to_dict()["int8_layers"] == 3
-    # The int8 IR computes what the QDQ model computes in ONNX Runtime (same int8 rounding).
-    ov_pred = ov_logits(int8_ir, har.test_x).argmax(1)
-    ort_pred = onnx_logits(ptq_onnx, har.test_x).argmax(1)
-    assert float((ov_pred == ort_pred).mean()) >= 0.97
+    # The int8 IR computes what the QDQ model computes. Compared as written (fake quantization
+    # in float on both sides): the int8 kernels differ by CPU (without VNNI, OpenVINO's u8 x s8
+    # products saturate int16 and move logits by more than a quantization step).
+    # Left: FakeQuantize and QuantizeLinear round ties differently, which moves an activation
+    # by one step now and then (here ~0.2% of the logits' range).
+    ov_ref, ort_ref = _as_written(int8_ir, ptq_onnx, har.test_x)
+    assert np.abs(ov_ref - ort_ref).max() <= 0.01 * np.ptp(ort_ref)
+    assert float((ov_ref.argmax(1) == ort_ref.argmax(1)).mean()) >= 0.97
+
+
+def _as_written(xml: Path, qdq: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of an int8 IR and of the QDQ ONNX it came from, each without int8 kernels:
+    OpenVINO without its low-precision transformations (FakeQuantize runs in float), ONNX
+    Runtime without graph optimisations (DequantizeLinear -> float op)."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from edgekd.export.onnx import INPUT_NAME
+
+    # ACCURACY: no compressed-weight FullyConnected either (on AVX2-only CPUs it has no
+    # kernel for these int8 weights without the low-precision transformations).
+    config = {
+        "LP_TRANSFORMS_MODE": False,
+        "INFERENCE_PRECISION_HINT": "f32",
+        "EXECUTION_MODE_HINT": "ACCURACY",
+    }
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq), opts, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return compiled(x)[0], session.run(None, {INPUT_NAME: x})[0]
 
 
 def test_nncf_accuracy_control_gives_an_int8_ir(

@@ -129,3 +129,23 @@ def test_loss_weights_are_described() -> None:
         describe_loss(qat_loss_config(cfg, has_teacher=True))
         == "0.7 * task + 0.3 * logit_kd (tau=2)"
     )
+
+
+def test_finetune_from_a_fetch_reads_batch_by_batch_and_trains_alike(
+    trained_net: SmallNet, har: HarFeatures
+) -> None:
+    """A FeatureFetch (windows read per batch) trains exactly as the in-memory tensor does."""
+    x = torch.from_numpy(har.train_x[:64])
+    y = torch.from_numpy(har.train_y[:64])
+    asked: list[int] = []
+
+    def fetch(idx: np.ndarray) -> torch.Tensor:
+        asked.append(len(idx))
+        return x[torch.from_numpy(idx)]
+
+    settings = {"epochs": 2, "lr": 1e-4, "batch_size": 16, "seed": 3}
+    from_fetch = quantization_aware_finetune(trained_net, fetch, y, **settings)
+    from_tensor = quantization_aware_finetune(trained_net, x, y, **settings)
+    assert from_fetch.history == from_tensor.history
+    # the example batch that traces the model, then 2 epochs of 4 batches of 16
+    assert asked == [8] + [16] * 8

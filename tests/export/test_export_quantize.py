@@ -71,3 +71,13 @@ def test_allow_float_reaches_the_lint(fp32_onnx: Path, har: HarFeatures, tmp_pat
         quantize_ptq(
             fp32_onnx, tmp_path / "typo.onnx", har.train_x[:64], allow_float=["node_lienar"]
         )
+
+
+def test_chunked_sha256_is_the_whole_arrays_sha256() -> None:
+    from edgekd.export.quantize import chunked_sha256, data_sha256
+
+    x = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float32)
+    assert chunked_sha256(x.shape, [x[:3], x[3:7], x[7:]]) == data_sha256(x)
+    assert chunked_sha256(x.shape, [x[:3], x[3:7]]) != data_sha256(x)  # a block missing
+    with pytest.raises(ValueError, match="at least one chunk"):
+        chunked_sha256(x.shape, [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ def test_run_wav_checks_rate_and_channels(bundle_path: Path, tmp_path: Path,
 @pytest.mark.parametrize(("content", "message"), [
     ("ax,ay,az\n0,0,1\n0,x,1\n", r"bad.csv:3: not a number"),
     ("0,0,1\n0,0\n", r"bad.csv:2: 2 columns, earlier rows have 3"),
-    ("0,0,1\n" * 10, r"10 samples, fewer than one window \(128 samples = 2.56 s\)"),
+    ("0,0,1\n" * 10, r"bad.csv: the recording has 10 samples, fewer than one window \(128 "
+     r"samples = 2.56 s\)"),
     ("0,nan,1\n" * 200, r"NaN or inf"),
 ])
 def test_run_bad_input_files(bundle_path: Path, tmp_path: Path, private_cache: Path,
@@ -112,6 +114,64 @@ def test_run_bad_input_files(bundle_path: Path, tmp_path: Path, private_cache: P
     result = invoke("run", bundle_path, "--input", path, "--backend", "onnxruntime")
     assert result.exit_code == 2, result.output
     assert re.search(message, result.output), result.output
+
+
+def test_run_csv_with_byte_order_mark_keeps_every_window(bundle_path: Path, tmp_path: Path,
+                                                        private_cache: Path) -> None:
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    # 640 = window 128 + 8 hops of 64 samples: 9 windows exactly, so a first row lost as a
+    # "header" leaves 8.
+    np.savetxt(plain, RECORDING[:640], delimiter=",")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    results = [invoke("run", bundle_path, "--input", p, "--backend", "onnxruntime")
+               for p in (plain, bom)]
+    assert [r.exit_code for r in results] == [0, 0], results[1].output
+    assert len(run_events(results[0].output)) == 9
+    assert run_events(results[1].output) == run_events(results[0].output)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"ax,ay,az\n0,0,1\n\xff\xfe", r"bad.csv: not UTF-8 text \(byte 0xff at "
+     r"offset 15\); save the CSV as UTF-8"),
+    ("accélération\n".encode("latin-1"), r"bad.csv: not UTF-8 text \(byte 0xe9 at offset 3\)"),
+])
+def test_run_csv_not_in_utf8_is_one_line(bundle_path: Path, tmp_path: Path, private_cache: Path,
+                                         content: bytes, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    result = invoke("run", bundle_path, "--input", path, "--backend", "onnxruntime")
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+
+
+def test_run_empty_wav_names_the_file_and_the_reason(bundle_path: Path, tmp_path: Path,
+                                                     private_cache: Path) -> None:
+    header_only = tmp_path / "header_only.wav"
+    write_wav(header_only, np.zeros((0, 3)), 50)
+    result = invoke("run", bundle_path, "--input", header_only)
+    assert result.exit_code == 2, result.output
+    assert f"{header_only}: the .wav file holds no samples" in result.output.replace("\n", "")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    result = invoke("run", bundle_path, "--input", empty)
+    assert result.exit_code == 2, result.output
+    assert "(the file is empty, 0 bytes)" in result.output and "()" not in result.output
+
+
+def test_bench_plot_without_matplotlib_is_a_note_first(bundle_path: Path, tmp_path: Path,
+                                                       private_cache: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = invoke("bench", bundle_path, "--backend", "onnxruntime", "--precision", "int8",
+                    "--batch", "1,8", "--iterations", "5", "--warmup", "1", "--no-cold",
+                    "--json", out, "--plot", png)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (f"note: --plot {png}: plots skipped: matplotlib is not installed "
+                        "(pip install 'edgekd[report]')")
+    assert "measuring" in lines[1]  # said before the measurements, not after them
+    assert json.loads(out.read_text())["rows"] and not png.exists()
 
 
 def test_bench_json_and_plot(bundle_path: Path, tmp_path: Path, private_cache: Path) -> None:

@@ -75,7 +75,10 @@ def test_int8_agrees_with_fp32_and_is_accurate(model_of: ModelOf, backend: str) 
     x, y = synth.make_windows(96, seed=7)
     fp32 = model_of(backend, "fp32").predict(x)
     int8 = model_of(backend, "int8").predict(x)
-    assert (int8.index == fp32.index).mean() >= 0.95
+    # Most windows, not all: int8 kernels differ by CPU. With VNNI (AVX-512, AMX) sums are exact
+    # int32 and int8 agrees with fp32 on all 96 windows; on AVX2-only CPUs OpenVINO's u8 x s8
+    # pair sums saturate int16 and it agrees on 93% (measured with ONEDNN_MAX_CPU_ISA=AVX2).
+    assert (int8.index == fp32.index).mean() >= 0.85
     assert (int8.index == y).mean() >= 0.85  # the synthetic task is learnable; chance is 0.25
     assert not np.allclose(int8.probs, fp32.probs, atol=1e-4)  # int8 really is another model
 
@@ -92,9 +95,11 @@ def test_openvino_runs_the_qdq_onnx_without_an_ir(tmp_path: Path) -> None:
     model = load(bundle, backend="openvino", cache_dir=tmp_path / "cache")
     assert (model.precision, model.info["artifact"]) == ("int8", "model.int8.qdq.onnx")
     assert set(model.info["compute_precisions"].values()) <= {"i8", "u8"}
-    x, _ = synth.make_windows(32, seed=12)
+    x, _ = synth.make_windows(96, seed=12)
     ort_int8 = load(bundle, backend="onnxruntime", precision="int8").predict(x)
-    assert (model.predict(x).index == ort_int8.index).mean() >= 0.95
+    # one model, two backends' int8 kernels (see test_int8_agrees_with_fp32_and_is_accurate):
+    # 100% with VNNI, 89% with OpenVINO on AVX2 only
+    assert (model.predict(x).index == ort_int8.index).mean() >= 0.85
 
 
 def test_auto_and_default_precision(bundle_path: Path, cache_root: Path) -> None:
