@@ -22,9 +22,11 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[
             str | None,
             typer.Option(
-                help="Comma-separated runs: teacher, ce, ce_plain (augmentation off), hard_l2, "
-                "logit_kd, kd_std, dist, dkd, bkd, soft_margin, soft_both, paper, paper_corrupt, "
-                "default, and for each KD run NAME_restricted (the teacher sees only the "
+                help="Comma-separated runs: teacher, ce, ce_plain (augmentation off), ce_steps (CE "
+                "with the default's optimizer-step count), hard_l2, logit_kd, kd_std, dist, dkd, "
+                "bkd, soft_margin, soft_both, paper, paper_corrupt, default, default_nounl "
+                "(without unlabelled windows), and for each KD run NAME_restricted (the teacher "
+                "sees only the "
                 "student's modality) and NAME_unimodal (a teacher trained on the student's "
                 "modality alone). Default: the method table + default(_restricted)."
             ),
@@ -77,6 +79,14 @@ def register(app: typer.Typer) -> None:
                 "the teacher's labels and modality layouts)."
             ),
         ] = None,
+        strict: Annotated[
+            bool,
+            typer.Option(
+                "--strict",
+                help="Refuse runs whose plans differ from ce's in more than their intended "
+                "change (by default such differences are listed in the table).",
+            ),
+        ] = False,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         limit: LimitOpt = None,
@@ -108,6 +118,7 @@ def register(app: typer.Typer) -> None:
             unimodal_teacher=unimodal_teacher,
             allow_ood_restricted=allow_ood_restricted,
             threads=threads,
+            strict=strict,
         )
         report = run_ablation(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(format_table(report))

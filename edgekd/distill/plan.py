@@ -449,3 +449,83 @@ def resolve_plan(
         seed=cfg.train.seed,
         config=cfg,
     )
+
+
+# --- comparing plans ----------------------------------------------------------------------
+
+# What two plans can differ in, in the order their differences are told.
+ASPECTS = ("loss", "teacher", "labelled", "unlabelled", "steps", "epochs", "batch", "augment",
+           "schedule", "model", "select")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way a plan differs from a baseline plan: the aspect (one of ASPECTS) and a sentence."""
+
+    aspect: str
+    text: str
+
+
+def _loss_text(plan: RunPlan) -> str:
+    return " + ".join(f"{t.weight:g} {t.name}" for t in plan.loss)
+
+
+def _teacher_text(plan: RunPlan) -> str:
+    t = plan.teacher
+    return "no teacher" if t is None else f"{t.mode} teacher reading {', '.join(t.reads)}"
+
+
+def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
+    """Every difference of `plan` from `base` that changes what training sees, as sentences
+    relative to `base` (e.g. "+3,661 unlabelled windows", "x1.64 optimizer steps"). The seed
+    and the teacher's folder are not compared (an ablation pairs seeds and teachers itself)."""
+    out: list[Difference] = []
+
+    def add(aspect: str, text: str) -> None:
+        out.append(Difference(aspect, text))
+
+    if plan.loss != base.loss:
+        add("loss", f"loss {_loss_text(plan)} (instead of {_loss_text(base)})")
+    a, b = plan.teacher, base.teacher
+    if (a is None) != (b is None) or (
+        a is not None and b is not None and (a.reads, a.mode) != (b.reads, b.mode)
+    ):
+        add("teacher", f"{_teacher_text(plan)} (instead of {_teacher_text(base)})")
+    for aspect, mine, theirs in (
+        ("labelled", plan.labelled, base.labelled),
+        ("unlabelled", plan.unlabelled, base.unlabelled),
+    ):
+        if mine != theirs:
+            add(aspect, f"{mine - theirs:+,} {aspect} windows")
+    if plan.total_steps != base.total_steps:
+        add(
+            "steps",
+            f"x{plan.total_steps / max(base.total_steps, 1):.2f} optimizer steps "
+            f"({plan.total_steps:,} instead of {base.total_steps:,})",
+        )
+    if plan.epochs != base.epochs:
+        add("epochs", f"{plan.epochs} epochs (instead of {base.epochs})")
+    if plan.batch_size != base.batch_size or round(plan.labelled_per_batch) != round(
+        base.labelled_per_batch
+    ):
+        add(
+            "batch",
+            f"~{plan.labelled_per_batch:.0f} labelled windows per batch of {plan.batch_size} "
+            f"(instead of ~{base.labelled_per_batch:.0f} of {base.batch_size})",
+        )
+    # The augmentation of the student's modality and the mixing: the teacher-only modalities'
+    # augmentation follows from the teacher's view, told above.
+    mine, theirs = dict(plan.augment), dict(base.augment)
+    for key in dict.fromkeys([str(plan.modality or ""), str(base.modality or ""), "mix"]):
+        if key and mine.get(key, "none") != theirs.get(key, "none"):
+            add(
+                "augment",
+                f"augment {key}: {mine.get(key, 'none')} (instead of {theirs.get(key, 'none')})",
+            )
+    if (plan.schedule.peak, plan.schedule.floor) != (base.schedule.peak, base.schedule.floor):
+        add("schedule", f"lr {plan.schedule.describe()} (instead of {base.schedule.describe()})")
+    if (plan.arch, plan.modality) != (base.arch, base.modality):
+        add("model", f"{plan.arch} on {plan.modality} (instead of {base.arch} on {base.modality})")
+    if plan.select != base.select:
+        add("select", f"selects by {plan.select} (instead of {base.select})")
+    return tuple(out)
