@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from edgekd.commands import user_errors
-from edgekd.commands.train import ArchOpt, ArgsOpt, BatchOpt, ConfigOpt, EpochsOpt, LimitOpt, LrOpt
+from edgekd.commands.train import (
+    ArchOpt,
+    ArgsOpt,
+    BatchOpt,
+    ConfigOpt,
+    EpochsOpt,
+    LimitOpt,
+    LrOpt,
+    SetOpt,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,15 +103,18 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """Run the distillation ablation and print mean ± s.e., paired gains and the control."""
         from edgekd.commands.train import _common
-        from edgekd.config import override
         from edgekd.distill.ablate import DEFAULT_RUNS, AblationSpec, format_table
         from edgekd.distill.ablate import ablate as run_ablation
+        from edgekd.errors import ConfigError
 
-        base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args)
-        base = override(base, "data", source=data)
+        if any(item.strip().startswith("distill.") for item in set_ or []):
+            raise ConfigError("--set distill.*: each ablation run sets its own distill section")
+        base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args, sets=set_,
+                       flags={"data": {"source": data}})  # fmt: skip
         names = DEFAULT_RUNS
         if runs is not None:
             names = tuple(n.strip() for n in runs.split(",") if n.strip())
