@@ -39,6 +39,7 @@ def test_default_and_ce_plans_on_the_full_har_training_split(teacher_run: Path) 
     # 9,413 windows in batches of 64: 147 full + one of 5; 5,752: 89 full + one of 56.
     assert (default.steps_per_epoch, ce.steps_per_epoch) == (148, 90)
     assert default.epochs == ce.epochs == 60
+    assert "60 epochs (timeseries students)" in default.filled  # no option gave the epochs
     assert (default.total_steps, ce.total_steps) == (8880, 5400)
     assert default.schedule.total_steps == 8880
     assert default.labelled_per_batch == pytest.approx(64 * 5752 / 9413)

@@ -130,6 +130,7 @@ class RunPlan:
     loss: tuple[LossTerm, ...]
     select: str
     seed: int
+    filled: tuple[str, ...]  # values no option gave, with where they came from
     config: RunConfig
 
     @property
@@ -191,6 +192,8 @@ class RunPlan:
                 f"  teacher: {t.mode}, reads {', '.join(t.reads)}, trained with augment "
                 f"{t.trained_augment}"
             )
+        if self.filled:
+            lines.append("  defaults: " + "; ".join(self.filled))
         lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -342,6 +345,9 @@ def resolve_plan(
     """The plan of a teacher run (`teacher` None) or of a student distilled from `teacher`, on
     `data` (a PairedDataset from `load_data`, for `fold` when given) with `world` processes.
     ConfigError for any option that cannot run, before anything is written."""
+    filled = []
+    if cfg.data.source is None:
+        filled.append("data " + ("har" if teacher is None else "the teacher's"))
     cfg = data_config(cfg, teacher)
     labels = list(data.labels)
     train, unl = data.splits["train"], data.splits["unlabelled"]
@@ -351,8 +357,10 @@ def resolve_plan(
         specs = _teacher_specs(cfg, data)
         if cfg.train.epochs is None:
             cfg = replace(cfg, train=replace(cfg.train, epochs=TEACHER_EPOCHS))
+            filled.append(f"{TEACHER_EPOCHS} epochs (teachers)")
         if not cfg.model.arch:
             cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_TEACHER))
+            filled.append(f"arch {DEFAULT_TEACHER} (teachers)")
         aug_specs, modality, unlabelled, tplan = specs, None, 0, None
         policy = build_policy(cfg.augment, aug_specs, classes)
     else:
@@ -360,6 +368,8 @@ def resolve_plan(
         tside = teacher.sidecar
         teacher_specs = teacher.specs
         modality = cfg.student_modality or tside.get("default_student")
+        if cfg.student_modality is None:
+            filled.append(f"modality {modality} (the teacher's default student)")
         if modality not in teacher_specs:
             raise ConfigError(
                 f"student modality {modality!r} is not among the teacher's modalities "
@@ -388,12 +398,14 @@ def resolve_plan(
         spec = data.specs[modality]
         if cfg.train.epochs is None:
             cfg = replace(cfg, train=replace(cfg.train, epochs=DEFAULT_EPOCHS[spec.kind]))
+            filled.append(f"{cfg.train.epochs} epochs ({spec.kind} students)")
         if not cfg.model.arch:
             if spec.kind not in DEFAULT_STUDENT:
                 raise ConfigError(
                     f"no default student for modality kind {spec.kind!r}; pass --arch"
                 )
             cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_STUDENT[spec.kind]))
+            filled.append(f"arch {cfg.model.arch} ({spec.kind} students)")
         view = cfg.distill.teacher_view
         reads = tuple(m for m in teacher_specs if view == "all" or m == modality)
         aug_specs = {m: data.specs[m] for m in (reads if online else [modality])}
@@ -447,6 +459,7 @@ def resolve_plan(
         loss=_loss(cfg, role),
         select=cfg.train.select,
         seed=cfg.train.seed,
+        filled=tuple(filled),
         config=cfg,
     )
 
