@@ -128,7 +128,8 @@ def supervised_targets(y: torch.Tensor) -> torch.Tensor:
     teacher terms still see the mixed window (with the teacher's top class as its target where a
     term needs one). Why here rather than by pairing labelled windows only with labelled
     partners: the inputs stay exactly what the augmentation made (`edgekd.data.augment`: one
-    partner permutation per batch), and only what the supervised terms count changes. The cost: of a batch's labelled share p, about p^2 stays supervised."""
+    partner permutation per batch), and only what the supervised terms count changes. The cost:
+    of a batch's labelled share p, about p^2 stays supervised."""
     if y.ndim == 1:
         return y
     whole = (y.sum(dim=1, keepdim=True) - 1).abs() < 1e-5
