@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -289,11 +291,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"invalid {where}: {exc}") from exc
 
 
-def load_config(path: Path | None = None, base: RunConfig | None = None) -> RunConfig:
-    """Read a YAML config over `base` (default `RunConfig()`); missing keys keep base values."""
-    base = base or RunConfig()
-    if path is None:
-        return base
+def _read_yaml(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -303,8 +301,123 @@ def load_config(path: Path | None = None, base: RunConfig | None = None) -> RunC
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    merged = _deep_merge(to_dict(base), raw)
-    return _build(RunConfig, merged, str(path))
+    return raw
+
+
+def load_config(path: Path | None = None, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML config over `base` (default `RunConfig()`); missing keys keep base values."""
+    base = base or RunConfig()
+    if path is None:
+        return base
+    return _build(RunConfig, _deep_merge(to_dict(base), _read_yaml(path)), str(path))
+
+
+def build_config(
+    path: Path | None = None,
+    *,
+    recipe: str | None = None,
+    sets: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The one way a command's options become a RunConfig: layers, each over the one before,
+    defaults < `recipe` (the distill section of a named recipe) < the YAML file at `path` <
+    `sets` (`section.key=value` strings, `--set`) < `flags` ({section: {key: value}} of the
+    command's named options; None values are not given). A config file's `distill.tau` thus
+    edits the recipe, and a flag beats both."""
+    merged = to_dict(RunConfig())
+    where = ["defaults"]
+    if recipe is not None:
+        merged["distill"] = to_dict(resolve_recipe(recipe))
+        where.append(f"recipe {recipe}")
+    if path is not None:
+        merged = _deep_merge(merged, _read_yaml(path))
+        where.append(str(path))
+    for item in sets:
+        path, value = parse_set(item)
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(path[:-1])} is not a mapping")
+        node[path[-1]] = value
+    given = {
+        k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, Mapping) else v)
+        for k, v in (flags or {}).items()
+        if v is not None
+    }
+    merged = _deep_merge(merged, given)
+    return _build(RunConfig, merged, " + ".join(where) + (" + options" if sets or given else ""))
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
+
+
+def _typed(value: str, hint: Any, option: str) -> Any:
+    """`value` (text of --set) as the field type `hint`; ConfigError naming `option` if not."""
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and parsed is None:
+        return None
+    inner = [a for a in args if a is not type(None)] if optional else [hint]
+    target = inner[0] if len(inner) == 1 else hint
+    origin = typing.get_origin(target)
+    ok: Any = None
+    if target is bool and isinstance(parsed, bool):
+        ok = parsed
+    elif target is int and isinstance(parsed, int) and not isinstance(parsed, bool):
+        ok = parsed
+    elif target is float and isinstance(parsed, int | float) and not isinstance(parsed, bool):
+        ok = float(parsed)
+    elif target is str:
+        ok = value  # as typed: "1" stays the string "1"
+    elif origin is tuple:
+        items = parsed if isinstance(parsed, list) else value.split(",")
+        ok = tuple(str(v).strip() for v in items)
+    elif origin is dict and isinstance(parsed, dict):
+        ok = parsed
+    if ok is None:
+        shown = getattr(target, "__name__", str(target))
+        raise ConfigError(f"--set {option}={value}: {option} takes {shown}, got {value!r}")
+    return ok
+
+
+def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
+    """`section.key=value` (`--set`) as (the key's path in RunConfig, the value typed by its
+    field: int, float, bool, str, a comma list for tuples, YAML for dicts, `null` for an
+    optional field). `model.args.NAME=V` and `augment.ops.OP.PARAM=V` reach into those dicts
+    (YAML-typed). ConfigError naming the option, with close matches for an unknown key."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
+    key, value = item.split("=", 1)
+    path = tuple(key.strip().split("."))
+    hints = _field_types(RunConfig)
+    if path[0] not in hints:
+        raise ConfigError(f"--set {key}: unknown section {path[0]!r}{_suggest(path[0], hints)}")
+    hint = hints[path[0]]
+    if not dataclasses.is_dataclass(hint):
+        if len(path) != 1:
+            raise ConfigError(f"--set {key}: {path[0]} is a single value, not a section")
+        return path, _typed(value, hint, key)
+    fields_ = _field_types(hint)
+    if len(path) < 2 or path[1] not in fields_:
+        name = path[1] if len(path) > 1 else ""
+        raise ConfigError(
+            f"--set {key}: unknown key {name!r} in section {path[0]}{_suggest(name, fields_)}"
+        )
+    if len(path) == 2:
+        return path, _typed(value, fields_[path[1]], key)
+    if typing.get_origin(fields_[path[1]]) is not dict:
+        raise ConfigError(f"--set {key}: {path[0]}.{path[1]} has no keys inside it")
+    return path, yaml.safe_load(value) if value.strip() else ""
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

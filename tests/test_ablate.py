@@ -467,6 +467,7 @@ def test_cli_rejects_a_folder_that_is_not_a_teacher(tmp_path: Path) -> None:
 
 
 def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
+    from edgekd.checkpoint import STATE_FILE
     from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
 
     spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
@@ -475,8 +476,81 @@ def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
     old = json.loads(json.dumps(settings))
     del old["base"]["data"]["modalities"], old["teacher_seeds"], old["unimodal_teacher"]
     (tmp_path / "settings.json").write_text(json.dumps(old))
+    started = tmp_path / "runs" / "ce" / "seed0" / "final"
+    started.mkdir(parents=True)
+    (started / STATE_FILE).write_bytes(b"")
     assert _check_settings(tmp_path, settings)["runs"] == settings["runs"]
     old["base"]["train"]["epochs"] = 7
     (tmp_path / "settings.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match=r"other settings \(base\)"):
         _check_settings(tmp_path, settings)
+
+
+def test_settings_of_an_ablation_that_never_trained_do_not_bind(tmp_path: Path) -> None:
+    from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
+
+    settings = _settings(AblationSpec(teacher=tmp_path / "t", out=tmp_path), ["ce"])
+    old = json.loads(json.dumps(settings))
+    old["base"]["train"]["epochs"] = None  # e.g. the run that crashed before training
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    (tmp_path / "runs" / "ce" / "seed0" / "final").mkdir(parents=True)
+    assert _check_settings(tmp_path, settings) == settings
+
+
+# --- plans of the rows --------------------------------------------------------------------
+
+
+def test_rows_plans_differ_from_ce_only_as_declared(teacher_run: Path, tmp_path: Path) -> None:
+    from edgekd.config import RunConfig
+    from edgekd.distill.ablate import AblationSpec, describe_plan, plan, row_plans, unintended
+    from edgekd.threads import plan_threads
+
+    names = ["ce", "ce_steps", "ce_plain", "logit_kd", "default", "default_nounl"]
+    spec = AblationSpec(teacher=teacher_run, out=tmp_path, runs=tuple(names), seeds=2,
+                        base=RunConfig())  # full training split, epochs unset  # fmt: skip
+    plans = row_plans(spec, names)
+    assert plans["ce"].total_steps == 90 * 60 and plans["default"].total_steps == 148 * 60
+    assert plans["ce_steps"].epochs == 99  # 99 x 90 = 8,910 steps, closest to the default's 8,880
+    assert unintended("ce_steps", plans) == []
+    assert unintended("ce_plain", plans) == []
+    assert unintended("default_nounl", plans) == []
+    assert unintended("default", plans) == [
+        "+3,661 unlabelled windows",
+        "x1.64 optimizer steps (8,880 instead of 5,400)",
+        "~39 labelled windows per batch of 64 (instead of ~64 of 64)",
+    ]
+    assert unintended("logit_kd", plans) == unintended("default", plans)
+    # Without --epochs the jobs take their plans' epochs and the plan line is printed.
+    jobs = plan(spec, names, plans=plans)
+    assert {j.run: j.cfg.train.epochs for j in jobs} == {n: p.epochs for n, p in plans.items()}
+    line, _ = describe_plan(spec, names, jobs, plan_threads(1, 1))
+    assert line.startswith("ablation: 6 runs")
+
+
+def test_strict_refuses_rows_with_other_differences(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "strict"
+    args = ["ablate", "--teacher", str(teacher_run), "--out", str(out), "--seeds", "1", *TINY]
+    result = run_cli([*args, "--runs", "ce,default", "--strict"])
+    assert result.exit_code == 2
+    assert "default: +3,661 unlabelled windows" in result.output
+    assert not out.exists()
+
+
+def test_table_tells_differences_and_added_seeds() -> None:
+    from edgekd.distill.ablate import format_table
+
+    stat = {"mean": 80.0, "se": 1.0, "n": 3}
+    metric = {"accuracy": stat, "macro_f1": stat}
+    gain = {"mean": 1.0, "lo": 0.5, "hi": 1.5, "n": 3}
+    runs = {
+        "ce": {"test": metric, "val": metric},
+        "default": {"test": metric, "val": metric, "gain": {"accuracy": gain, "macro_f1": gain},
+                    "gap_closed": {"accuracy": 0.1},
+                    "differences": ["+3,661 unlabelled windows", "x1.64 optimizer steps"]},
+    }  # fmt: skip
+    report = {"selection": "val", "seeds": 3, "first_seeds": 2, "cross_modal": {},
+              "teacher": {"test": {"accuracy": 90.0, "macro_f1": 88.0}}, "runs": runs}  # fmt: skip
+    table = format_table(report)
+    assert "+3,661 unlabelled windows; x1.64 optimizer steps |" in table
+    assert "+1.00 [+0.50, +1.50] (seeds added after the first result: 2 -> 3)" in table
+    assert "seeds added" not in format_table({**report, "first_seeds": 3})

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,61 @@ def test_cli_bad_train_option_is_one_line_before_any_work(
     assert expected in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+# --- one source of options: flags > --set > config file > recipe > defaults ---------------
+
+
+def test_recipe_lies_beneath_the_config_file_and_flags(tmp_path: Path) -> None:
+    from edgekd.config import build_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("distill:\n  tau: 3.0\n  teacher_mode: cached\ntrain:\n  lr: 0.01\n")
+    cfg = build_config(path, recipe="kd", flags={"train": {"lr": 0.02, "epochs": None}})
+    kd = resolve_recipe("kd")
+    assert cfg.distill == DistillConfig(**{**to_dict(kd), "tau": 3.0, "teacher_mode": "cached"})
+    assert (cfg.train.lr, cfg.train.epochs) == (0.02, None)  # a None flag was not given
+    assert build_config(None, recipe="ce").distill == resolve_recipe("ce")
+    assert build_config(None) == RunConfig()
+
+
+def test_set_reaches_every_field_typed_by_it(tmp_path: Path) -> None:
+    from edgekd.config import build_config
+
+    sets = ["train.weight_decay=0", "train.epochs=7", "data.val_subjects=1,3",
+            "data.unlabelled=false", "augment.ops.rotate.max_deg=30", "model.args.width=16",
+            "student_modality=gyro", "distill.tau=5"]  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  args:\n    depth: 2\n")
+    cfg = build_config(path, recipe="kd", sets=sets, flags={"train": {"epochs": 9}})
+    assert cfg.train.weight_decay == 0.0 and isinstance(cfg.train.weight_decay, float)
+    assert cfg.train.epochs == 9  # the flag beats --set
+    assert cfg.data.val_subjects == ("1", "3") and cfg.data.unlabelled is False
+    assert cfg.augment.ops == {"rotate": {"max_deg": 30}}
+    assert cfg.model.args == {"depth": 2, "width": 16}  # --set adds to the file's args
+    assert (cfg.student_modality, cfg.distill.tau) == ("gyro", 5.0)
+    # Every field of every section is reachable: each set to its default text gives the defaults.
+    every = []
+    for section, values in to_dict(RunConfig()).items():
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+            text = ("null" if value is None else str(value).lower() if isinstance(value, bool)
+                    else "{}" if isinstance(value, dict) else str(value))  # fmt: skip
+            every.append(f"{section}.{key}={text}" if key else f"{section}={text}")
+    assert len(every) > 40
+    assert build_config(None, sets=every) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [("train.lrr=0.1", "unknown key 'lrr' in section train; did you mean lr?"),
+     ("trian.lr=0.1", "unknown section 'trian'; did you mean train?"),
+     ("train.epochs=abc", "--set train.epochs=abc: train.epochs takes int"),
+     ("data.unlabelled=maybe", "data.unlabelled takes bool"),
+     ("train.lr", "expected section.key=value"),
+     ("train.lr.x=1", "train.lr has no keys inside it")],
+)  # fmt: skip
+def test_set_errors_name_the_option(item: str, message: str) -> None:
+    from edgekd.config import build_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(None, sets=[item])

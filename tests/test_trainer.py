@@ -235,3 +235,28 @@ def test_teacher_ensemble_run(teacher_run: Path, tmp_path: Path) -> None:
     bad = run_cli(["ensemble", str(teacher_run), str(other_data), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "differ in 'specs'" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_recipe_is_beneath_the_config_file_and_set_reaches_fields(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    config = tmp_path / "tau.yaml"
+    config.write_text("distill:\n  tau: 3.0\n")
+    out = tmp_path / "layered"
+    args = ["distill", "--teacher", str(teacher_run), "--out", str(out), "--recipe", "kd",
+            "--config", str(config), "--set", "train.weight_decay=0", "--set", "data.limit=300",
+            "--epochs", "1", "--quiet"]  # fmt: skip
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["distill"]["tau"] == 3.0  # the file edits the recipe ...
+    assert (saved["distill"]["lambda_task"], saved["distill"]["lambda_classifier"]) == (1.0, 1.0)
+    assert saved["train"]["weight_decay"] == 0.0 and saved["data"]["limit"] == 300
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["loss"][1]["name"] == "logit_kd(tau=3)"
+
+    bad = run_cli([*args[:3], "--out", str(tmp_path / "bad"), "--set", "train.weigth_decay=0"])
+    assert bad.exit_code == 2 and "did you mean weight_decay?" in bad.output
+    assert not (tmp_path / "bad").exists()

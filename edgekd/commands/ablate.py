@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from edgekd.commands import user_errors
-from edgekd.commands.train import ArchOpt, ArgsOpt, BatchOpt, ConfigOpt, EpochsOpt, LimitOpt, LrOpt
+from edgekd.commands.train import (
+    ArchOpt,
+    ArgsOpt,
+    BatchOpt,
+    ConfigOpt,
+    EpochsOpt,
+    LimitOpt,
+    LrOpt,
+    SetOpt,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -22,9 +31,11 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[
             str | None,
             typer.Option(
-                help="Comma-separated runs: teacher, ce, ce_plain (augmentation off), hard_l2, "
-                "logit_kd, kd_std, dist, dkd, bkd, soft_margin, soft_both, paper, paper_corrupt, "
-                "default, and for each KD run NAME_restricted (the teacher sees only the "
+                help="Comma-separated runs: teacher, ce, ce_plain (augmentation off), ce_steps (CE "
+                "with the default's optimizer-step count), hard_l2, logit_kd, kd_std, dist, dkd, "
+                "bkd, soft_margin, soft_both, paper, paper_corrupt, default, default_nounl "
+                "(without unlabelled windows), and for each KD run NAME_restricted (the teacher "
+                "sees only the "
                 "student's modality) and NAME_unimodal (a teacher trained on the student's "
                 "modality alone). Default: the method table + default(_restricted)."
             ),
@@ -77,6 +88,14 @@ def register(app: typer.Typer) -> None:
                 "the teacher's labels and modality layouts)."
             ),
         ] = None,
+        strict: Annotated[
+            bool,
+            typer.Option(
+                "--strict",
+                help="Refuse runs whose plans differ from ce's in more than their intended "
+                "change (by default such differences are listed in the table).",
+            ),
+        ] = False,
         config: ConfigOpt = None,
         epochs: EpochsOpt = None,
         limit: LimitOpt = None,
@@ -84,15 +103,18 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """Run the distillation ablation and print mean ± s.e., paired gains and the control."""
         from edgekd.commands.train import _common
-        from edgekd.config import override
         from edgekd.distill.ablate import DEFAULT_RUNS, AblationSpec, format_table
         from edgekd.distill.ablate import ablate as run_ablation
+        from edgekd.errors import ConfigError
 
-        base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args)
-        base = override(base, "data", source=data)
+        if any(item.strip().startswith("distill.") for item in set_ or []):
+            raise ConfigError("--set distill.*: each ablation run sets its own distill section")
+        base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args, sets=set_,
+                       flags={"data": {"source": data}})  # fmt: skip
         names = DEFAULT_RUNS
         if runs is not None:
             names = tuple(n.strip() for n in runs.split(",") if n.strip())
@@ -108,6 +130,7 @@ def register(app: typer.Typer) -> None:
             unimodal_teacher=unimodal_teacher,
             allow_ood_restricted=allow_ood_restricted,
             threads=threads,
+            strict=strict,
         )
         report = run_ablation(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(format_table(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from edgekd.config import RunConfig
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML config; CLI flags override it.")
+    Path | None,
+    typer.Option("--config", help="YAML config over the recipe; --set and flags override it."),
 ]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 SeedOpt = Annotated[
@@ -41,6 +42,14 @@ AugmentOpt = Annotated[
     typer.Option("--augment", help="Augmentation policy: default (safe per kind) | none | custom."),
 ]
 MixOpt = Annotated[str | None, typer.Option("--mix", help="none | mixup | cutmix.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="section.key=value for any config field, typed by the field (repeatable), e.g. "
+        "--set train.weight_decay=0 --set augment.ops.rotate.max_deg=30.",
+    ),
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(help="CPU threads for training (default: OMP_NUM_THREADS, else all cores)."),
@@ -67,24 +76,30 @@ def _common(
     arch_args: str | None,
     augment: str | None = None,
     mix: str | None = None,
+    *,
+    recipe: str | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """The run config: the YAML file (or defaults) with the CLI's training flags over it."""
-    from edgekd.config import ModelConfig, load_config, override
+    """The run config by `edgekd.config.build_config`: flags > --set > the YAML file > the
+    recipe > defaults. `flags` adds the command's own named options ({section: {key: value}})."""
+    from edgekd.config import build_config
     from edgekd.errors import ConfigError
 
-    cfg = load_config(config)
-    cfg = override(cfg, "train", epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
-    cfg = override(cfg, "data", limit=limit)
-    cfg = override(cfg, "augment", policy=augment, mix=mix)
-    if arch is not None or arch_args is not None:
-        try:
-            args = json.loads(arch_args) if arch_args else cfg.model.args
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--arch-args is not valid JSON: {exc}") from exc
-        from dataclasses import replace
-
-        cfg = replace(cfg, model=ModelConfig(arch=arch or cfg.model.arch, args=args))
-    return cfg
+    try:
+        args = json.loads(arch_args) if arch_args else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch-args is not valid JSON: {exc}") from exc
+    named: dict[str, Any] = {
+        "train": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr},
+        "data": {"limit": limit},
+        "augment": {"policy": augment, "mix": mix},
+        "model": {"arch": arch, "args": args},
+    }
+    for section, values in (flags or {}).items():
+        merged = {**named.get(section, {}), **values} if isinstance(values, dict) else values
+        named[section] = merged
+    return build_config(config, recipe=recipe, sets=sets or (), flags=named)
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:
@@ -127,6 +142,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
+        set_: SetOpt = None,
         threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
@@ -134,13 +150,14 @@ def register(app: typer.Typer) -> None:
         """Train the multimodal teacher on the modalities of the data (all unless --modalities)."""
         from dataclasses import replace
 
-        from edgekd.config import override
         from edgekd.distill.trainer import train_teacher
 
         _use_threads(threads)
-        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
         subset = tuple(m.strip() for m in modalities.split(",")) if modalities else None
-        cfg = override(cfg, "data", source=data, modalities=subset)
+        cfg = _common(
+            config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,
+            sets=set_, flags={"data": {"source": data, "modalities": subset}},
+        )  # fmt: skip
         if modality_dropout is not None:
             cfg = replace(
                 cfg,
@@ -157,7 +174,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/student"),
         recipe: Annotated[
             str | None,
-            typer.Option(help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd."),
+            typer.Option(
+                help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd (beneath "
+                "--config, --set and flags: a config file's distill.tau edits the recipe)."
+            ),
         ] = None,
         modality: Annotated[
             str | None, typer.Option(help="Student modality (default: the dataset's).")
@@ -215,40 +235,34 @@ def register(app: typer.Typer) -> None:
         ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
+        set_: SetOpt = None,
         threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
         """Distill a single-modality student from a teacher (`none` for all losses = CE-only)."""
-        from dataclasses import replace
-
-        from edgekd.config import override, resolve_recipe
         from edgekd.distill.trainer import distill as run_distill
 
         _use_threads(threads)
-        cfg = _common(config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
-        cfg = override(cfg, "data", source=data, unlabelled=unlabelled)
-        if recipe is not None:
-            # A recipe names the losses; the teacher mode stays as configured.
-            mode = cfg.distill.teacher_mode
-            cfg = replace(cfg, distill=replace(resolve_recipe(recipe), teacher_mode=mode))
-        cfg = override(
-            cfg,
-            "distill",
-            feature_loss=feature_loss,
-            distance=distance,
-            margin=margin,
-            classifier_loss=classifier_loss,
-            tau=tau,
-            quality=quality,
-            lambda_task=lambda_task,
-            lambda_feature=lambda_feature,
-            lambda_classifier=lambda_classifier,
-            teacher_view=teacher_view,
-            teacher_mode=teacher_mode,
-        )
-        if modality is not None:
-            cfg = replace(cfg, student_modality=modality)
+        distill_flags = {
+            "feature_loss": feature_loss,
+            "distance": distance,
+            "margin": margin,
+            "classifier_loss": classifier_loss,
+            "tau": tau,
+            "quality": quality,
+            "lambda_task": lambda_task,
+            "lambda_feature": lambda_feature,
+            "lambda_classifier": lambda_classifier,
+            "teacher_view": teacher_view,
+            "teacher_mode": teacher_mode,
+        }
+        cfg = _common(
+            config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,
+            recipe=recipe, sets=set_,
+            flags={"data": {"source": data, "unlabelled": unlabelled}, "distill": distill_flags,
+                   "student_modality": modality},
+        )  # fmt: skip
         _print_metrics(run_distill(cfg, teacher, out, resume=resume, progress=not quiet), out)
 
     @app.command()

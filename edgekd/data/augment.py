@@ -224,15 +224,23 @@ def spec_mask(
 # --- image --------------------------------------------------------------------------------
 
 
-@register_augment("crop", kinds=("image",), pad=4.0)
+@register_augment("crop", kinds=("image",), pad=0.125)
 def crop(x: Raw, specs: Mapping[str, ModalitySpec], rng: np.random.Generator, pad: float):
-    """Reflect-pad by `pad` pixels and crop back at a random offset (one offset per sample)."""
-    p = int(pad)
+    """Reflect-pad by `pad` x the side (a fraction: 0.125 is 4 pixels of 32, 28 of 224) and crop
+    back at a random offset: one offset per sample, the same fraction of the side for every
+    image modality, so the strength does not depend on the image size."""
+    if not 0.0 <= pad < 0.5:
+        raise ConfigError(
+            f"augment.ops.crop.pad is a fraction of the image side in [0, 0.5), got {pad:g}"
+        )
     b = len(next(iter(x.values())))
-    dy, dx = rng.integers(0, 2 * p + 1, b), rng.integers(0, 2 * p + 1, b)
+    fy, fx = rng.random(b), rng.random(b)
     for m in x:
         h, w = x[m].shape[1:3]
-        padded = np.pad(x[m], ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        py, px = int(round(pad * h)), int(round(pad * w))
+        dy = np.floor(fy * (2 * py + 1)).astype(np.int64)
+        dx = np.floor(fx * (2 * px + 1)).astype(np.int64)
+        padded = np.pad(x[m], ((0, 0), (py, py), (px, px), (0, 0)), mode="reflect")
         rows = (dy[:, None] + np.arange(h))[:, :, None, None]
         cols = (dx[:, None] + np.arange(w))[:, None, :, None]
         x[m] = padded[np.arange(b)[:, None, None, None], rows, cols, np.arange(x[m].shape[3])]

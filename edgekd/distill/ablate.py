@@ -13,6 +13,13 @@ Layout of an ablation folder:
 Resume: a run folder with `metrics.json` is finished and reused; one with a train state is
 continued; anything else is started afresh. Teachers are jobs like the students (trained first).
 
+Every row declares what it changes against `ce` on purpose (`Row.intended`: aspects of its run
+plan, `edgekd.distill.plan`); before anything trains, each row's plan is compared with CE's and
+every other difference (e.g. "+3,661 unlabelled windows", "x1.64 optimizer steps") is printed in
+the table and kept in ablate.json, or refused with `--strict`. `ce_steps` (CE trained for the
+default's optimizer-step count) and `default_nounl` (the default recipe without the unlabelled
+windows) separate what the default gains from its losses and from its extra windows and steps.
+
 Controls, for each KD run X:
 - `X_restricted`: the same teacher with every modality but the student's zeroed. Refused for a
   teacher trained without modality dropout (its zeroed view is out of distribution, so the
@@ -35,10 +42,10 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,7 @@ from edgekd.config import (
     resolve_recipe,
     to_dict,
 )
+from edgekd.distill.plan import RunPlan, differences
 from edgekd.errors import ConfigError
 from edgekd.io import atomic_write_json
 
@@ -73,38 +81,70 @@ T975 = (
 Z975 = 1.959963984540054
 
 
-def augmentation_off(cfg: RunConfig) -> RunConfig:
-    """cfg with training-time augmentation and mixing switched off (`AUGMENTATION_OFF`)."""
+def with_overrides(cfg: RunConfig, overrides: Mapping[str, Mapping[str, Any]]) -> RunConfig:
+    """cfg with each `section: {key: value}` of `overrides` set."""
     merged = to_dict(cfg)
-    for section, values in AUGMENTATION_OFF.items():
+    for section, values in overrides.items():
         merged[section] = {**merged[section], **values}
     return from_dict(merged)
 
 
-def _runs_table() -> dict[str, tuple[str, DistillConfig]]:
-    """Run name -> (meaning, distillation config); built on call so `default` is current."""
+def augmentation_off(cfg: RunConfig) -> RunConfig:
+    """cfg with training-time augmentation and mixing switched off (`AUGMENTATION_OFF`)."""
+    return with_overrides(cfg, AUGMENTATION_OFF)
+
+
+# Aspects of a run plan (`edgekd.distill.plan.ASPECTS`) a row changes on purpose.
+LOSS_CHANGE = ("loss", "teacher")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A run of the table: its meaning, losses, the plan aspects it changes against `ce` on
+    purpose (`intended`; every other difference is reported, or refused with --strict), the
+    base-config values it sets (`overrides`), and `match_steps`: a run whose optimizer-step
+    count this one matches by training more epochs."""
+
+    meaning: str
+    distill: DistillConfig
+    intended: tuple[str, ...] = LOSS_CHANGE
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    match_steps: str | None = None
+
+
+def _runs_table() -> dict[str, Row]:
+    """Run name -> Row; built on call so `default` is current."""
     none = RECIPES["ce"]
     paper = RECIPES["paper"]
+    default = resolve_recipe("default")
     return {
-        "ce": ("student, CE only", none),
-        "ce_plain": ("student, CE only, augmentation off", none),
-        "hard_l2": ("+ hard_l2", replace(none, feature_loss="hard_l2")),
-        "logit_kd": ("+ logit_kd (Hinton, recipe kd)", RECIPES["kd"]),
-        "kd_std": ("logit_kd on standardised logits (recipe kd_std)", RECIPES["kd_std"]),
-        "dist": ("+ DIST relation loss (recipe dist)", RECIPES["dist"]),
-        "dkd": ("+ decoupled KD (recipe dkd)", RECIPES["dkd"]),
-        "bkd": ("+ class-balanced logit KD (recipe bkd)", RECIPES["bkd"]),
-        "soft_margin": ("+ soft_margin", replace(none, feature_loss="soft_margin")),
-        "soft_both": (
-            "+ soft_margin + soft_teacher_head",
-            replace(paper, quality="none"),
+        "ce": Row("student, CE only", none, ()),
+        "ce_plain": Row(
+            "student, CE only, augmentation off", none, ("augment",), AUGMENTATION_OFF
         ),
-        "paper": ("+ both + quality weights (recipe paper)", paper),
-        "paper_corrupt": (
+        "ce_steps": Row(
+            "student, CE only, as many optimizer steps as default", none, ("steps", "epochs"),
+            match_steps="default",
+        ),  # fmt: skip
+        "hard_l2": Row("+ hard_l2", replace(none, feature_loss="hard_l2")),
+        "logit_kd": Row("+ logit_kd (Hinton, recipe kd)", RECIPES["kd"]),
+        "kd_std": Row("logit_kd on standardised logits (recipe kd_std)", RECIPES["kd_std"]),
+        "dist": Row("+ DIST relation loss (recipe dist)", RECIPES["dist"]),
+        "dkd": Row("+ decoupled KD (recipe dkd)", RECIPES["dkd"]),
+        "bkd": Row("+ class-balanced logit KD (recipe bkd)", RECIPES["bkd"]),
+        "soft_margin": Row("+ soft_margin", replace(none, feature_loss="soft_margin")),
+        "soft_both": Row("+ soft_margin + soft_teacher_head", replace(paper, quality="none")),
+        "paper": Row("+ both + quality weights (recipe paper)", paper),
+        "paper_corrupt": Row(
             f"paper, {CORRUPT_SHARE:.0%} of teacher-side inputs noise",
             replace(paper, teacher_corrupt=CORRUPT_SHARE),
         ),
-        "default": ("shipped default recipe", resolve_recipe("default")),
+        "default": Row("shipped default recipe", default),
+        "default_nounl": Row(
+            "shipped default recipe without the unlabelled windows",
+            default,
+            overrides={"data": {"unlabelled": False}},
+        ),
     }
 
 
@@ -112,13 +152,12 @@ DEFAULT_RUNS = (
     "teacher", "ce", "hard_l2", "logit_kd", "soft_margin", "soft_both", "paper", "paper_corrupt",
     "default", "default_restricted",
 )  # fmt: skip
-PLAIN_RUNS = ("ce_plain",)  # runs trained with augmentation off
 
 
 def run_names() -> list[str]:
     """Every accepted run name: the table's, `teacher`, and the controls of each KD run X."""
     table = _runs_table()
-    kd = [n for n, (_, cfg) in table.items() if cfg.uses_teacher]
+    kd = [n for n, row in table.items() if row.distill.uses_teacher]
     return ["teacher", *table, *(f"{n}{suffix}" for suffix in CONTROLS for n in kd)]
 
 
@@ -130,20 +169,29 @@ def split_control(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def run_config(name: str) -> tuple[str, DistillConfig]:
-    """(meaning, DistillConfig) of a run name; ConfigError for an unknown one."""
+def run_row(name: str) -> Row:
+    """The Row of a run name; ConfigError for an unknown one."""
     table = _runs_table()
     base, control = split_control(name)
-    if control is not None and base in table and table[base][1].uses_teacher:
-        meaning, cfg = table[base]
+    if control is not None and base in table and table[base].distill.uses_teacher:
+        row = table[base]
         if control == "restricted":
-            return f"{meaning}, teacher sees the student's modality only", replace(
-                cfg, teacher_view="student"
+            return replace(
+                row,
+                meaning=f"{row.meaning}, teacher sees the student's modality only",
+                distill=replace(row.distill, teacher_view="student"),
             )
-        return f"{meaning}, teacher trained on the student's modality only", cfg
+        meaning = f"{row.meaning}, teacher trained on the student's modality only"
+        return replace(row, meaning=meaning)
     if control is None and name in table:
         return table[name]
     raise ConfigError(f"unknown run {name!r}; choose from {', '.join(run_names())}")
+
+
+def run_config(name: str) -> tuple[str, DistillConfig]:
+    """(meaning, DistillConfig) of a run name; ConfigError for an unknown one."""
+    row = run_row(name)
+    return row.meaning, row.distill
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -524,7 +572,8 @@ class AblationSpec:
     learns from teacher seed i; as many as `seeds`). `unimodal_teacher`: the `_unimodal` control's
     teacher (else trained from the teacher's config on the student's modality alone).
     `allow_ood_restricted`: run `_restricted` controls on a teacher without modality dropout.
-    `threads`: the CPU thread budget (`edgekd.threads`), split over the jobs.
+    `threads`: the CPU thread budget (`edgekd.threads`), split over the jobs. `strict`: refuse
+    rows whose plans differ from CE's in more than their intended change.
     """
 
     teacher: Path
@@ -538,6 +587,7 @@ class AblationSpec:
     unimodal_teacher: Path | None = None
     allow_ood_restricted: bool = False
     threads: int | None = None
+    strict: bool = False
 
 
 def _check(spec: AblationSpec) -> list[str]:
@@ -575,7 +625,36 @@ def _check(spec: AblationSpec) -> list[str]:
 
 
 def _run_base(spec: AblationSpec, name: str) -> RunConfig:
-    return augmentation_off(spec.base) if name in PLAIN_RUNS else spec.base
+    """The base config of a run: the ablation's with the row's overrides and losses."""
+    row = run_row(name)
+    return replace(with_overrides(spec.base, row.overrides), distill=row.distill)
+
+
+def row_plans(spec: AblationSpec, names: Sequence[str]) -> dict[str, RunPlan]:
+    """Each run's plan for seed 0's final fit on `spec.teacher`, without training (a `_unimodal`
+    run is planned with the fused teacher's data, which its own teacher shares). A row that
+    matches another's optimizer steps gets the epochs that come closest."""
+    from edgekd.distill.plan import TeacherRun, load_data, resolve_plan
+
+    teacher = TeacherRun.read(spec.teacher)
+    data = load_data(spec.base, teacher, None)
+    plans = {n: resolve_plan(_run_base(spec, n), data, teacher) for n in names}
+    for name in names:
+        target = run_row(name).match_steps
+        if target is None:
+            continue
+        goal = plans.get(target) or resolve_plan(_run_base(spec, target), data, teacher)
+        cfg = _run_base(spec, name)
+        epochs = max(1, round(goal.total_steps / plans[name].steps_per_epoch))
+        plans[name] = resolve_plan(replace(cfg, train=replace(cfg.train, epochs=epochs)), data,
+                                   teacher)  # fmt: skip
+    return plans
+
+
+def unintended(name: str, plans: Mapping[str, RunPlan]) -> list[str]:
+    """The differences of run `name`'s plan from CE's besides the row's intended change."""
+    intended = run_row(name).intended
+    return [d.text for d in differences(plans[name], plans["ce"]) if d.aspect not in intended]
 
 
 def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
@@ -583,8 +662,11 @@ def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
     base.pop("distill")
     runs = {n: to_dict(run_config(n)[1]) for n in names}
     for n in names:
-        if n in PLAIN_RUNS:
-            runs[n]["base_overrides"] = AUGMENTATION_OFF
+        row = run_row(n)
+        if row.overrides:
+            runs[n]["base_overrides"] = {k: dict(v) for k, v in row.overrides.items()}
+        if row.match_steps:
+            runs[n]["match_steps"] = row.match_steps
     return {
         "teacher": str(Path(spec.teacher).resolve()),
         "base": base,
@@ -596,10 +678,19 @@ def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
     }
 
 
+def _started(out: Path) -> bool:
+    """Whether any training of the ablation in `out` got as far as a finished epoch."""
+    from edgekd.checkpoint import STATE_FILE
+
+    return any(Path(out).glob(f"*/**/{STATE_FILE}"))
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Merge with a previous ablation's settings in `out`; ConfigError where they disagree."""
+    """Merge with a previous ablation's settings in `out`; ConfigError where they disagree. The
+    settings of an ablation that never finished an epoch bind nothing (e.g. one that failed
+    before training): they are replaced."""
     path = out / "settings.json"
-    if not path.is_file():
+    if not path.is_file() or not _started(out):
         return settings
     old = json.loads(path.read_text())
     # A config field added since that ablation was made had its default value there.
@@ -620,20 +711,25 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(
-    spec: AblationSpec, names: Sequence[str], teachers: Teachers | None = None, threads: int = 1
+    spec: AblationSpec,
+    names: Sequence[str],
+    teachers: Teachers | None = None,
+    threads: int = 1,
+    plans: Mapping[str, RunPlan] | None = None,
 ) -> list[Job]:
     """Every student job of the ablation, final fits first (so a short ablation reports test
-    early); each learns from its seed's teacher (the unimodal one for `_unimodal` runs)."""
+    early); each learns from its seed's teacher (the unimodal one for `_unimodal` runs) for the
+    epochs of its row's plan (`row_plans`, made here when not given)."""
     teachers = teachers or Teachers({}, {}, ())
+    plans = plans or row_plans(spec, names)
     jobs: list[Job] = []
     folds = [None] if spec.folds is None else [None, *((i, spec.folds) for i in range(spec.folds))]
     for fold in folds:
         for seed in range(spec.seeds):
             for name in names:
                 base = _run_base(spec, name)
-                cfg = replace(
-                    base, distill=run_config(name)[1], train=replace(base.train, seed=seed)
-                )
+                train = replace(base.train, seed=seed, epochs=plans[name].epochs)
+                cfg = replace(base, train=train)
                 unimodal = split_control(name)[1] == "unimodal"
                 teacher = (teachers.unimodal if unimodal else teachers.fused).get(
                     seed, Path(spec.teacher)
@@ -688,11 +784,19 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     if no_plot:
         log(f"{no_plot}: ablate.json only, no ablate.png")
     out = Path(spec.out)
+    plans = row_plans(spec, names)
+    diffs = {n: unintended(n, plans) for n in names}
+    if spec.strict and any(diffs.values()):
+        raise ConfigError(
+            "--strict: these runs differ from ce in more than their intended change: "
+            + "; ".join(f"{n}: {', '.join(d)}" for n, d in diffs.items() if d)
+        )
     teachers = _teachers(spec, names, threads.per_job)
     settings = _check_settings(out, _settings(spec, names))
-    atomic_write_json(out / "settings.json", settings)
-    jobs = plan(spec, names, teachers, threads.per_job)
+    jobs = plan(spec, names, teachers, threads.per_job, plans)
     line, epoch_s = describe_plan(spec, names, [*teachers.jobs, *jobs], threads)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "settings.json", settings)
     log(line)
     run_jobs(teachers.jobs, max(1, min(spec.jobs, len(teachers.jobs))), log, epoch_s)
     if teachers.unimodal and spec.unimodal_teacher is None:
@@ -704,10 +808,24 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
                 raise
     results = run_jobs(jobs, spec.jobs, log, epoch_s)
     report = summarize_runs(jobs, results, teachers, spec)
+    for name, row in report["runs"].items():
+        row["intended"] = list(run_row(name).intended)
+        row["differences"] = diffs[name]
+    report["first_seeds"] = _first_seeds(out / "ablate.json", spec.seeds)
     atomic_write_json(out / "ablate.json", report)
     if not no_plot:
         plot(report, out / "ablate.png")
     return report
+
+
+def _first_seeds(path: Path, seeds: int) -> int:
+    """The seed count of the first result written to ablate.json at `path` (`seeds` when none
+    was): a table whose seeds were added after a first look says so."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return seeds
+    return int(old.get("first_seeds", old.get("seeds", seeds)))
 
 
 def _pct(metrics: dict[str, Any]) -> dict[str, float]:
@@ -816,11 +934,12 @@ def _ci(stat: dict[str, Any] | None) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown table of the report: mean ± s.e. over seeds, gains with 95% intervals."""
+    """Markdown table of the report: mean ± s.e. over seeds, gains with 95% intervals, and each
+    run's differences from CE besides its intended change."""
     sel = report["selection"]
     head = [
         "run", "seeds", f"{sel} acc", "test acc", "test macro-F1", "Δacc vs CE [95% CI]",
-        "ΔF1 vs CE [95% CI]", "gap closed (acc)",
+        "ΔF1 vs CE [95% CI]", "gap closed (acc)", "other differences vs CE",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     teachers = [("teacher (all modalities)", report["teacher"])]
@@ -829,7 +948,15 @@ def format_table(report: dict[str, Any]) -> str:
     for label, teacher in teachers:
         t, n = teacher["test"], teacher.get("n", 1)
         label += f", mean of {n} seeds" if n > 1 else ""
-        lines.append(f"| {label} | - | - | {t['accuracy']:.2f} | {t['macro_f1']:.2f} | - | - | - |")
+        lines.append(
+            f"| {label} | - | - | {t['accuracy']:.2f} | {t['macro_f1']:.2f} | - | - | - | - |"
+        )
+    first = report.get("first_seeds", report["seeds"])
+    added = (
+        f" (seeds added after the first result: {first} -> {report['seeds']})"
+        if report["seeds"] > first
+        else ""
+    )
     flagged = False
     for name, row in report["runs"].items():
         gain = row.get("gain", {})
@@ -841,9 +968,10 @@ def format_table(report: dict[str, Any]) -> str:
             _ms(row[sel]["accuracy"]) if sel in row else "-",
             _ms(row["test"]["accuracy"]),
             _ms(row["test"]["macro_f1"]),
-            _ci(gain.get("accuracy")) if gain else "-",
-            _ci(gain.get("macro_f1")) if gain else "-",
+            _ci(gain.get("accuracy")) + added if gain else "-",
+            _ci(gain.get("macro_f1")) + added if gain else "-",
             "-" if closed is None else f"{closed:.0%}",
+            "; ".join(row.get("differences", [])) or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if flagged:

@@ -3,9 +3,9 @@
 Contracts:
 - Model selection uses the validation split only; the test split is scored once, at the end,
   with the selected weights.
-- A run is deterministic for its seed: batches, augmentation and the learning rate are pure
-  functions of (seed, epoch, step), so `--resume` from the last finished epoch reproduces an
-  uninterrupted run exactly.
+- A run is deterministic for its seed: batches and augmentation are pure functions of (seed,
+  epoch, step) and the learning rate of the optimizer step (`RunPlan.schedule`), so `--resume`
+  from the last finished epoch reproduces an uninterrupted run exactly.
 - Under `torchrun` (WORLD_SIZE > 1) training uses DDP (gloo on CPU, nccl on CUDA); each rank
   takes a disjoint shard of every epoch; only rank 0 writes.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from edgekd.checkpoint import (
     save_model,
     save_train_state,
 )
-from edgekd.config import RunConfig
+from edgekd.distill.plan import RunPlan
 from edgekd.io import atomic_write_json
 from edgekd.metrics import classification_report
 
@@ -182,14 +183,6 @@ class StepSource(Protocol):
 # --- the loop -----------------------------------------------------------------------------
 
 
-def lr_at(cfg: RunConfig, epoch: int) -> float:
-    """Cosine decay from lr to lr/20 over the run; a pure function of the epoch (resume-exact)."""
-    epochs = cfg.train.epochs or 1
-    t = epoch / max(epochs, 1)
-    lo = cfg.train.lr / 20
-    return lo + 0.5 * (cfg.train.lr - lo) * (1 + math.cos(math.pi * t))
-
-
 def train_step(
     trainable: nn.Module, optimizer: torch.optim.Optimizer, x: Inputs, y: torch.Tensor, *extra: Any
 ) -> dict[str, float]:
@@ -261,7 +254,7 @@ def fit(
     source: StepSource,
     val: EvalSet,
     test: EvalSet,
-    cfg: RunConfig,
+    plan: RunPlan,
     out: Path,
     sidecar: dict[str, Any],
     *,
@@ -269,19 +262,19 @@ def fit(
     resume: bool,
     progress: bool,
     d: Dist,
-    header: str = "",
     summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `objective.model` on `source`; select on `val`; score `test`; write the run folder.
+    """Train `objective.model` on `source` as `plan` says (epochs, learning rate per optimizer
+    step, selection); select on `val`; score `test`; write the run folder.
 
-    `header` is logged as the run's first line; `summary` joins metrics.json's `train` section.
+    The plan's description is logged first; `summary` joins metrics.json's `train` section.
     """
-    epochs = int(cfg.train.epochs or 1)
+    epochs, select = plan.epochs, plan.select
     model = objective.model
     optimizer = torch.optim.AdamW(
         [p for p in objective.parameters() if p.requires_grad],
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
+        lr=plan.schedule.peak,
+        weight_decay=plan.config.train.weight_decay,
     )
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "selected_epoch": -1, "history": []}
     if resume:
@@ -292,17 +285,20 @@ def fit(
 
         trainable = DistributedDataParallel(objective)
     bar = Progress(progress and d.is_main, epochs)
-    if header:
-        bar.log(header)
+    bar.log(plan.describe())
+    if d.is_main and not bar.enabled:
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     for epoch in range(state["epoch"], epochs):
         start = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
         trainable.train()
         sums: dict[str, float] = {}
         live = bar.epoch(epoch, source.steps(epoch))
         steps = 0
+        first_step = epoch * plan.steps_per_epoch
         for args in source.epoch(epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = plan.schedule.lr(first_step + steps)
             terms = train_step(trainable, optimizer, *args)
             steps += 1
             for key, value in terms.items():
@@ -324,13 +320,13 @@ def fit(
                 "train": means,
                 "val": val_metrics,
                 "seconds": seconds,
-                "lr": lr_at(cfg, epoch),
+                "lr": plan.schedule.lr(first_step),
             }
         )
         improved = val_metrics["accuracy"] > state["best_val"]
         if improved:
             state["best_val"], state["best_epoch"] = val_metrics["accuracy"], epoch + 1
-        keep = improved if cfg.train.select == "best_val" else True
+        keep = improved if select == "best_val" else True
         if keep:
             state["selected_epoch"] = epoch + 1
         state["epoch"] = epoch + 1
@@ -355,7 +351,7 @@ def fit(
     metrics = {
         "val": val_metrics,
         "test": test_metrics,
-        "select": cfg.train.select,
+        "select": select,
         "selected_epoch": state["selected_epoch"],
         "best_epoch": state["best_epoch"],
         "still_improving": improving,
@@ -367,6 +363,7 @@ def fit(
             "world_size": d.world,
             **(summary or {}),
         },
+        "warnings": list(plan.warnings),
     }
     if improving:
         bar.log(

@@ -1,4 +1,5 @@
-"""Run folders: create or resume, save the config, and leave nothing behind on early failure."""
+"""Run folders: create or resume, save the config and the plan, and leave nothing behind on early
+failure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import torch
 from edgekd.checkpoint import CONFIG_FILE, SIDECAR_FILE, STATE_FILE
 from edgekd.config import RunConfig, save_config, to_dict
 from edgekd.distill.loop import Dist, barrier
+from edgekd.distill.plan import RunPlan
 from edgekd.errors import ConfigError
+from edgekd.io import atomic_write_json
+
+PLAN_FILE = "plan.json"
 
 
 def prepare_out(out: Path, resume: bool, d: Dist) -> bool:
@@ -54,15 +59,18 @@ def check_resume_config(out: Path, cfg: RunConfig) -> None:
 
 
 def run_in_folder(
-    out: Path, cfg: RunConfig, resume: bool, d: Dist, body: Callable[[], dict[str, Any]]
+    out: Path, plan: RunPlan, resume: bool, d: Dist, body: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Create/validate the folder, save the config, run; remove a folder this call made if it fails
-    before the first epoch finished (bad input leaves no partial run behind)."""
+    """Create/validate the folder, save the resolved config and `plan.json`, run; remove a folder
+    this call made if it fails before the first epoch finished (bad input leaves no partial run
+    behind)."""
     created = prepare_out(out, resume, d)
     if resume:
-        check_resume_config(out, cfg)
+        check_resume_config(out, plan.config)
     elif d.is_main:
-        save_config(cfg, out / CONFIG_FILE)
+        save_config(plan.config, out / CONFIG_FILE)
+    if d.is_main:
+        atomic_write_json(out / PLAN_FILE, plan.to_dict())
     try:
         return body()
     except BaseException:

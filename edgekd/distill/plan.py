@@ -1,0 +1,544 @@
+"""The resolved run plan: every value a teacher or distillation run will use, fixed before training.
+
+`resolve_plan(cfg, data, teacher)` is pure (no training, no writes): from the run config, the
+loaded dataset and (for a student) the teacher run it reads the data sources and window counts,
+the teacher's view and mode and the augmentation it was itself trained with, the augmentation per
+modality, the batch composition, the optimizer steps and the learning-rate schedule in steps, the
+loss terms with their weights, the selection rule and the seed. The trainer writes the plan as
+`plan.json` in the run folder and executes it; `edgekd ablate` compares the plans of its rows, so
+that every difference between two runs is visible before either trains.
+
+Units: window counts are windows; steps are optimizer steps (one per batch, per process under
+DDP); the learning rate is AdamW's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.config import DEFAULT_EPOCHS, TEACHER_EPOCHS, RunConfig, from_dict, to_dict
+from edgekd.data.augment import Policy, build_policy
+from edgekd.errors import ConfigError
+from edgekd.modalities import ModalitySpec
+
+DEFAULT_TEACHER = "fusion"
+DEFAULT_STUDENT = {"timeseries": "tcn_tiny", "audio": "dscnn_audio"}
+LR_FLOOR = 1 / 20  # the schedule decays to this share of the peak learning rate
+
+
+# --- the teacher run a student learns from -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherRun:
+    """What a plan needs of a finished teacher run (read without loading its weights):
+    its folder, checkpoint sidecar and saved training config (None for an ensemble)."""
+
+    dir: Path
+    sidecar: dict[str, Any]
+    config: RunConfig | None
+
+    @classmethod
+    def read(cls, folder: Path) -> TeacherRun:
+        from edgekd.checkpoint import CONFIG_FILE, json_safe_yaml, read_sidecar
+
+        folder = Path(folder)
+        sidecar = read_sidecar(folder, expect_role="teacher")
+        path = folder / CONFIG_FILE
+        config = from_dict(json_safe_yaml(path)) if path.is_file() else None
+        return cls(folder, sidecar, config)
+
+    @property
+    def specs(self) -> dict[str, ModalitySpec]:
+        return {m: ModalitySpec.from_dict(s) for m, s in self.sidecar["specs"].items()}
+
+
+# --- plan parts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate per optimizer step: cosine from `peak` at step 0 to `floor` at `total_steps`
+    (a pure function of the step, so a resumed run follows it exactly)."""
+
+    peak: float
+    floor: float
+    total_steps: int
+
+    def lr(self, step: int) -> float:
+        t = min(step / max(self.total_steps, 1), 1.0)
+        return self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * t))
+
+    def describe(self) -> str:
+        return (
+            f"cosine {self.peak:g} -> {self.floor:g} over {self.total_steps:,} optimizer steps"
+        )
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the training loss: `weight` x `name`, computed on `windows` (`labelled`:
+    supervised terms, which never see an unlabelled window; `all`: teacher terms)."""
+
+    term: str
+    name: str
+    weight: float
+    windows: str
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """How the frozen teacher takes part: its run, the modalities it reads (`view`), `mode`
+    (online: run on every augmented batch; cached: once on clean windows), the augmentation it
+    was trained with, and what of this run's augmentation it never saw (`unseen`)."""
+
+    dir: str
+    modalities: tuple[str, ...]
+    reads: tuple[str, ...]
+    view: str
+    mode: str
+    trained_augment: str
+    unseen: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A resolved run (see the module docstring). `config` is the run config with every default
+    filled in (epochs, architecture, student modality), as saved in config.yaml."""
+
+    role: str
+    arch: str
+    modality: str | None  # the student's; None for a teacher
+    source: str
+    split_windows: tuple[tuple[str, int], ...]  # windows per split of the loaded data
+    labelled: int  # labelled training windows per epoch
+    unlabelled: int  # unlabelled training windows per epoch (teacher terms only)
+    held_out: tuple[str, ...]  # subjects of a cross-validation fold's validation split
+    teacher: TeacherPlan | None
+    augment: tuple[tuple[str, str], ...]  # modality -> its ops; `mix` -> the mixing
+    batch_size: int
+    world: int
+    steps_per_epoch: int
+    epochs: int
+    schedule: Schedule
+    loss: tuple[LossTerm, ...]
+    select: str
+    seed: int
+    filled: tuple[str, ...]  # values no option gave, with where they came from
+    config: RunConfig
+
+    @property
+    def windows(self) -> int:
+        return self.labelled + self.unlabelled
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def labelled_per_batch(self) -> float:
+        """Expected labelled windows in a batch (the rest are unlabelled)."""
+        return self.batch_size * self.labelled / max(self.windows, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: plain dicts, lists, numbers and strings (derived counts included)."""
+        out = to_dict(self)
+        out["split_windows"] = dict(self.split_windows)
+        out["augment"] = dict(self.augment)
+        out["total_steps"] = self.total_steps
+        out["labelled_per_batch"] = round(self.labelled_per_batch, 2)
+        return out
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What in this plan is likely a mistake (printed even by a quiet run)."""
+        if self.teacher is None or not self.teacher.unseen:
+            return ()
+        return (
+            f"the online teacher gets inputs augmented with {', '.join(self.teacher.unseen)}, "
+            f"which it never saw in training (it was trained with {self.teacher.trained_augment}); "
+            "its outputs on them may be poor targets: train the teacher with the same "
+            "augmentation, or distill with the teacher's (--augment/--config)",
+        )
+
+    def describe(self) -> str:
+        """A few lines for the start of a run, warnings last."""
+        who = f"student {self.arch} on {self.modality}" if self.modality else f"teacher {self.arch}"
+        data = f"{self.labelled:,} labelled"
+        if self.unlabelled:
+            data += f" + {self.unlabelled:,} unlabelled"
+        if self.held_out:
+            data += f" (fold: subjects {', '.join(self.held_out)} held out)"
+        per_process = f" per process (x{self.world})" if self.world > 1 else ""
+        lines = [
+            f"plan: {who}, seed {self.seed}, select {self.select}",
+            f"  data: {self.source}, {data} training windows",
+            f"  batches: {self.batch_size} windows (~{self.labelled_per_batch:.0f} labelled), "
+            f"{self.steps_per_epoch} steps/epoch x {self.epochs} epochs = "
+            f"{self.total_steps:,} steps{per_process}",
+            f"  lr: {self.schedule.describe()}",
+            "  augment: " + "; ".join(f"{m}: {ops}" for m, ops in self.augment),
+            "  loss: " + " + ".join(f"{t.weight:g} {t.name} ({t.windows})" for t in self.loss),
+        ]
+        if self.teacher is not None:
+            t = self.teacher
+            lines.append(
+                f"  teacher: {t.mode}, reads {', '.join(t.reads)}, trained with augment "
+                f"{t.trained_augment}"
+            )
+        if self.filled:
+            lines.append("  defaults: " + "; ".join(self.filled))
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# --- resolution ---------------------------------------------------------------------------
+
+
+def steps_per_epoch(windows: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps of one epoch over `windows` (`edgekd.data.pipeline.shard_batches`: each
+    process takes windows // world, in batches of batch_size, a last batch of one dropped)."""
+    per_rank = windows // world
+    steps, last = divmod(per_rank, batch_size)
+    return steps + (1 if last >= 2 else 0)
+
+
+def data_config(cfg: RunConfig, teacher: TeacherRun | None) -> RunConfig:
+    """cfg with the data a run reads: har by default for a teacher; for a student the teacher's
+    data (or where they moved) with the teacher's split (another split would leak the teacher's
+    training subjects into validation)."""
+    if teacher is None:
+        return cfg if cfg.data.source else replace(cfg, data=replace(cfg.data, source="har"))
+    data = teacher.sidecar["data"]
+    return replace(
+        cfg,
+        data=replace(
+            cfg.data, source=cfg.data.source or data["source"], val_subjects=data["val_subjects"]
+        ),
+    )
+
+
+def load_data(cfg: RunConfig, teacher: TeacherRun | None, fold: tuple[int, int] | None) -> Any:
+    """The dataset of a run (`data_config`), as fold `fold` (i, k) when given."""
+    from edgekd.data import load_dataset
+    from edgekd.distill.cv import fold_dataset
+
+    cfg = data_config(cfg, teacher)
+    if cfg.data.limit is not None and cfg.data.limit <= 0:
+        raise ConfigError(
+            f"--limit must be a positive number of training windows, got {cfg.data.limit}"
+        )
+    ds = load_dataset(
+        cfg.data.source or "har",
+        val_subjects=cfg.data.val_subjects,
+        limit=cfg.data.limit,
+        seed=cfg.train.seed,
+    )
+    return ds if fold is None else fold_dataset(ds, *fold)
+
+
+def _n_labelled(split: Any) -> int:
+    return int(np.count_nonzero(split.y >= 0))
+
+
+def _augment(policy: Policy, specs: Mapping[str, ModalitySpec]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for m, spec in specs.items():
+        ops = [
+            Policy(((op, params),), "none", 1.0, 1.0, 0).describe()
+            for op, params in policy.ops
+            if spec.kind in op.kinds and (op.name != "rotate" or spec.vectors)
+        ]
+        out.append((m, " ".join(ops) or "none"))
+    if policy.mix != "none":
+        out.append(("mix", Policy((), policy.mix, policy.mix_alpha, policy.mix_prob, 0).describe()))
+    return tuple(out)
+
+
+def _unseen(
+    policy: Policy, teacher: TeacherRun, specs: Mapping[str, ModalitySpec], classes: int
+) -> tuple[str, tuple[str, ...]]:
+    """(the teacher's training augmentation, the ops/mixing of `policy` it never trained with)."""
+    if teacher.config is None:
+        return "unknown (no config.yaml)", ()
+    own = build_policy(teacher.config.augment, specs, classes)
+    trained = {op.name: params for op, params in own.ops}
+    unseen = [
+        f"{op.name}" + ("" if op.name not in trained else " (stronger)")
+        for op, params in policy.ops
+        if op.name not in trained
+        or any(abs(v) > abs(trained[op.name].get(k, 0.0)) + 1e-12 for k, v in params.items())
+    ]
+    if policy.mix != "none" and own.mix != policy.mix:
+        unseen.append(policy.mix)
+    return own.describe(), tuple(unseen)
+
+
+def _loss(cfg: RunConfig, role: str) -> tuple[LossTerm, ...]:
+    if role == "teacher":
+        return (LossTerm("task", "cross-entropy", 1.0, "labelled"),)
+    d = cfg.distill
+    terms = [LossTerm("task", "cross-entropy", d.lambda_task, "labelled")]
+    if d.feature_loss != "none":
+        terms.append(
+            LossTerm("feature", f"{d.feature_loss}({d.distance}, m={d.margin:g})",
+                     d.lambda_feature, "all")  # fmt: skip
+        )
+    if d.classifier_loss != "none":
+        where = "labelled" if d.classifier_loss == "soft_teacher_head" else "all"
+        name = f"{d.classifier_loss}(tau={d.tau:g})"
+        terms.append(LossTerm("classifier", name, d.lambda_classifier, where))
+    return tuple(terms)
+
+
+def _check_specs(
+    ours: Mapping[str, ModalitySpec], theirs: Mapping[str, ModalitySpec], what: str
+) -> None:
+    """ConfigError naming every modality/field where `ours` (the data) differs from `theirs`."""
+    layout = ("kind", "rate_hz", "channels", "window", "hop", "n_mels", "n_fft", "hop_length",
+              "size")  # fmt: skip
+    diffs = []
+    for m, spec in theirs.items():
+        if m not in ours:
+            diffs.append(f"{m}: missing from the data (it has {', '.join(ours)})")
+            continue
+        for key in layout:
+            a, b = getattr(ours[m], key), getattr(spec, key)
+            if a != b:
+                diffs.append(f"{m}.{key}: data {a!r}, {what} {b!r}")
+        if spec.mean and not (
+            np.allclose(ours[m].mean, spec.mean, rtol=1e-3, atol=1e-4)
+            and np.allclose(ours[m].std, spec.std, rtol=1e-3, atol=1e-4)
+        ):
+            diffs.append(f"{m}: normalisation fitted on the data differs from the {what}'s")
+    if diffs:
+        raise ConfigError(f"the data does not match the {what}: " + "; ".join(diffs))
+
+
+def _teacher_specs(cfg: RunConfig, data: Any) -> dict[str, ModalitySpec]:
+    specs = dict(data.specs)
+    if cfg.data.modalities is None:
+        return specs
+    unknown = [m for m in cfg.data.modalities if m not in specs]
+    if unknown or not cfg.data.modalities:
+        raise ConfigError(
+            f"data.modalities {list(cfg.data.modalities)}: {', '.join(unknown) or 'empty'} "
+            f"not among the dataset's modalities {', '.join(specs)}"
+        )
+    return {m: specs[m] for m in cfg.data.modalities}
+
+
+def resolve_plan(
+    cfg: RunConfig,
+    data: Any,
+    teacher: TeacherRun | None,
+    *,
+    world: int = 1,
+    fold: tuple[int, int] | None = None,
+) -> RunPlan:
+    """The plan of a teacher run (`teacher` None) or of a student distilled from `teacher`, on
+    `data` (a PairedDataset from `load_data`, for `fold` when given) with `world` processes.
+    ConfigError for any option that cannot run, before anything is written."""
+    filled = []
+    if cfg.data.source is None:
+        filled.append("data " + ("har" if teacher is None else "the teacher's"))
+    cfg = data_config(cfg, teacher)
+    labels = list(data.labels)
+    train, unl = data.splits["train"], data.splits["unlabelled"]
+    classes = len(labels)
+    if teacher is None:
+        role = "teacher"
+        specs = _teacher_specs(cfg, data)
+        if cfg.train.epochs is None:
+            cfg = replace(cfg, train=replace(cfg.train, epochs=TEACHER_EPOCHS))
+            filled.append(f"{TEACHER_EPOCHS} epochs (teachers)")
+        if not cfg.model.arch:
+            cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_TEACHER))
+            filled.append(f"arch {DEFAULT_TEACHER} (teachers)")
+        aug_specs, modality, unlabelled, tplan = specs, None, 0, None
+        policy = build_policy(cfg.augment, aug_specs, classes)
+    else:
+        role = "student"
+        tside = teacher.sidecar
+        teacher_specs = teacher.specs
+        modality = cfg.student_modality or tside.get("default_student")
+        if cfg.student_modality is None:
+            filled.append(f"modality {modality} (the teacher's default student)")
+        if modality not in teacher_specs:
+            raise ConfigError(
+                f"student modality {modality!r} is not among the teacher's modalities "
+                f"({', '.join(teacher_specs)})"
+            )
+        cfg = replace(cfg, student_modality=modality)
+        if labels != list(tside["labels"]):
+            raise ConfigError(
+                f"the teacher in {teacher.dir} was trained on other labels than {data.name} has "
+                f"now: teacher {list(tside['labels'])}, data {labels}"
+            )
+        moved = cfg.data.source != tside["data"]["source"]
+        uses_teacher = cfg.distill.uses_teacher
+        online = uses_teacher and cfg.distill.teacher_mode == "online"
+        if uses_teacher:
+            # The teacher must get the inputs it was trained on (moved data: also the same
+            # normalisation, i.e. the same training windows).
+            expected = teacher_specs
+            if not moved:
+                expected = {m: replace(s, mean=(), std=()) for m, s in teacher_specs.items()}
+            _check_specs(data.specs, expected, f"teacher in {teacher.dir}")
+        elif moved:
+            _check_specs(
+                data.specs, {modality: teacher_specs[modality]}, f"teacher in {teacher.dir}"
+            )
+        spec = data.specs[modality]
+        if cfg.train.epochs is None:
+            cfg = replace(cfg, train=replace(cfg.train, epochs=DEFAULT_EPOCHS[spec.kind]))
+            filled.append(f"{cfg.train.epochs} epochs ({spec.kind} students)")
+        if not cfg.model.arch:
+            if spec.kind not in DEFAULT_STUDENT:
+                raise ConfigError(
+                    f"no default student for modality kind {spec.kind!r}; pass --arch"
+                )
+            cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_STUDENT[spec.kind]))
+            filled.append(f"arch {cfg.model.arch} ({spec.kind} students)")
+        view = cfg.distill.teacher_view
+        reads = tuple(m for m in teacher_specs if view == "all" or m == modality)
+        aug_specs = {m: data.specs[m] for m in (reads if online else [modality])}
+        policy = build_policy(cfg.augment, aug_specs, classes)
+        if uses_teacher and not online and policy.active:
+            raise ConfigError(
+                f"distill.teacher_mode=cached computes the teacher's outputs once on clean "
+                f"windows, but augmentation is on ({policy.describe()}); use teacher_mode "
+                "online, or augment.policy none and augment.mix none"
+            )
+        unlabelled = len(unl) if cfg.data.unlabelled and uses_teacher else 0
+        tplan = None
+        if uses_teacher:
+            trained, unseen = _unseen(policy, teacher, aug_specs, classes) if online else ("", ())
+            tplan = TeacherPlan(
+                dir=str(Path(teacher.dir).resolve()),
+                modalities=tuple(teacher_specs),
+                reads=reads,
+                view=view,
+                mode=cfg.distill.teacher_mode,
+                trained_augment=trained or "n/a (cached on clean windows)",
+                unseen=unseen,
+            )
+    labelled = _n_labelled(train)
+    if labelled == 0:
+        raise ConfigError(f"the train split of {data.name} has no labelled windows")
+    per_epoch = steps_per_epoch(labelled + unlabelled, cfg.train.batch_size, world)
+    if per_epoch == 0:
+        raise ConfigError(
+            f"{labelled + unlabelled} training windows make no batch of --batch-size "
+            f"{cfg.train.batch_size} on {world} process(es); lower --batch-size"
+        )
+    epochs = int(cfg.train.epochs or 1)
+    held_out = () if fold is None else tuple(sorted({str(s) for s in data.splits["val"].subject}))
+    return RunPlan(
+        role=role,
+        arch=cfg.model.arch,
+        modality=modality,
+        source=str(data.source),
+        split_windows=tuple((name, len(s)) for name, s in data.splits.items()),
+        labelled=labelled,
+        unlabelled=unlabelled,
+        held_out=held_out,
+        teacher=tplan,
+        augment=_augment(policy, aug_specs),
+        batch_size=cfg.train.batch_size,
+        world=world,
+        steps_per_epoch=per_epoch,
+        epochs=epochs,
+        schedule=Schedule(cfg.train.lr, cfg.train.lr * LR_FLOOR, per_epoch * epochs),
+        loss=_loss(cfg, role),
+        select=cfg.train.select,
+        seed=cfg.train.seed,
+        filled=tuple(filled),
+        config=cfg,
+    )
+
+
+# --- comparing plans ----------------------------------------------------------------------
+
+# What two plans can differ in, in the order their differences are told.
+ASPECTS = ("loss", "teacher", "labelled", "unlabelled", "steps", "epochs", "batch", "augment",
+           "schedule", "model", "select")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way a plan differs from a baseline plan: the aspect (one of ASPECTS) and a sentence."""
+
+    aspect: str
+    text: str
+
+
+def _loss_text(plan: RunPlan) -> str:
+    return " + ".join(f"{t.weight:g} {t.name}" for t in plan.loss)
+
+
+def _teacher_text(plan: RunPlan) -> str:
+    t = plan.teacher
+    return "no teacher" if t is None else f"{t.mode} teacher reading {', '.join(t.reads)}"
+
+
+def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
+    """Every difference of `plan` from `base` that changes what training sees, as sentences
+    relative to `base` (e.g. "+3,661 unlabelled windows", "x1.64 optimizer steps"). The seed
+    and the teacher's folder are not compared (an ablation pairs seeds and teachers itself)."""
+    out: list[Difference] = []
+
+    def add(aspect: str, text: str) -> None:
+        out.append(Difference(aspect, text))
+
+    if plan.loss != base.loss:
+        add("loss", f"loss {_loss_text(plan)} (instead of {_loss_text(base)})")
+    a, b = plan.teacher, base.teacher
+    if (a is None) != (b is None) or (
+        a is not None and b is not None and (a.reads, a.mode) != (b.reads, b.mode)
+    ):
+        add("teacher", f"{_teacher_text(plan)} (instead of {_teacher_text(base)})")
+    for aspect, mine, theirs in (
+        ("labelled", plan.labelled, base.labelled),
+        ("unlabelled", plan.unlabelled, base.unlabelled),
+    ):
+        if mine != theirs:
+            add(aspect, f"{mine - theirs:+,} {aspect} windows")
+    if plan.total_steps != base.total_steps:
+        add(
+            "steps",
+            f"x{plan.total_steps / max(base.total_steps, 1):.2f} optimizer steps "
+            f"({plan.total_steps:,} instead of {base.total_steps:,})",
+        )
+    if plan.epochs != base.epochs:
+        add("epochs", f"{plan.epochs} epochs (instead of {base.epochs})")
+    if plan.batch_size != base.batch_size or round(plan.labelled_per_batch) != round(
+        base.labelled_per_batch
+    ):
+        add(
+            "batch",
+            f"~{plan.labelled_per_batch:.0f} labelled windows per batch of {plan.batch_size} "
+            f"(instead of ~{base.labelled_per_batch:.0f} of {base.batch_size})",
+        )
+    # The augmentation of the student's modality and the mixing: the teacher-only modalities'
+    # augmentation follows from the teacher's view, told above.
+    mine, theirs = dict(plan.augment), dict(base.augment)
+    for key in dict.fromkeys([str(plan.modality or ""), str(base.modality or ""), "mix"]):
+        if key and mine.get(key, "none") != theirs.get(key, "none"):
+            add(
+                "augment",
+                f"augment {key}: {mine.get(key, 'none')} (instead of {theirs.get(key, 'none')})",
+            )
+    if (plan.schedule.peak, plan.schedule.floor) != (base.schedule.peak, base.schedule.floor):
+        add("schedule", f"lr {plan.schedule.describe()} (instead of {base.schedule.describe()})")
+    if (plan.arch, plan.modality) != (base.arch, base.modality):
+        add("model", f"{plan.arch} on {plan.modality} (instead of {base.arch} on {base.modality})")
+    if plan.select != base.select:
+        add("select", f"selects by {plan.select} (instead of {base.select})")
+    return tuple(out)

@@ -1,0 +1,130 @@
+"""The resolved run plan on the real HAR data: window and step counts, the schedule in optimizer
+steps, plan.json in run folders, and the two leaks it closes (mixing, CV folds)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.config import RunConfig, resolve_recipe
+from edgekd.data.augment import build_policy
+from edgekd.data.pipeline import Loader, Windows, labelled, shard_batches
+from edgekd.distill.plan import Schedule, TeacherRun, load_data, resolve_plan, steps_per_epoch
+
+HAR_LABELLED = 5752  # labelled windows of HAR's training split (16 subjects)
+HAR_UNLABELLED = 3661  # unlabelled (transition) windows of the same subjects
+
+
+def _cfg(recipe: str, **train: object) -> RunConfig:
+    cfg = RunConfig(distill=resolve_recipe(recipe))
+    return replace(cfg, train=replace(cfg.train, **train)) if train else cfg
+
+
+def _plan(teacher_run: Path, recipe: str, fold: tuple[int, int] | None = None, **train: object):
+    teacher = TeacherRun.read(teacher_run)
+    cfg = _cfg(recipe, **train)
+    return resolve_plan(cfg, load_data(cfg, teacher, fold), teacher, fold=fold)
+
+
+def test_default_and_ce_plans_on_the_full_har_training_split(teacher_run: Path) -> None:
+    default = _plan(teacher_run, "default")
+    ce = _plan(teacher_run, "ce")
+    assert (default.labelled, default.unlabelled) == (HAR_LABELLED, HAR_UNLABELLED)
+    assert (ce.labelled, ce.unlabelled) == (HAR_LABELLED, 0)
+    # 9,413 windows in batches of 64: 147 full + one of 5; 5,752: 89 full + one of 56.
+    assert (default.steps_per_epoch, ce.steps_per_epoch) == (148, 90)
+    assert default.epochs == ce.epochs == 60
+    assert "60 epochs (timeseries students)" in default.filled  # no option gave the epochs
+    assert (default.total_steps, ce.total_steps) == (8880, 5400)
+    assert default.schedule.total_steps == 8880
+    assert default.labelled_per_batch == pytest.approx(64 * 5752 / 9413)
+    assert [t.term for t in default.loss] == ["task", "classifier"]
+    assert [t.weight for t in default.loss] == [0.5, 0.5]
+    assert [t.term for t in ce.loss] == ["task"]
+    assert ce.teacher is None and default.teacher is not None
+    assert default.teacher.reads == ("accel", "gyro") and default.teacher.mode == "online"
+    assert dict(default.split_windows)["unlabelled"] == HAR_UNLABELLED
+    # The student's augmentation is the accelerometer's; the online teacher's inputs get it too.
+    assert dict(ce.augment) == {"accel": "rotate(max_deg=15) scale(sigma=0.1) jitter(sigma=0.05)"}
+    assert set(dict(default.augment)) == {"accel", "gyro"}
+    text = default.describe()
+    assert "5,752 labelled + 3,661 unlabelled" in text and "8,880 steps" in text
+    assert json.loads(json.dumps(default.to_dict()))["total_steps"] == 8880
+
+
+def test_steps_per_epoch_counts_the_loaders_batches() -> None:
+    for n in (0, 1, 2, 63, 64, 65, 66, 129, 5752, 9413):
+        for batch in (2, 16, 64):
+            for world in (1, 2, 3):
+                expected = len(shard_batches(n, batch, seed=0, epoch=0, rank=0, world=world))
+                assert steps_per_epoch(n, batch, world) == expected, (n, batch, world)
+
+
+def test_schedule_is_defined_per_optimizer_step() -> None:
+    short, long = Schedule(3e-3, 1.5e-4, 5400), Schedule(3e-3, 1.5e-4, 8880)
+    assert short.lr(0) == pytest.approx(3e-3)
+    assert short.lr(5400) == pytest.approx(1.5e-4) == long.lr(8880)
+    assert short.lr(2700) == pytest.approx(long.lr(4440))  # same shape at the same fraction
+    lrs = [long.lr(s) for s in range(0, 8881, 37)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_run_folder_holds_the_plan_it_executed(student_run: Path) -> None:
+    plan = json.loads((student_run / "plan.json").read_text())
+    history = json.loads((student_run / "history.json").read_text())
+    assert plan["role"] == "student" and plan["epochs"] == len(history) == 3
+    # --limit 1500 limits the labelled windows; the unlabelled split is kept whole.
+    assert (plan["labelled"], plan["unlabelled"]) == (1500, HAR_UNLABELLED)
+    assert plan["steps_per_epoch"] == steps_per_epoch(1500 + HAR_UNLABELLED, 64)
+    assert plan["total_steps"] == plan["steps_per_epoch"] * 3
+    sched = Schedule(**plan["schedule"])
+    for h in history:  # each epoch's logged lr is its first optimizer step's
+        assert h["lr"] == pytest.approx(sched.lr((h["epoch"] - 1) * plan["steps_per_epoch"]))
+
+
+def test_mixed_unlabelled_partners_never_reach_the_supervised_terms() -> None:
+    from edgekd.distill.teacher_outputs import TeacherView
+    from edgekd.distill.trainer import StudentSteps
+
+    ds = load_data(RunConfig(), None, None)
+    spec = ds.specs["accel"]
+    train, unl = ds.splits["train"], ds.splits["unlabelled"]
+    windows = Windows.of((train, labelled(train)[:200]), (unl, np.arange(200)))
+    cfg = RunConfig().augment
+    policy = build_policy(replace(cfg, mix="mixup"), {"accel": spec}, len(ds.labels))
+    loader = Loader(windows, {"student": {"accel": spec}}, aug_specs={"accel": spec},
+                    policy=policy, batch_size=64, seed=0)  # fmt: skip
+    source = StudentSteps(loader, "accel", None, TeacherView(), None, None, 0)
+    sums = torch.cat([y.sum(dim=1) for _, y, *_ in source.epoch(0)])
+    whole = (sums - 1).abs() < 1e-5
+    assert bool((whole | (sums == 0)).all()), "a mixed sample kept part of a label"
+    assert 0 < int(whole.sum()) < len(sums)  # labelled pairs stay supervised
+
+
+def test_a_folds_held_out_subjects_never_train(teacher_run: Path) -> None:
+    plan = _plan(teacher_run, "default", fold=(0, 4))
+    ds = load_data(plan.config, TeacherRun.read(teacher_run), (0, 4))
+    held = set(plan.held_out)
+    assert held == {str(s) for s in ds.splits["val"].subject} and len(held) == 4
+    for split in ("train", "unlabelled"):
+        assert not held & {str(s) for s in ds.splits[split].subject}, split
+    assert 0 < plan.unlabelled < HAR_UNLABELLED
+    assert plan.labelled + len(ds.splits["val"]) == HAR_LABELLED
+
+
+def test_teacher_augmentation_it_never_saw_is_a_warning(teacher_run: Path) -> None:
+    teacher = TeacherRun.read(teacher_run)
+    cfg = _cfg("default")
+    ds = load_data(cfg, teacher, None)
+    same = resolve_plan(cfg, ds, teacher)
+    assert same.teacher is not None and same.teacher.unseen == () and same.warnings == ()
+    stronger = replace(cfg, augment=replace(cfg.augment, ops={"rotate": {"max_deg": 45.0}}))
+    plan = resolve_plan(stronger, ds, teacher)
+    assert plan.teacher is not None and plan.teacher.unseen == ("rotate (stronger)",)
+    assert "never saw in training" in plan.warnings[0]
+    assert "WARNING" in plan.describe()
