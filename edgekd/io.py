@@ -161,6 +161,21 @@ def replace_path(source: str | Path, dest: str | Path) -> None:
     _fsync_parents(source, dest)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs (this process counts as alive). Writers
+    tag temp, staging and spill folders with their pid so that the next writer removes only
+    those of dead processes."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_tree(path: str | Path) -> None:
     """Delete a folder and all it holds, or a file or symlink (never following it); missing is
     fine. Best effort: a file that cannot be removed stays, the rest goes."""

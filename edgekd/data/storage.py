@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.io import process_alive
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 << 20  # copy granularity of `stack`: bounds the RAM it touches at once
@@ -50,16 +52,6 @@ def _owned_folder(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{kind}-{_host()}-{os.getpid()}-", dir=spill_root()))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_dead_spills() -> list[Path]:
     """Remove this host's spill folders whose owning process has exited; the removed folders.
 
@@ -70,7 +62,7 @@ def remove_dead_spills() -> list[Path]:
     host = _host()
     for folder in spill_root().iterdir():
         match = _OWNED.match(folder.name)
-        if match is None or match["host"] != host or _alive(int(match["pid"])):
+        if match is None or match["host"] != host or process_alive(int(match["pid"])):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)

@@ -47,6 +47,7 @@ from edgekd.io import (
     create_new_bytes,
     exchange_paths,
     fsync_path,
+    process_alive,
     remove_tree,
     rename_path,
     replace_path,
@@ -304,7 +305,7 @@ class BundleWriter:
         pattern = re.compile(rf"\.{re.escape(self.out.name)}\.(\d+)-[0-9a-f]{{8}}\.({kinds})")
         for path in sorted(self.out.parent.iterdir()):
             match = pattern.fullmatch(path.name)
-            if match is None or _alive(int(match[1])):
+            if match is None or process_alive(int(match[1])):
                 continue
             restore = match[2] == "old" and not (self.out.exists() or self.out.is_symlink())
             if restore and path.is_dir() and not path.is_symlink():
@@ -427,18 +428,6 @@ class BundleWriter:
         except OSError:
             return self.staging
         return kept
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _pause_point(step: str) -> None:

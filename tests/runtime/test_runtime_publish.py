@@ -167,7 +167,7 @@ def test_failed_rollback_keeps_the_new_bundle_and_says_where(
     assert not out.exists()
     # The next writer puts the old bundle back (its writer is gone) and keeps the new one.
     monkeypatch.setattr(os, "rename", real_rename)
-    monkeypatch.setattr(writer_module, "_alive", lambda pid: False)
+    monkeypatch.setattr(writer_module, "process_alive", lambda pid: False)
     write_minimal(out, payload=b"newest", force=True)
     assert model_bytes(out) == b"newest"
     assert model_bytes(kept[0]) == b"new"
