@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -95,8 +96,18 @@ def make_executor(
 # --- local: one spawned process per job ---------------------------------------------------------
 
 
-def _child(payload: bytes, threads: int, conn: Any) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this job's process once its parent is gone: a SIGKILLed search must not leave
+    orphans training into folders that its next run resumes."""
+    while True:
+        time.sleep(_POLL_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _child(payload: bytes, threads: int, conn: Any, parent: int) -> None:
     """Entry point of a local job's process: set the thread env, run, send the outcome."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
@@ -174,7 +185,7 @@ class LocalExecutor:
     ) -> tuple[tuple[Any, ...] | None, str]:
         """(the child's message, or None; why there is none)."""
         receive, send = self._context.Pipe(duplex=False)
-        proc = self._context.Process(target=_child, args=(payload, threads, send))
+        proc = self._context.Process(target=_child, args=(payload, threads, send, os.getpid()))
         with self._lock:
             if id(future) in self._killed:
                 return None, "killed before it started"
