@@ -45,6 +45,10 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[
             int | None, typer.Option(help="At most N training windows per trial (quick runs).")
         ] = None,
+        unlabelled: Annotated[
+            bool,
+            typer.Option(help="Add the teacher's unlabelled windows to each trial's training."),
+        ] = True,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per step.")] = 64,
         pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
         latency_table: Annotated[
@@ -53,6 +57,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_drop: Annotated[
             float, typer.Option(help="Export of the chosen student: most int8 drop (points).")
+        ] = 1.0,
+        timing_s: Annotated[
+            float, typer.Option(help="Seconds of batch-1 timing per measured candidate.")
         ] = 1.0,
         no_export: Annotated[
             bool, typer.Option("--no-export", help="Do not export the chosen student.")
@@ -66,8 +73,9 @@ def register(app: typer.Typer) -> None:
             teacher=teacher, out=out, target=target, budget_ms=budget_ms, budget_kb=budget_kb,
             trials=trials, epochs=epochs, archs=_names(archs), executor=executor,
             address=address, jobs=jobs, threads=threads, seed=seed, limit=limit,
-            batch_size=batch_size, pruner=pruner, latency_table=latency_table,
-            export=not no_export, max_drop=max_drop,
+            unlabelled=unlabelled, batch_size=batch_size, pruner=pruner,
+            latency_table=latency_table, export=not no_export, max_drop=max_drop,
+            timing_s=timing_s,
         )  # fmt: skip
         run_search(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"wrote {out / 'search.json'}, {out / 'pareto.md'}")

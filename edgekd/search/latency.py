@@ -168,13 +168,14 @@ def time_bundle(bundle: Path, backend: str, precision: str = "int8",
     from edgekd.modalities import feature_shape
     from edgekd.runtime.bench import latency_stats, time_calls
 
-    model = rt.load(bundle, backend=backend, precision=precision, threads=1,
-                    cache_dir=Path(bundle).parent / "cache")
-    run = model.runner()
-    x = np.random.default_rng(0).standard_normal((1, *feature_shape(model.spec)))
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    seconds = time_calls(lambda: run(x), warmup=TIMING_WARMUP, iterations=None,
-                         duration_s=duration_s)
+    with tempfile.TemporaryDirectory(prefix="edgekd-latency-cache-") as cache:
+        model = rt.load(bundle, backend=backend, precision=precision, threads=1,
+                        cache_dir=Path(cache))  # compiled fresh: no cache from another build
+        run = model.runner()
+        x = np.random.default_rng(0).standard_normal((1, *feature_shape(model.spec)))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        seconds = time_calls(lambda: run(x), warmup=TIMING_WARMUP, iterations=None,
+                             duration_s=duration_s)
     return float(latency_stats(seconds)["p50"])
 
 

@@ -73,11 +73,13 @@ class SearchSpec:
     threads: int | None = None
     seed: int = 0
     limit: int | None = None
+    unlabelled: bool = True  # add the teacher's unlabelled windows (as `edgekd distill` does)
     batch_size: int = 64
     pruner: str = "median"
     latency_table: Path | None = None
     export: bool = True
     max_drop: float = 1.0  # export: the most int8 may lose against FP32 (points)
+    timing_s: float = 1.0  # timing per candidate when latency is measured (s)
 
     def check(self) -> None:
         """ConfigError naming the offending option; nothing is created."""
@@ -93,6 +95,8 @@ class SearchSpec:
                 raise ConfigError(f"{flag} must be at least 1, got {count}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive number of windows, got {self.limit}")
+        if not self.timing_s > 0:
+            raise ConfigError(f"--timing-s must be > 0, got {self.timing_s:g}")
         if self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 points, got {self.max_drop:g}")
         if self.pruner not in PRUNERS:
@@ -103,7 +107,7 @@ class SearchSpec:
     def settings(self) -> dict[str, Any]:
         """What a resume must match (execution details such as --jobs may change)."""
         keys = ("target", "budget_ms", "budget_kb", "epochs", "archs", "seed", "limit",
-                "batch_size", "pruner")  # fmt: skip
+                "unlabelled", "batch_size", "pruner")  # fmt: skip
         out = {k: getattr(self, k) for k in keys}
         out["archs"] = None if self.archs is None else list(self.archs)
         out["teacher"] = str(Path(self.teacher).resolve())
@@ -199,7 +203,7 @@ def _train_config(spec: SearchSpec, cand: Candidate) -> Any:
     from edgekd.search.space import distill_config
 
     return RunConfig(
-        data=DataConfig(limit=spec.limit),
+        data=DataConfig(limit=spec.limit, unlabelled=spec.unlabelled),
         train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=cand.lr,
                           seed=spec.seed),
         model=ModelConfig(arch=cand.arch, args=dict(cand.args)),
@@ -312,7 +316,7 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
         try:
             predictor = LatencyPredictor(
                 spec.target, search.modality, len(search.labels), out,
-                table=spec.latency_table, executor=executor,
+                table=spec.latency_table, executor=executor, duration_s=spec.timing_s,
             )  # fmt: skip
             study = optuna.create_study(
                 storage=f"sqlite:///{(out / 'study.db').resolve()}", study_name=STUDY_NAME,
@@ -506,7 +510,7 @@ def _deliver(best: dict[str, Any], search: _Search, predictor: Any) -> dict[str,
         return {"bundle": str(bundle), "measured_p50_ms": None,
                 "measured_note": f"not measured: {spec.target} is not this machine; run "
                                  f"`edgekd bench {bundle}` on the device"}  # fmt: skip
-    measured = time_bundle(bundle, target.backend, target.precision)
+    measured = time_bundle(bundle, target.backend, target.precision, spec.timing_s)
     search.log(f"chosen trial {best['trial']}: predicted p50 {best['p50_ms']:.4f} ms, measured "
                f"{measured:.4f} ms on the trained bundle ({target.backend} {target.precision})")
     return {"bundle": str(bundle), "measured_p50_ms": measured}
