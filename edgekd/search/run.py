@@ -311,13 +311,14 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
     out = Path(spec.out)
     with _lock(out):
         search = _Search(spec, log)
-        _check_settings(out, spec.settings())
         executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address)
         try:
             predictor = LatencyPredictor(
                 spec.target, search.modality, len(search.labels), out,
                 table=spec.latency_table, executor=executor, duration_s=spec.timing_s,
             )  # fmt: skip
+            # recorded only once every option is known to work: a refused start binds nothing
+            _check_settings(out, spec.settings())
             study = optuna.create_study(
                 storage=f"sqlite:///{(out / 'study.db').resolve()}", study_name=STUDY_NAME,
                 direction="maximize", load_if_exists=True,
