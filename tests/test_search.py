@@ -89,6 +89,7 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
         assert proc.wait(30) == -signal.SIGKILL
     weights = out / "trials" / "0000" / "model.safetensors"
     stamp = (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns)
+    left_running = [t.number for t in _study(out).trials if t.state.name == "RUNNING"]  # type: ignore[attr-defined]
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -98,6 +99,8 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]  # type: ignore[attr-defined]
     assert sorted(t.number for t in complete) == list(range(3))  # none lost, none repeated
     assert (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns) == stamp  # not retrained
+    if left_running:  # the kill caught trials in flight: they were re-attached, not redrawn
+        assert f"resuming {len(left_running)} trial(s)" in rerun.stderr
     report = json.loads((out / "search.json").read_text())
     assert report["counts"]["complete"] == 3 and report["chosen"]["bundle"] is None
 
