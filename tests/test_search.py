@@ -98,6 +98,7 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]  # type: ignore[attr-defined]
     assert sorted(t.number for t in complete) == list(range(3))  # none lost, none repeated
+    assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 3
     assert (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns) == stamp  # not retrained
     if left_running:  # the kill caught trials in flight: they were re-attached, not redrawn
         assert f"resuming {len(left_running)} trial(s)" in rerun.stderr

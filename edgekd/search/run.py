@@ -5,7 +5,8 @@ only single-objective studies, and pruning is what makes a search of many 30-epo
 affordable. So the study maximises validation accuracy alone; the budget is a hard constraint
 checked BEFORE training (`edgekd.search.latency`: predicted batch-1 p50 and int8 size of the
 untrained candidate): a candidate over budget is told PRUNED with `rejected` set and is never
-trained (rejections do not count towards `trials`). The accuracy/latency Pareto front is then
+trained (rejections do not count towards `trials`); so is a draw that repeats an earlier
+trial's candidate (training is deterministic for a seed). The accuracy/latency Pareto front is then
 computed from the finished trials (`edgekd.search.report.pareto_front`), not by the sampler.
 
 Selection uses validation accuracy only. Test accuracy is read once, for the Pareto set, and is
@@ -50,7 +51,7 @@ from edgekd.search.space import Candidate
 STUDY_NAME = "edgekd-search"
 PRUNERS = ("median", "halving", "none")
 POLL_S = 1.0
-REJECTIONS_PER_TRIAL = 20  # draws over budget allowed per wanted trial before giving up
+REJECTIONS_PER_TRIAL = 20  # untrainable draws allowed per wanted trial before giving up
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class _Progress:
 
     def head(self) -> str:
         return (f"[{self.done}/{self.wanted} trained, {self.pruned} pruned, "
-                f"{self.rejected} rejected over budget]")  # fmt: skip
+                f"{self.rejected} not trained: over budget or repeats]")  # fmt: skip
 
 
 def _duration(seconds: float) -> str:
@@ -195,6 +196,18 @@ def _over_budget(spec: SearchSpec, est: Estimate) -> str | None:
         return f"p50 {est.p50_ms:.4f} ms > --budget-ms {spec.budget_ms:g}"
     if spec.budget_kb is not None and est.int8_kb > spec.budget_kb:
         return f"int8 {est.int8_kb:.1f} KB > --budget-kb {spec.budget_kb:g}"
+    return None
+
+
+def _duplicate(study: Any, trial: Any, cand: Candidate) -> str | None:
+    """'duplicate of trial N' when an earlier trial drew the same candidate: training is
+    deterministic for a seed, so it would only repeat that trial."""
+    drawn = cand.to_dict()
+    for t in study.get_trials(deepcopy=False):
+        if t.number != trial.number and "rejected" not in t.user_attrs and (
+            t.user_attrs.get("candidate") == drawn
+        ):
+            return f"duplicate of trial {t.number}"
     return None
 
 
@@ -322,9 +335,10 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
             study = optuna.create_study(
                 storage=f"sqlite:///{(out / 'study.db').resolve()}", study_name=STUDY_NAME,
                 direction="maximize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=spec.seed),
                 pruner=_pruner(optuna, spec.pruner, spec.epochs),
             )  # fmt: skip
+            # offset by the history: a resumed search must not replay the first run's draws
+            study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
             log(search.plan(study, predictor))
             _loop(optuna, study, search, predictor, executor)
             report = _report(study, search, predictor)
@@ -363,18 +377,18 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
             est = predictor.predict(cand.arch, cand.args)
             trial.set_user_attr("candidate", cand.to_dict())
             trial.set_user_attr("estimate", est.to_dict())
-            why = _over_budget(spec, est)
+            why = _duplicate(study, trial, cand) or _over_budget(spec, est)
             if why is not None:
                 trial.set_user_attr("rejected", why)
                 study.tell(trial, state=state.PRUNED)
                 progress.rejected += 1
                 rejections += 1
                 log(f"{progress.head()} trial {trial.number} {cand.arch} {cand.args}: "
-                    f"rejected without training ({why})")  # fmt: skip
+                    f"not trained ({why})")  # fmt: skip
                 if rejections > REJECTIONS_PER_TRIAL * spec.trials:
                     raise ConfigError(
-                        f"{rejections} candidates in a row missed the budget (last: {why}); "
-                        "raise --budget-ms / --budget-kb, or search smaller --archs"
+                        f"{rejections} drawn candidates could not be trained (last: {why}); "
+                        "raise --budget-ms / --budget-kb, or search other --archs"
                     )
                 continue
             folder = Path(spec.out) / "trials" / f"{trial.number:04d}"
