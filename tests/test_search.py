@@ -162,3 +162,40 @@ def test_resume_with_other_settings_is_refused(teacher_run: Path, tmp_path: Path
     other = SearchSpec(teacher=teacher_run, out=tmp_path, budget_ms=0.3, jobs=2)
     with pytest.raises(ConfigError, match=r"other settings \(budget_ms\)"):
         _check_settings(tmp_path, other.settings())
+
+
+def test_epochs_are_reported_from_the_run_folder_and_pruned(tmp_path: Path) -> None:
+    """The loop reads history.json (written by the trainer each epoch), reports each new epoch's
+    validation accuracy once, and stops a trial its pruner rejects."""
+    from concurrent.futures import Future
+
+    import optuna
+
+    from edgekd.search.run import SearchSpec, _Progress, _prune, _Running
+    from edgekd.search.space import Candidate
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.7)
+    )
+    spec = SearchSpec(teacher=tmp_path, out=tmp_path, epochs=4)
+    cand = Candidate("tcn_tiny", {"width": 8}, "default", None, None, 3e-3)
+
+    def running(history: list[float]) -> _Running:
+        trial = study.ask()
+        folder = tmp_path / f"t{trial.number}"
+        folder.mkdir()
+        rows = [{"epoch": i + 1, "val": {"accuracy": a}} for i, a in enumerate(history)]
+        (folder / "history.json").write_text(json.dumps(rows))
+        return _Running(trial, cand, folder, Future(), 0.0)
+
+    lines: list[str] = []
+    good = running([0.8, 0.9])
+    assert not _prune(good, spec, lines.append, _Progress(2))
+    assert not _prune(good, spec, lines.append, _Progress(2))  # nothing new: nothing reported
+    assert study.trials[0].intermediate_values == {1: 0.8, 2: 0.9}
+    bad = running([0.5])
+    assert _prune(bad, spec, lines.append, _Progress(2))
+    assert bad.trial.user_attrs["pruned_at_epoch"] == 1
+    assert "trial 1 pruned after epoch 1: val acc 50.00 %" in lines[-1]
+    finished = running([0.5, 0.5, 0.5, 0.5])  # the last epoch is the trainer's to finish
+    assert not _prune(finished, spec, lines.append, _Progress(2))
