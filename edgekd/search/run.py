@@ -267,8 +267,10 @@ class _Search:
             )
         self.archs = archs
         self.threads = plan_threads(spec.jobs, spec.threads)
-        self.teacher_epoch_s = ((side.get("metrics") or {}).get("train") or {}).get(
-            "epoch_seconds_mean")
+        from edgekd.search.report import read_metrics
+
+        metrics = read_metrics(Path(spec.teacher)) or {}
+        self.teacher_epoch_s = (metrics.get("train") or {}).get("epoch_seconds_mean")
 
     def plan(self, study: Any, predictor: Any) -> str:
         from edgekd.search.space import space_size
@@ -292,7 +294,7 @@ class _Search:
         )
         if left and self.teacher_epoch_s:
             guess = left * self.spec.epochs * self.teacher_epoch_s / self.spec.jobs
-            line += f"; about {_duration(guess)} at most (from the teacher's epoch time)"
+            line += f"; about {_duration(guess)} (rough: from the teacher's epoch time)"
         return line
 
     @staticmethod
