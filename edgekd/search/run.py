@@ -295,6 +295,8 @@ class _Search:
         if left and self.teacher_epoch_s:
             guess = left * self.spec.epochs * self.teacher_epoch_s / self.spec.jobs
             line += f"; about {_duration(guess)} (rough: from the teacher's epoch time)"
+        elif left:
+            line += "; time unknown until the first trial finishes"
         return line
 
     @staticmethod
@@ -416,7 +418,7 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
                 continue
             try:
                 metrics = future.result()
-            except JobLost:
+            except JobLost:  # not killed by us: left RUNNING, so a rerun resumes it
                 raise
             except Exception:
                 study.tell(run.trial, state=state.FAIL)
