@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import ConfigError
+from edgekd.models import list_students
 from edgekd.search import latency
 from edgekd.search.latency import (
     TABLE_FORMAT,
@@ -17,7 +18,7 @@ from edgekd.search.latency import (
     arch_signature,
     resolved_args,
 )
-from tests.test_models import ACC
+from tests.test_models import ACC, _spec
 
 K = 6
 
@@ -143,3 +144,22 @@ def test_over_budget_candidates_are_rejected_without_training(
     assert {t.state.name for t in study.trials} == {"PRUNED"}
     assert all("p50 9.0000 ms > --budget-ms 0.5" in t.user_attrs["rejected"]
                for t in study.trials)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list_students())
+def test_every_student_quantizes_to_lint_clean_qdq(name: str, tmp_path: Path) -> None:
+    """What the search prices must be deployable: int8 PTQ passes the TensorRT Q/DQ lint (inside
+    quantize_ptq) and every conv / matmul reads quantized weights."""
+    import onnx
+
+    exported = latency.export_candidate(name, {}, _spec(name), K, "onnxruntime", tmp_path)
+    graph = onnx.load(str(exported.files[0])).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and "DequantizeLinear" in ops
+    produced_by = {out: n.op_type for n in graph.node for out in n.output}
+    inits = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            weight = node.input[1]
+            assert produced_by.get(weight) == "DequantizeLinear" or weight not in inits, node.name
+    assert exported.int8_bytes == exported.files[0].stat().st_size
