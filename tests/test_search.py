@@ -36,7 +36,7 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
 
     out = tmp_path / "search"
     args = ["search", "--teacher", str(teacher_run), "--out", str(out), "--target", "cpu"]
-    result = run_cli([*args, "--trials", "2", "--max-drop", "100", *TINY])
+    result = run_cli([*args, "--trials", "2", "--max-drop", "100", "--confirm-seeds", "2", *TINY])
     assert result.exit_code == 0, result.output
     assert re.search(r"search: [\d,]+ points .* 2 trials of 2 epochs", result.output)
     assert "eta" in result.output
@@ -68,7 +68,31 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
     table = (out / "pareto.md").read_text()
     assert table.startswith("| trial | arch | args |") and "(chosen)" in table
     assert "test: scored once, for the Pareto set only" in table
+
+    # the teacher's gain at this size: the chosen student with its recipe vs CE, paired by seed
+    confirm = report["confirmation"]
+    acc = confirm["accuracy"]
+    assert confirm["seeds"] == 2 and acc["chosen"]["n"] == acc["ce"]["n"] == 2
+    chosen_run = json.loads((Path(chosen["folder"]) / "metrics.json").read_text())
+    ce_runs = [json.loads((out / "confirm" / "ce" / f"seed{s}" / "metrics.json").read_text())
+               for s in (0, 1)]  # fmt: skip
+    assert all(r["test"] for r in ce_runs)
+    ce_cfg = (out / "confirm" / "ce" / "seed1" / "config.yaml").read_text()
+    assert "classifier_loss: none" in ce_cfg and "seed: 1" in ce_cfg
+    gain = acc["teacher_gain"]
+    assert gain["n"] == 2 and gain["lo"] <= gain["mean"] <= gain["hi"]
+    seed0_gain = 100 * (chosen_run["test"]["accuracy"] - ce_runs[0]["test"]["accuracy"])
+    assert seed0_gain == pytest.approx(2 * gain["mean"] - _seed1_gain(out), abs=1e-6)
+    assert "What the teacher adds at this size" in table
     assert (out / "pareto.png").stat().st_size > 1000
+
+
+def _seed1_gain(out: Path) -> float:
+    def test_acc(kind: str) -> float:
+        metrics = json.loads((out / "confirm" / kind / "seed1" / "metrics.json").read_text())
+        return 100 * metrics["test"]["accuracy"]
+
+    return test_acc("chosen") - test_acc("ce")
 
 
 def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Path) -> None:

@@ -61,6 +61,11 @@ def register(app: typer.Typer) -> None:
         timing_s: Annotated[
             float, typer.Option(help="Seconds of batch-1 timing per measured candidate.")
         ] = 1.0,
+        confirm_seeds: Annotated[
+            int,
+            typer.Option(help="Retrain the chosen student over N seeds, with its recipe and with "
+                         "CE only: what the teacher adds at this size (test split)."),
+        ] = 0,
         no_export: Annotated[
             bool, typer.Option("--no-export", help="Do not export the chosen student.")
         ] = False,
@@ -75,7 +80,7 @@ def register(app: typer.Typer) -> None:
             address=address, jobs=jobs, threads=threads, seed=seed, limit=limit,
             unlabelled=unlabelled, batch_size=batch_size, pruner=pruner,
             latency_table=latency_table, export=not no_export, max_drop=max_drop,
-            timing_s=timing_s,
+            timing_s=timing_s, confirm_seeds=confirm_seeds,
         )  # fmt: skip
         run_search(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"wrote {out / 'search.json'}, {out / 'pareto.md'}")

@@ -81,6 +81,7 @@ class SearchSpec:
     export: bool = True
     max_drop: float = 1.0  # export: the most int8 may lose against FP32 (points)
     timing_s: float = 1.0  # timing per candidate when latency is measured (s)
+    confirm_seeds: int = 0  # retrain the chosen student with N seeds, and with CE only
 
     def check(self) -> None:
         """ConfigError naming the offending option; nothing is created."""
@@ -96,6 +97,8 @@ class SearchSpec:
                 raise ConfigError(f"{flag} must be at least 1, got {count}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive number of windows, got {self.limit}")
+        if self.confirm_seeds < 0:
+            raise ConfigError(f"--confirm-seeds must be >= 0, got {self.confirm_seeds}")
         if not self.timing_s > 0:
             raise ConfigError(f"--timing-s must be > 0, got {self.timing_s:g}")
         if self.max_drop < 0:
@@ -346,6 +349,8 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
             log(search.plan(study, predictor))
             _loop(optuna, study, search, predictor, executor)
             report = _report(study, search, predictor)
+            if spec.confirm_seeds and report["chosen"]:
+                report["confirmation"] = _confirm(report["chosen"], search, executor)
         finally:
             executor.close()
         atomic_write_json(out / "search.json", report)
@@ -505,6 +510,54 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
         best = max(complete, key=lambda r: r["val_acc"])
         report["chosen"] = {**best, **_deliver(best, search, predictor)}
     return report
+
+
+def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str, Any]:
+    """How much the teacher adds at the chosen size: the chosen candidate and the same student
+    with CE only (no teacher, same lr and schedule), each over `confirm_seeds` seeds (the first
+    is the search's own seed: the chosen trial's run is reused), compared on the test split by
+    `edgekd.distill.ablate`'s paired statistics (percent; a 95% t-interval over seeds). The
+    test split was not used to choose: this is the report's confirmation, not a selection."""
+    from dataclasses import replace
+
+    from edgekd.config import resolve_recipe
+    from edgekd.distill.ablate import Job, execute, paired_interval, summarize
+    from edgekd.executor import Resources
+    from edgekd.search.space import Candidate
+
+    spec = search.spec
+    keys = ("arch", "args", "recipe", "tau", "alpha", "lr")
+    cand = Candidate(**{k: chosen[k] for k in keys})
+    base = _train_config(spec, cand)
+    plans = {"chosen": base, "ce": replace(base, distill=resolve_recipe("ce"))}
+    futures = {}
+    for kind, cfg in plans.items():
+        for i in range(spec.confirm_seeds):
+            seed = spec.seed + i
+            folder = Path(spec.out) / "confirm" / kind / f"seed{seed}"
+            if kind == "chosen" and i == 0:
+                folder = Path(chosen["folder"])
+            job = Job(f"confirm-{kind}", seed, None,
+                      replace(cfg, train=replace(cfg.train, seed=seed)), Path(spec.teacher),
+                      folder, search.threads.per_job)  # fmt: skip
+            futures[kind, seed] = executor.submit(
+                execute, job, resources=Resources(cpus=search.threads.per_job)
+            )
+    search.log(f"confirmation: trial {chosen['trial']}'s student with its recipe and with CE "
+               f"only, {spec.confirm_seeds} seeds each ({len(futures)} trainings)")
+    test: dict[str, dict[str, dict[int, float]]] = {"chosen": {}, "ce": {}}
+    for (kind, seed), future in futures.items():
+        metrics = future.result()["test"]
+        for metric in ("accuracy", "macro_f1"):
+            test[kind].setdefault(metric, {})[seed] = 100 * metrics[metric]
+    out: dict[str, Any] = {"seeds": spec.confirm_seeds, "split": "test", "unit": "percent"}
+    for metric in ("accuracy", "macro_f1"):
+        out[metric] = {
+            "chosen": summarize(list(test["chosen"][metric].values())),
+            "ce": summarize(list(test["ce"][metric].values())),
+            "teacher_gain": paired_interval(test["chosen"][metric], test["ce"][metric]),
+        }
+    return out
 
 
 def _deliver(best: dict[str, Any], search: _Search, predictor: Any) -> dict[str, Any]:
