@@ -223,3 +223,21 @@ def test_epochs_are_reported_from_the_run_folder_and_pruned(tmp_path: Path) -> N
     assert "trial 1 pruned after epoch 1: val acc 50.00 %" in lines[-1]
     finished = running([0.5, 0.5, 0.5, 0.5])  # the last epoch is the trainer's to finish
     assert not _prune(finished, spec, lines.append, _Progress(2))
+
+
+def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekd.search.report import pareto_front, plot
+
+    rows = [
+        {"trial": 0, "val_acc": 90.0, "p50_ms": 0.10},
+        {"trial": 1, "val_acc": 85.0, "p50_ms": 0.05},
+        {"trial": 2, "val_acc": 84.0, "p50_ms": 0.08},  # slower and worse than trial 1
+        {"trial": 3, "val_acc": 90.0, "p50_ms": 0.12},  # as accurate as trial 0, slower
+        {"trial": 4, "val_acc": 95.0, "p50_ms": None},  # no latency: not placeable
+        {"trial": 5, "val_acc": 85.0, "p50_ms": 0.05},  # ties trial 1: neither dominates
+    ]
+    assert [r["trial"] for r in pareto_front(rows)] == [1, 5, 0]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    note = plot({"trials": [], "pareto": [], "budget": {}}, tmp_path / "p.png")
+    assert note.startswith("no Pareto plot: matplotlib is not installed")
+    assert not (tmp_path / "p.png").exists()

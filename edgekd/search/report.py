@@ -66,25 +66,17 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"Measured p50: {report['chosen'].get('measured_note', 'not measured')}.")
     confirm = report.get("confirmation")
     if confirm:
+        # the ablation table's own formatting: mean ± s.e., gain [95% CI]
+        from edgekd.distill.ablate import _ci, _ms
+
         lines.append(f"\nWhat the teacher adds at this size (trial {chosen}'s student, its recipe "
-                     f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e.):")
+                     f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e., gain "
+                     "[95% CI] paired by seed):")
         for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
             c = confirm[metric]
-            lines.append(f"- {name}: {_mean_se(c['chosen'])} vs CE {_mean_se(c['ce'])}; "
-                         f"gain {_interval(c['teacher_gain'])} points")
+            lines.append(f"- {name}: {_ms(c['chosen'])} vs CE {_ms(c['ce'])}; "
+                         f"gain {_ci(c['teacher_gain'])} points")
     return "\n".join(lines)
-
-
-def _mean_se(stat: dict[str, Any]) -> str:
-    return f"{stat['mean']:.2f}" + ("" if stat["se"] is None else f" ± {stat['se']:.2f}")
-
-
-def _interval(stat: dict[str, Any] | None) -> str:
-    if stat is None:
-        return "-"
-    if stat["lo"] is None:
-        return f"{stat['mean']:+.2f} (one seed: no interval)"
-    return f"{stat['mean']:+.2f} [95% CI {stat['lo']:+.2f}, {stat['hi']:+.2f}]"
 
 
 def plot(report: dict[str, Any], path: Path) -> str:
