@@ -163,3 +163,33 @@ def test_every_student_quantizes_to_lint_clean_qdq(name: str, tmp_path: Path) ->
             weight = node.input[1]
             assert produced_by.get(weight) == "DequantizeLinear" or weight not in inits, node.name
     assert exported.int8_bytes == exported.files[0].stat().st_size
+
+
+def test_ray_source_runs_the_measurement_on_the_targets_node(tmp_path: Path) -> None:
+    """With a Ray node declaring the target as a resource, the export-and-time function is
+    submitted there (this machine never times a TensorRT target) and labelled as such."""
+    from concurrent.futures import Future
+
+    from edgekd.executor import Resources
+
+    submitted: list[tuple[object, tuple[object, ...], Resources]] = []
+
+    class Cluster:
+        def has_resource(self, name: str) -> bool:
+            return name == "jetson-orin-nano"
+
+        def submit(self, fn: object, *args: object, resources: Resources) -> Future:
+            submitted.append((fn, args, resources))
+            done: Future = Future()
+            done.set_result({"p50_ms": 0.9, "int8_bytes": 4321, "params": 766, "machine": {}})
+            return done
+
+    predictor = LatencyPredictor("jetson-orin-nano", ACC, K, tmp_path, executor=Cluster())
+    assert predictor.source == "ray" and "'jetson-orin-nano'" in predictor.describe()
+    est = predictor.predict("tcn_tiny", {"width": 8})
+    (fn, args, resources), = submitted
+    assert fn is latency.measure_here and args[0] == "tcn_tiny" and args[4] == "jetson-orin-nano"
+    assert resources.custom == {"jetson-orin-nano": 1}
+    assert (est.p50_ms, est.int8_bytes, est.source) == (0.9, 4321, "ray")
+    predictor.predict("tcn_tiny", {"width": 8})
+    assert len(submitted) == 1  # cached
