@@ -193,3 +193,33 @@ def test_ray_source_runs_the_measurement_on_the_targets_node(tmp_path: Path) -> 
     assert (est.p50_ms, est.int8_bytes, est.source) == (0.9, 4321, "ray")
     predictor.predict("tcn_tiny", {"width": 8})
     assert len(submitted) == 1  # cached
+
+
+def test_latency_table_command_records_what_a_search_could_not_price(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    from edgekd.checkpoint import read_sidecar
+    from edgekd.modalities import ModalitySpec
+    from tests.conftest import run_cli
+
+    search = tmp_path / "search"
+    search.mkdir()
+    missing = {"arch": "tcn_tiny", "args": {"width": 8, "levels": 2, "kernel_size": 3}}
+    (search / "search.json").write_text(json.dumps({"trials": [
+        {**missing, "state": "rejected", "rejected": "no latency (not in t.json)"},
+        {**missing, "state": "rejected", "rejected": "no latency (not in t.json)"},
+        {"arch": "tcn_tiny", "args": {"width": 16}, "state": "complete", "rejected": None},
+    ]}))  # fmt: skip
+    table = tmp_path / "table.json"
+    base = ["latency-table", "--teacher", str(teacher_run), "--target", "cpu-ort", "--out",
+            str(table)]  # fmt: skip
+    result = run_cli([*base, "--from-search", str(search), "--seconds", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "(1 architectures)" in result.output  # the repeat is recorded once
+
+    side = read_sidecar(teacher_run)
+    spec = ModalitySpec.from_dict(side["specs"][side["default_student"]])
+    predictor = LatencyPredictor("cpu-ort", spec, len(side["labels"]), tmp_path, table=table)
+    assert predictor.predict(missing["arch"], missing["args"]).source == "table"
+    refused = run_cli(base)
+    assert refused.exit_code == 2 and "give one of --archs" in refused.output

@@ -94,22 +94,33 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option(help="The target this device is.")],
         out: Annotated[Path, typer.Option(help="Table JSON to write or extend.")],
         archs: Annotated[
-            str, typer.Option(help="Comma-separated students whose whole space is recorded.")
-        ],
+            str | None,
+            typer.Option(help="Comma-separated students whose whole space is recorded."),
+        ] = None,
+        from_search: Annotated[
+            Path | None,
+            typer.Option(help="A search folder: record the candidates it had no latency for."),
+        ] = None,
         seconds: Annotated[float, typer.Option(help="Timing per architecture (s).")] = 1.0,
     ) -> None:
         """Run ON THE TARGET DEVICE: time every architecture of the students' spaces at batch 1
         and write the latency table `edgekd search --latency-table` reads."""
         require_extra("export", "`edgekd latency-table`")
         from edgekd.checkpoint import read_sidecar
+        from edgekd.errors import ConfigError
         from edgekd.modalities import ModalitySpec
-        from edgekd.search.latency import record_latency_table
+        from edgekd.search.latency import record_latency_table, untimed_candidates
         from edgekd.search.space import arch_space, enumerate_space
 
+        if (archs is None) == (from_search is None):
+            raise ConfigError("give one of --archs (whole spaces) or --from-search DIR")
         side = read_sidecar(teacher, expect_role="teacher")
         spec = ModalitySpec.from_dict(side["specs"][side["default_student"]])
-        names = _names(archs) or ()
-        grid = [(a, args) for a in names for args in enumerate_space(arch_space(a))]
+        if from_search is not None:
+            grid = untimed_candidates(from_search)
+        else:
+            names = _names(archs) or ()
+            grid = [(a, args) for a in names for args in enumerate_space(arch_space(a))]
         typer.echo(f"recording {len(grid)} architectures for {target} into {out}", err=True)
         table = record_latency_table(
             grid, spec, len(side["labels"]), target, out, duration_s=seconds,

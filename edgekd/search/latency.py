@@ -268,6 +268,20 @@ def record_latency_table(
     return table
 
 
+def untimed_candidates(search_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The (arch, args) a search in `search_dir` rejected for want of a latency (missing from
+    its table), once each: what to record next on the device."""
+    path = Path(search_dir) / "search.json"
+    if not path.is_file():
+        raise ConfigError(f"--from-search {search_dir}: no search.json (run `edgekd search` first)")
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for row in json.loads(path.read_text(encoding="utf-8"))["trials"]:
+        if str(row.get("rejected") or "").startswith("no latency") and row.get("arch"):
+            key = arch_signature(row["arch"], row["args"])
+            seen.setdefault(key, (row["arch"], dict(row["args"])))
+    return list(seen.values())
+
+
 # --- the predictor --------------------------------------------------------------------------
 
 
