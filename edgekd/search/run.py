@@ -312,11 +312,11 @@ class _Search:
         )  # fmt: skip
 
 
-def _stale_trials(optuna: Any, study: Any) -> list[Any]:
+def _stale_trials(optuna: Any, study: Any) -> list[tuple[Any, int]]:
     """Trials a killed search left RUNNING, re-attached (their drawn parameters are stored, so
-    drawing again returns the same candidate)."""
+    drawing again returns the same candidate), with how many epochs they had reported."""
     return [
-        optuna.trial.Trial(study, t._trial_id)
+        (optuna.trial.Trial(study, t._trial_id), len(t.intermediate_values))
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     ]
 
@@ -376,12 +376,12 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
     stale = _stale_trials(optuna, study)
     if stale:
         log(f"resuming {len(stale)} trial(s) a stopped search left running: "
-            + ", ".join(str(t.number) for t in stale))  # fmt: skip
+            + ", ".join(str(t.number) for t, _ in stale))  # fmt: skip
     running: dict[Future, _Running] = {}
     rejections = 0
     while progress.done + len(running) < spec.trials or running:
         while len(running) < spec.jobs and progress.done + len(running) < spec.trials:
-            trial = stale.pop(0) if stale else study.ask()
+            trial, reported = stale.pop(0) if stale else (study.ask(), 0)
             cand = draw(trial, search.archs)
             est = predictor.predict(cand.arch, cand.args)
             trial.set_user_attr("candidate", cand.to_dict())
@@ -405,7 +405,8 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
                       Path(spec.teacher), folder, search.threads.per_job)  # fmt: skip
             future = executor.submit(execute, job,
                                      resources=Resources(cpus=search.threads.per_job))
-            running[future] = _Running(trial, cand, folder, future, time.perf_counter())
+            running[future] = _Running(trial, cand, folder, future, time.perf_counter(),
+                                       reported)  # fmt: skip
             log(f"{progress.head()} trial {trial.number} started: {cand.arch} {cand.args}, "
                 f"recipe {cand.recipe} tau {cand.tau} alpha {cand.alpha} lr {cand.lr:g}; "
                 f"predicted p50 {est.p50_ms:.4f} ms, int8 {est.int8_kb:.1f} KB")
@@ -428,7 +429,7 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
             except Exception:
                 study.tell(run.trial, state=state.FAIL)
                 raise
-            _report_epochs(run, spec)
+            _report_epochs(run)
             value = float(metrics["val"]["accuracy"])
             study.tell(run.trial, value)
             progress.done += 1
@@ -438,7 +439,7 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
                 f"{progress.eta(spec.jobs)}")  # fmt: skip
 
 
-def _report_epochs(run: _Running, spec: SearchSpec) -> list[float]:
+def _report_epochs(run: _Running) -> list[float]:
     history = _val_history(run.folder)
     for epoch in range(run.reported, len(history)):
         run.trial.report(history[epoch], epoch + 1)
@@ -450,7 +451,7 @@ def _prune(run: _Running, spec: SearchSpec, log: Callable[[str], None],
            progress: _Progress) -> bool:
     """Report newly finished epochs; True when the pruner stops the trial."""
     before = run.reported
-    history = _report_epochs(run, spec)
+    history = _report_epochs(run)
     if len(history) == before or len(history) >= spec.epochs:
         return False
     if not run.trial.should_prune():
