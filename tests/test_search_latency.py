@@ -49,8 +49,9 @@ def test_local_prediction_is_measured_then_cached(
     assert 1_000 < first.int8_bytes < 100_000
     # the same architecture again, and from a fresh predictor reading the JSON: no export
     assert predictor.predict("tcn_tiny", {"width": 8, "levels": 2}) == first
-    again = LatencyPredictor("cpu", ACC, K, tmp_path, duration_s=0.2)
-    assert again.predict("tcn_tiny", {"levels": 2, "width": 8, "kernel_size": 5}) == first
+    again = latency.predict_latency("tcn_tiny", {"levels": 2, "width": 8, "kernel_size": 5}, ACC,
+                                    K, "cpu", tmp_path)  # fmt: skip
+    assert again == first
     assert calls == ["tcn_tiny"]
     # another architecture is priced; a bigger one is slower to run and larger
     bigger = predictor.predict("tcn_tiny", {"width": 48, "levels": 5, "kernel_size": 7})

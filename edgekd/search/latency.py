@@ -1,7 +1,8 @@
 """Latency and size of a candidate student before it is trained.
 
-`predict_latency` builds the UNTRAINED candidate, exports it with the export library (dynamo ONNX,
-int8 PTQ to TensorRT-style Q/DQ, the OpenVINO int8 IR for OpenVINO targets), and prices it:
+`predict_latency` (one candidate) and `LatencyPredictor.predict` (many, one cache) build the
+UNTRAINED candidate, export it with the export library (dynamo ONNX, int8 PTQ to TensorRT-style
+Q/DQ, the OpenVINO int8 IR for OpenVINO targets), and price it:
 
 - int8 size (bytes; KB = 1000 bytes in reports): the int8 QDQ ONNX, the portable int8 artifact
   every target's bundle carries (ONNX Runtime loads it, TensorRT builds its engine from it); the
@@ -389,3 +390,14 @@ class LatencyPredictor:
         detail = self.describe() if p50 is not None else f"not in {self.table.path}"
         return Estimate(signature, params, size, p50, "table" if p50 is not None else "none",
                         detail)
+
+
+def predict_latency(
+    arch: str, args: Mapping[str, Any], spec: ModalitySpec, num_classes: int, target: str,
+    out: Path, *, table: Path | None = None, executor: Any = None,
+    duration_s: float = TIMING_DURATION_S,
+) -> Estimate:  # fmt: skip
+    """One candidate's estimate (see `LatencyPredictor`; cached in `out`)."""
+    predictor = LatencyPredictor(target, spec, num_classes, out, table=table, executor=executor,
+                                 duration_s=duration_s)  # fmt: skip
+    return predictor.predict(arch, args)
