@@ -107,7 +107,8 @@ def plot(report: dict[str, Any], path: Path) -> str:
                    edgecolors="k", label="chosen")  # fmt: skip
     if report["budget"].get("ms") is not None:
         ax.axvline(report["budget"]["ms"], ls="--", color="gray", label="budget")
-    ax.set_xlabel(f"predicted p50 at batch 1 (ms; {report['latency_source'][:60]})")
+    ax.set_xlabel("predicted p50 at batch 1 (ms)")
+    ax.set_title(f"latency: {report['latency_source']}", fontsize=8, wrap=True)
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
