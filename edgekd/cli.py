@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from edgekd.commands import register_all
+from edgekd.commands import register_all, search
 
 app = typer.Typer(
     name="edgekd",
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 register_all(app)
+search.register(app)  # `search`, `latency-table`
 
 
 def main() -> None:

@@ -40,10 +40,13 @@ FACE = ModalitySpec(
 )
 
 # The spec each student is exercised on (default: the accelerometer).
-STUDENT_SPEC = {"dscnn_audio": VOICE}
+STUDENT_SPEC = {"dscnn_audio": VOICE, "bcresnet_audio": VOICE}
 # Edge budget per student (parameters, with the matrix's small inputs). A new student must add
 # itself here: test_every_student_has_a_budget fails otherwise.
-PARAM_BUDGET = {"tcn_tiny": 30_000, "tcn_small": 120_000, "dscnn_audio": 30_000}
+PARAM_BUDGET = {
+    "tcn_tiny": 30_000, "tcn_small": 120_000, "dscnn_audio": 30_000, "dsres_ts": 10_000,
+    "bcresnet_audio": 10_000,
+}  # fmt: skip
 TEACHER_SPECS = {
     "imu": {"accel": ACC, "gyro": GYRO},  # the HAR case
     "audio+image": {"voice": VOICE, "face": FACE},  # the paper's speech student / face teacher
@@ -127,7 +130,9 @@ def _assert_grads_reach_every_parameter(model: torch.nn.Module) -> None:
 
 
 def test_registries_list_builtins() -> None:
-    assert {"tcn_tiny", "tcn_small", "dscnn_audio"} <= set(list_students())
+    assert {"tcn_tiny", "tcn_small", "dscnn_audio", "dsres_ts", "bcresnet_audio"} <= set(
+        list_students()
+    )
     assert {"fusion", "ensemble"} <= set(list_teachers())
     assert set(MATRIX_TEACHER_ARGS) == set(list_teachers()), "give a new teacher matrix arguments"
     assert list_students() == sorted(list_students())
@@ -241,6 +246,25 @@ def test_student_param_counts() -> None:
     assert count("tcn_tiny", acc128) == widths[32] <= 30_000  # the default fits the edge budget
     assert count("tcn_small", acc128) == 104_140
     assert count("dscnn_audio", voice) == 26_764
+    assert count("dsres_ts", acc128) == 5_100
+    assert count("bcresnet_audio", voice) == 4_380
+
+
+def test_bcresnet_broadcasts_the_temporal_branch_over_frequency() -> None:
+    """The f1 branch sees the frequency-averaged map: it adds one value per (channel, time) to
+    every frequency row, so f2 rows that differ keep their differences exactly."""
+    from edgekd.models.encoders import BroadcastResidualBlock
+
+    torch.manual_seed(0)
+    block = BroadcastResidualBlock(4, 4).eval()
+    x = torch.randn(2, 4, 6, 9)
+    with torch.no_grad():
+        f2 = block.freq(x)
+        f1 = block.temporal(f2.mean(dim=2, keepdim=True))
+        assert f1.shape == (2, 4, 1, 9)
+        torch.testing.assert_close(block(x), torch.relu(x + f2 + f1))
+    with pytest.raises(ConfigError, match="takes modality kinds audio"):
+        create_student("bcresnet_audio", ACC, K)
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,63 @@ class DepthwiseSeparableBlock(nn.Module):
         return x + self.pointwise(self.depthwise(x))
 
 
+class DownsampleDS1d(nn.Sequential):
+    """Stride-2 depthwise conv then a pointwise conv to `cout` channels (each + BN + ReLU): halves
+    the length and changes the width between stages of a depthwise-separable net."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+        super().__init__(
+            ConvBNReLU1d(cin, cin, kernel_size, groups=cin, stride=2),
+            ConvBNReLU1d(cin, cout, 1),
+        )
+
+
+class BroadcastResidualBlock(nn.Module):
+    """BC-ResNet's block on a (B, C, F, T) map (Kim et al. 2021, broadcasted residual learning).
+
+    f2: a frequency-wise depthwise (3 x 1) conv + BN (stride `freq_stride` along F); f1: the
+    frequency-averaged f2 output (B, C, 1, T) through a temporal depthwise (1 x 3) conv (dilation
+    `dilation`) + BN + ReLU and a pointwise conv; out = ReLU(x + f2 + f1), f1 broadcast over F.
+    A transition block (cin != cout, or a stride) first maps x with a pointwise conv + BN + ReLU
+    and has no identity term (shapes differ). Ops: Conv, BatchNormalization, Relu, ReduceMean,
+    Add with broadcasting: all run in TensorRT and OpenVINO, also as int8 Q/DQ.
+    """
+
+    def __init__(self, cin: int, cout: int, *, freq_stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.identity = cin == cout and freq_stride == 1
+        self.pre = (
+            nn.Identity()
+            if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        )
+        self.freq = nn.Sequential(
+            nn.Conv2d(
+                cout, cout, (3, 1), stride=(freq_stride, 1), padding=(1, 0), groups=cout,
+                bias=False,
+            ),
+            nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.temporal = nn.Sequential(
+            nn.Conv2d(
+                cout, cout, (1, 3), padding=(0, dilation), dilation=(1, dilation), groups=cout,
+                bias=False,
+            ),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 1, bias=False),
+        )  # fmt: skip
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        f2 = self.freq(x)
+        out = f2 + self.temporal(f2.mean(dim=2, keepdim=True))
+        if self.identity:
+            out = out + x
+        return self.act(out)
+
+
 class Conv1dEncoder(nn.Module):
     """(B, C, T) -> (B, width): `depth` conv blocks (stride 2 after the first), mean over time."""
 

@@ -41,10 +41,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 STUDENT_KINDS_DEFAULT: tuple[str, ...] = ("timeseries", "audio")
 
 
+# `space(trial) -> dict` of constructor keywords: Optuna define-by-run (`trial.suggest_*`), pure and
+# cheap (no torch), so a search can draw and price a candidate before building it.
+Space = Callable[[Any], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class _Entry:
     fn: Callable[..., torch.nn.Module]
     kinds: tuple[str, ...]  # modality kinds the model accepts
+    space: Space | None = None  # the searchable constructor arguments (students)
 
 
 _TEACHERS: dict[str, _Entry] = {}
@@ -52,12 +58,16 @@ _STUDENTS: dict[str, _Entry] = {}
 
 
 def _register(
-    table: dict[str, _Entry], role: str, name: str, kinds: tuple[str, ...]
+    table: dict[str, _Entry],
+    role: str,
+    name: str,
+    kinds: tuple[str, ...],
+    space: Space | None = None,
 ) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         if name in table:
             raise ConfigError(f"{role} {name!r} is registered twice ({table[name].fn} and {fn})")
-        table[name] = _Entry(fn, tuple(kinds))
+        table[name] = _Entry(fn, tuple(kinds), space)
         return fn
 
     return deco
@@ -70,9 +80,16 @@ def register_teacher(
     return _register(_TEACHERS, "teacher", name, kinds)
 
 
-def register_student(name: str, kinds: tuple[str, ...] = STUDENT_KINDS_DEFAULT) -> Callable[[F], F]:
-    """Register `fn(input_shape: tuple[int, ...], num_classes: int, **kw) -> nn.Module`."""
-    return _register(_STUDENTS, "student", name, kinds)
+def register_student(
+    name: str, kinds: tuple[str, ...] = STUDENT_KINDS_DEFAULT, space: Space | None = None
+) -> Callable[[F], F]:
+    """Register `fn(input_shape: tuple[int, ...], num_classes: int, **kw) -> nn.Module`.
+
+    `space(trial) -> dict`: the student's searchable keywords (a subset of `fn`'s), drawn with
+    Optuna's `trial.suggest_categorical` / `suggest_int` only, so the space is finite and
+    `edgekd.search.space.enumerate_space` can list it; `edgekd search` tunes these.
+    """
+    return _register(_STUDENTS, "student", name, kinds, space)
 
 
 def list_teachers() -> list[str]:
@@ -89,6 +106,19 @@ def teacher_constructor(name: str) -> Callable[..., torch.nn.Module]:
 def list_students() -> list[str]:
     """Registered student names, sorted."""
     return sorted(_STUDENTS)
+
+
+def student_kinds(name: str) -> tuple[str, ...]:
+    """The modality kinds student `name` accepts."""
+    return _lookup(_STUDENTS, "student", name).kinds
+
+
+def student_space(name: str) -> Space:
+    """The search space of student `name` (ConfigError if it declares none)."""
+    entry = _lookup(_STUDENTS, "student", name)
+    if entry.space is None:
+        raise ConfigError(f"student {name!r} declares no search space (register it with space=)")
+    return entry.space
 
 
 def _lookup(table: dict[str, _Entry], role: str, name: str) -> _Entry:

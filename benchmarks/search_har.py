@@ -1,0 +1,76 @@
+"""The issue's search on the built-in HAR data: the most accurate accelerometer student within
+0.25 ms batch-1 p50 (OpenVINO int8, 1 thread, this CPU), 24 trials.
+
+Trains the acc+gyro teacher unless --teacher names one, runs `edgekd search` in --out (a killed
+benchmark continues where it stopped: the study is in <out>/study.db), and prints the Pareto
+table, the wall time and how many trials were pruned or not trained (over budget, repeats).
+
+    .venv/bin/python benchmarks/search_har.py [--teacher DIR] [--out runs/search_har]
+        [--trials 24] [--epochs 30] [--budget-ms 0.25] [--jobs 1] [--limit N]
+
+A quick check that it runs (2 trials x 2 epochs, about 2 min on 2 cores):
+
+    .venv/bin/python benchmarks/search_har.py --trials 2 --epochs 2 --limit 1500 \
+        --teacher-epochs 3 --out /tmp/search_har_check
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--teacher", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/search_har"))
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--budget-ms", type=float, default=0.25)
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from edgekd.config import DataConfig, RunConfig, TrainConfig
+    from edgekd.distill.trainer import train_teacher
+    from edgekd.search import SearchSpec, run_search
+    from edgekd.search.report import format_table
+
+    t0 = time.perf_counter()
+    teacher = args.teacher
+    if teacher is None:
+        teacher = args.out / "teacher"
+        if not (teacher / "metrics.json").is_file():
+            cfg = RunConfig(
+                data=DataConfig(source="har", limit=args.limit),
+                train=TrainConfig(epochs=args.teacher_epochs, seed=args.seed),
+            )
+            train_teacher(cfg, teacher, resume=(teacher / "train_state.safetensors").is_file(),
+                          progress=False)  # fmt: skip
+    spec = SearchSpec(
+        teacher=teacher, out=args.out / "search", target=args.target, budget_ms=args.budget_ms,
+        trials=args.trials, epochs=args.epochs, jobs=args.jobs, limit=args.limit, seed=args.seed,
+    )  # fmt: skip
+    report = run_search(spec, log=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - t0
+    counts = report["counts"]
+    command = (f"edgekd search --teacher {teacher} --out {spec.out} --target {spec.target} "
+               f"--budget-ms {spec.budget_ms:g} --trials {spec.trials} --epochs {spec.epochs}"
+               + (f" --limit {spec.limit}" if spec.limit else ""))  # fmt: skip
+    print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
+    print(f"`{shlex.join(command.split())}`\n")
+    print(format_table(report))
+    print(f"\nwall time {wall / 60:.1f} min (teacher included); trials trained "
+          f"{counts['complete']}, pruned {counts['pruned']}, not trained (over budget or "
+          f"repeats) {counts['rejected']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

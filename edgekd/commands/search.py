@@ -1,0 +1,135 @@
+"""`edgekd search` (the best student for a device budget) and `edgekd latency-table`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekd.commands import require_extra, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @user_errors
+    def search(
+        teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
+        out: Annotated[
+            Path, typer.Option(help="Search folder (study.db inside; rerun with it to resume).")
+        ],
+        target: Annotated[str, typer.Option(help="Deployment target (see `edgekd targets`).")] = (
+            "cpu"
+        ),
+        budget_ms: Annotated[
+            float | None, typer.Option(help="Most batch-1 p50 latency on the target (ms).")
+        ] = None,
+        budget_kb: Annotated[
+            float | None, typer.Option(help="Most int8 model size (QDQ ONNX, KB = 1000 B).")
+        ] = None,
+        trials: Annotated[int, typer.Option(help="Trials to train (rejections not counted).")] = 24,
+        epochs: Annotated[int, typer.Option(help="Epochs per trial.")] = 30,
+        archs: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated students to search (default: all for the kind)."),
+        ] = None,
+        executor: Annotated[str, typer.Option(help="Where trials run: local | ray.")] = "local",
+        address: Annotated[
+            str | None, typer.Option(help="Ray cluster address (`ray start --head` prints it).")
+        ] = None,
+        jobs: Annotated[int, typer.Option(help="Trials at once.")] = 1,
+        threads: Annotated[
+            int | None, typer.Option(help="CPU threads for all local jobs together.")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
+        limit: Annotated[
+            int | None, typer.Option(help="At most N training windows per trial (quick runs).")
+        ] = None,
+        unlabelled: Annotated[
+            bool,
+            typer.Option(help="Add the teacher's unlabelled windows to each trial's training."),
+        ] = True,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per step.")] = 64,
+        pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
+        latency_table: Annotated[
+            Path | None,
+            typer.Option(help="p50 per architecture recorded on the device (`latency-table`)."),
+        ] = None,
+        max_drop: Annotated[
+            float, typer.Option(help="Export of the chosen student: most int8 drop (points).")
+        ] = 1.0,
+        timing_s: Annotated[
+            float, typer.Option(help="Seconds of batch-1 timing per measured candidate.")
+        ] = 1.0,
+        confirm_seeds: Annotated[
+            int,
+            typer.Option(help="Retrain the chosen student over N seeds, with its recipe and with "
+                         "CE only: what the teacher adds at this size (test split)."),
+        ] = 0,
+        no_export: Annotated[
+            bool, typer.Option("--no-export", help="Do not export the chosen student.")
+        ] = False,
+    ) -> None:
+        """Find the most accurate student within a latency / size budget on a target."""
+        require_extra("export", "`edgekd search`")
+        from edgekd.search import SearchSpec, run_search
+
+        spec = SearchSpec(
+            teacher=teacher, out=out, target=target, budget_ms=budget_ms, budget_kb=budget_kb,
+            trials=trials, epochs=epochs, archs=_names(archs), executor=executor,
+            address=address, jobs=jobs, threads=threads, seed=seed, limit=limit,
+            unlabelled=unlabelled, batch_size=batch_size, pruner=pruner,
+            latency_table=latency_table, export=not no_export, max_drop=max_drop,
+            timing_s=timing_s, confirm_seeds=confirm_seeds,
+        )  # fmt: skip
+        run_search(spec, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"wrote {out / 'search.json'}, {out / 'pareto.md'}")
+
+    @app.command("latency-table")
+    @user_errors
+    def latency_table(
+        teacher: Annotated[
+            Path, typer.Option(help="Teacher run folder: the student's input shape and classes.")
+        ],
+        target: Annotated[str, typer.Option(help="The target this device is.")],
+        out: Annotated[Path, typer.Option(help="Table JSON to write or extend.")],
+        archs: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated students whose whole space is recorded."),
+        ] = None,
+        from_search: Annotated[
+            Path | None,
+            typer.Option(help="A search folder: record the candidates it had no latency for."),
+        ] = None,
+        seconds: Annotated[float, typer.Option(help="Timing per architecture (s).")] = 1.0,
+    ) -> None:
+        """Run ON THE TARGET DEVICE: time every architecture of the students' spaces at batch 1
+        and write the latency table `edgekd search --latency-table` reads."""
+        require_extra("export", "`edgekd latency-table`")
+        from edgekd.checkpoint import read_sidecar
+        from edgekd.errors import ConfigError
+        from edgekd.modalities import ModalitySpec
+        from edgekd.search.latency import record_latency_table, untimed_candidates
+        from edgekd.search.space import arch_space, enumerate_space
+
+        if (archs is None) == (from_search is None):
+            raise ConfigError("give one of --archs (whole spaces) or --from-search DIR")
+        side = read_sidecar(teacher, expect_role="teacher")
+        spec = ModalitySpec.from_dict(side["specs"][side["default_student"]])
+        if from_search is not None:
+            grid = untimed_candidates(from_search)
+        else:
+            names = _names(archs) or ()
+            grid = [(a, args) for a in names for args in enumerate_space(arch_space(a))]
+        typer.echo(f"recording {len(grid)} architectures for {target} into {out}", err=True)
+        table = record_latency_table(
+            grid, spec, len(side["labels"]), target, out, duration_s=seconds,
+            log=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+        typer.echo(f"wrote {out} ({len(table['p50_ms'])} architectures)")
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(n.strip() for n in text.split(",") if n.strip())

@@ -1,0 +1,292 @@
+"""One seam for running jobs elsewhere: a local process per job (default) or a Ray cluster.
+
+    ex = make_executor("local", workers=2)            # or make_executor("ray", address="auto")
+    future = ex.submit(train_one, job, resources=Resources(cpus=1))
+    result = future.result()                          # a concurrent.futures.Future
+    ex.kill(future)                                   # stop a running job (e.g. a pruned trial)
+    ex.close()
+
+Contracts:
+- `fn` must be importable by name (a module-level function) and `fn`, its arguments and its
+  result picklable: a job runs in another process, on the Ray backend maybe on another machine.
+- Each local job gets a fresh process (multiprocessing "spawn": no inherited torch thread pools,
+  nothing shared with the parent); `workers` jobs run at once, the others wait in submit order.
+  `Resources.cpus` becomes OMP_NUM_THREADS in that process before `fn` is unpickled, so BLAS and
+  torch pools start at that size (torch's count can still be set by `fn` itself).
+- On Ray, `Resources` become the task's `num_cpus`, `num_gpus` and custom `resources`: a task
+  that asks for {"jetson-orin-nano": 1} runs only on a node started with that resource. The local
+  backend has no custom resources: asking for one is a ConfigError naming it.
+- An exception in `fn` is raised by `future.result()` with the remote traceback as its cause; a
+  job whose process died (or was killed) raises `JobLost`.
+- Ray is imported only by the Ray backend; without it the error names `pip install 'edgekd[ray]'`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edgekd.errors import ConfigError, EdgeKDError, MissingExtra
+
+EXECUTORS = ("local", "ray")
+_KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a local job
+_POLL_S = 0.2
+
+
+class JobLost(EdgeKDError):
+    """A job's process ended without a result: killed, out of memory, or crashed."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job needs: CPU threads, GPUs, and custom Ray resources (name -> amount)."""
+
+    cpus: int = 1
+    gpus: float = 0.0
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cpus < 1:
+            raise ConfigError(f"a job needs at least 1 cpu, got {self.cpus}")
+        if self.gpus < 0 or any(v <= 0 for v in self.custom.values()):
+            raise ConfigError(f"resource amounts must be positive: {self}")
+
+
+class Executor(Protocol):
+    """Where jobs run. `name`: "local" or "ray"."""
+
+    name: str
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, resources: Resources = Resources()
+    ) -> Future: ...
+
+    def kill(self, future: Future) -> None: ...
+
+    def has_resource(self, name: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def make_executor(
+    kind: str = "local", *, workers: int = 1, address: str | None = None
+) -> Executor:
+    """The executor `kind` ("local" | "ray"). `workers`: local jobs at once (on Ray, the CPUs of
+    a local cluster started here when `address` is None). `address`: a running Ray cluster
+    (`ray start --head` prints it; "auto" finds the local one)."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {workers}")
+    if kind == "local":
+        if address is not None:
+            raise ConfigError("--address names a Ray cluster; use it with --executor ray")
+        return LocalExecutor(workers)
+    return RayExecutor(address, workers)
+
+
+# --- local: one spawned process per job ---------------------------------------------------------
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this job's process once its parent is gone: a SIGKILLed search must not leave
+    orphans training into folders that its next run resumes."""
+    while True:
+        time.sleep(_POLL_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _child(payload: bytes, threads: int, conn: Any, parent: int) -> None:
+    """Entry point of a local job's process: set the thread env, run, send the outcome."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        fn, args = pickle.loads(payload)
+        conn.send(("ok", fn(*args)))
+    except BaseException as exc:  # everything goes back to the parent, which decides
+        tb = traceback.format_exc()
+        try:
+            conn.send(("error", exc, tb))
+        except Exception:  # an unpicklable exception: send its text
+            conn.send(("error", RuntimeError(repr(exc)), tb))
+    finally:
+        conn.close()
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class LocalExecutor:
+    """Jobs in spawned processes on this machine, `workers` at a time."""
+
+    name = "local"
+
+    def __init__(self, workers: int) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._slots = threading.Semaphore(workers)
+        self._procs: dict[int, Any] = {}  # id(future) -> its process once started
+        self._killed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def has_resource(self, name: str) -> bool:
+        return False
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, resources: Resources = Resources()
+    ) -> Future:
+        if resources.custom:
+            raise ConfigError(
+                f"resource(s) {', '.join(resources.custom)} exist only on a Ray cluster whose "
+                "nodes declare them (ray start --resources ...); use --executor ray"
+            )
+        payload = pickle.dumps((fn, args))  # fail here, in the caller, if it cannot travel
+        future: Future = Future()
+        threading.Thread(
+            target=self._run, args=(future, payload, resources.cpus), daemon=True
+        ).start()
+        return future
+
+    def _run(self, future: Future, payload: bytes, threads: int) -> None:
+        with self._slots:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                outcome, why = self._start_and_wait(future, payload, threads)
+            except Exception as exc:  # e.g. the process could not start: the caller must know
+                future.set_exception(exc)
+                return
+        if outcome is None:
+            future.set_exception(JobLost(f"job lost: {why}"))
+        elif outcome[0] == "ok":
+            future.set_result(outcome[1])
+        else:
+            exc = outcome[1]
+            exc.__cause__ = _RemoteTraceback(outcome[2])
+            future.set_exception(exc)
+
+    def _start_and_wait(
+        self, future: Future, payload: bytes, threads: int
+    ) -> tuple[tuple[Any, ...] | None, str]:
+        """(the child's message, or None; why there is none)."""
+        receive, send = self._context.Pipe(duplex=False)
+        proc = self._context.Process(target=_child, args=(payload, threads, send, os.getpid()))
+        with self._lock:
+            if id(future) in self._killed:
+                return None, "killed before it started"
+            proc.start()
+            self._procs[id(future)] = proc
+        send.close()  # the child holds the only writer now: EOF when it dies
+        outcome = None
+        try:
+            outcome = receive.recv()
+        except EOFError:
+            pass
+        proc.join()
+        with self._lock:
+            self._procs.pop(id(future), None)
+            if id(future) in self._killed:
+                return None, "killed"
+        return outcome, f"its process exited with code {proc.exitcode}"
+
+    def kill(self, future: Future) -> None:
+        """Cancel a waiting job; terminate a running one (SIGTERM, then SIGKILL)."""
+        if future.cancel():
+            return
+        with self._lock:
+            self._killed.add(id(future))
+            proc = self._procs.get(id(future))
+        if proc is None:
+            return
+        proc.terminate()
+        proc.join(_KILL_GRACE_S)
+        if proc.is_alive():
+            proc.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            proc.terminate()
+
+
+# --- Ray ----------------------------------------------------------------------------------------
+
+
+def import_ray() -> Any:
+    """The ray module; MissingExtra naming the pip line when it is not installed."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtra(
+            f"--executor ray needs the 'ray' extra ({exc}): pip install 'edgekd[ray]'"
+        ) from exc
+    return ray
+
+
+def _ray_call(fn: Callable[..., Any], args: tuple[Any, ...], threads: int) -> Any:
+    # Ray reuses worker processes, so this only sizes pools a fresh worker has not started yet;
+    # jobs that train set torch's thread count themselves.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    return fn(*args)
+
+
+class RayExecutor:
+    """Ray tasks with `Resources` as their requirements; connects to `address` or starts a
+    local Ray instance with `workers` CPUs (shut down again by `close`)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None, workers: int) -> None:
+        self._ray = ray = import_ray()
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise ConfigError(f"--executor ray: cannot start or reach {where}: {exc}") from exc
+        self._refs: dict[int, Any] = {}
+        self._task = ray.remote(max_retries=0)(_ray_call)
+
+    def has_resource(self, name: str) -> bool:
+        return name in self._ray.cluster_resources()
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, resources: Resources = Resources()
+    ) -> Future:
+        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
+        if resources.custom:
+            options["resources"] = dict(resources.custom)
+        ref = self._task.options(**options).remote(fn, args, resources.cpus)
+        future = ref.future()
+        self._refs[id(future)] = ref
+        return future
+
+    def kill(self, future: Future) -> None:
+        ref = self._refs.get(id(future))
+        if ref is not None:
+            self._ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self._owns:
+            self._ray.shutdown()

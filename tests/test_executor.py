@@ -1,0 +1,73 @@
+"""The executor seam: local spawned processes (values, errors, kill, resources) and its errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from edgekd.errors import ConfigError, MissingExtra
+from edgekd.executor import JobLost, Resources, make_executor
+
+
+def test_local_runs_in_another_process_with_its_thread_budget() -> None:
+    ex = make_executor("local", workers=2)
+    try:
+        pid = ex.submit(os.getpid)
+        threads = ex.submit(os.getenv, "OMP_NUM_THREADS", resources=Resources(cpus=3))
+        assert pid.result(timeout=60) != os.getpid()
+        assert threads.result(timeout=60) == "3"
+    finally:
+        ex.close()
+
+
+def test_local_raises_the_job_error_with_its_traceback() -> None:
+    ex = make_executor("local")
+    try:
+        future = ex.submit(int, "not a number")
+        with pytest.raises(ValueError, match="invalid literal") as err:
+            future.result(timeout=60)
+        assert "Traceback" in str(err.value.__cause__)
+    finally:
+        ex.close()
+
+
+def test_local_kill_stops_a_running_job_and_cancels_a_waiting_one() -> None:
+    ex = make_executor("local", workers=1)
+    try:
+        running = ex.submit(time.sleep, 120)
+        waiting = ex.submit(os.getpid)
+        deadline = time.monotonic() + 60
+        while not running.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        ex.kill(waiting)
+        ex.kill(running)
+        with pytest.raises(JobLost, match="killed"):
+            running.result(timeout=30)
+        assert time.monotonic() - t0 < 20
+        assert waiting.cancelled()
+    finally:
+        ex.close()
+
+
+def test_errors_name_the_option() -> None:
+    with pytest.raises(ConfigError, match="--executor 'dask' is not one of local, ray"):
+        make_executor("dask")
+    with pytest.raises(ConfigError, match="--jobs must be at least 1"):
+        make_executor("local", workers=0)
+    with pytest.raises(ConfigError, match="--address names a Ray cluster"):
+        make_executor("local", address="auto")
+    ex = make_executor("local")
+    with pytest.raises(ConfigError, match="jetson-orin-nano exist only on a Ray cluster"):
+        ex.submit(os.getpid, resources=Resources(custom={"jetson-orin-nano": 1}))
+    with pytest.raises(ConfigError, match="at least 1 cpu"):
+        Resources(cpus=0)
+
+
+def test_ray_backend_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(MissingExtra, match=r"pip install 'edgekd\[ray\]'"):
+        make_executor("ray")

@@ -1,0 +1,243 @@
+"""`edgekd search` end to end: a 2-trial local search, SIGKILL + rerun resume, a search on a
+local Ray instance, and errors that name the offending option."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+# 2-epoch trials on 1500 labelled windows, the small TCN space, short timing.
+TINY = [
+    "--epochs", "2", "--limit", "1500", "--no-unlabelled", "--timing-s", "0.2",
+    "--archs", "tcn_tiny", "--seed", "0", "--budget-ms", "5",
+]  # fmt: skip
+
+
+def _study(out: Path) -> object:
+    import optuna
+
+    from edgekd.search.run import STUDY_NAME
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) -> None:
+    import edgekd.runtime as rt
+
+    out = tmp_path / "search"
+    args = ["search", "--teacher", str(teacher_run), "--out", str(out), "--target", "cpu"]
+    result = run_cli([*args, "--trials", "2", "--max-drop", "100", "--confirm-seeds", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"search: [\d,]+ points .* 2 trials of 2 epochs", result.output)
+    assert "eta" in result.output
+
+    report = json.loads((out / "search.json").read_text())
+    trained = [t for t in report["trials"] if t["state"] == "complete"]
+    assert len(trained) == 2 and report["counts"]["complete"] == 2
+    for t in trained:
+        assert t["arch"] == "tcn_tiny" and t["recipe"] and t["lr"] > 0
+        assert t["params"] > 1000 and t["int8_kb"] > 1 and 0 < t["p50_ms"] <= 5
+        assert t["p50_source"] == "local" and 0 < t["val_acc"] <= 100
+        assert (Path(t["folder"]) / "metrics.json").is_file()
+    assert "measured on this machine" in report["latency_source"]
+
+    front = report["pareto"]
+    assert front and {r["trial"] for r in front} <= {t["trial"] for t in trained}
+    for r in front:  # nothing on the front is dominated by another trained trial
+        assert not any(
+            o["val_acc"] >= r["val_acc"] and o["p50_ms"] < r["p50_ms"] for o in trained
+        )
+        assert 0 < r["test"]["accuracy"] <= 100 and 0 < r["test"]["macro_f1"] <= 100
+    chosen = report["chosen"]
+    assert chosen["val_acc"] == max(t["val_acc"] for t in trained)
+    assert chosen["trial"] in {r["trial"] for r in front}  # the most accurate is never dominated
+    assert chosen["measured_p50_ms"] > 0
+    model = rt.load(chosen["bundle"], backend="openvino", precision="int8")
+    assert model.bundle.manifest["model"]["arch_args"]["width"] == chosen["args"]["width"]
+
+    table = (out / "pareto.md").read_text()
+    assert table.startswith("| trial | arch | args |") and "(chosen)" in table
+    assert "test: scored once, for the Pareto set only" in table
+
+    # the teacher's gain at this size: the chosen student with its recipe vs CE, paired by seed
+    confirm = report["confirmation"]
+    acc = confirm["accuracy"]
+    assert confirm["seeds"] == 2 and acc["chosen"]["n"] == acc["ce"]["n"] == 2
+    chosen_run = json.loads((Path(chosen["folder"]) / "metrics.json").read_text())
+    ce_runs = [json.loads((out / "confirm" / "ce" / f"seed{s}" / "metrics.json").read_text())
+               for s in (0, 1)]  # fmt: skip
+    assert all(r["test"] for r in ce_runs)
+    ce_cfg = (out / "confirm" / "ce" / "seed1" / "config.yaml").read_text()
+    assert "classifier_loss: none" in ce_cfg and "seed: 1" in ce_cfg
+    gain = acc["teacher_gain"]
+    assert gain["n"] == 2 and gain["lo"] <= gain["mean"] <= gain["hi"]
+    seed0_gain = 100 * (chosen_run["test"]["accuracy"] - ce_runs[0]["test"]["accuracy"])
+    assert seed0_gain == pytest.approx(2 * gain["mean"] - _seed1_gain(out), abs=1e-6)
+    assert "What the teacher adds at this size" in table
+    assert (out / "pareto.png").stat().st_size > 1000
+
+
+def _seed1_gain(out: Path) -> float:
+    def test_acc(kind: str) -> float:
+        metrics = json.loads((out / "confirm" / kind / "seed1" / "metrics.json").read_text())
+        return 100 * metrics["test"]["accuracy"]
+
+    return test_acc("chosen") - test_acc("ce")
+
+
+def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    cmd = [
+        sys.executable, "-m", "edgekd", "search", "--teacher", str(teacher_run), "--out",
+        str(out), "--trials", "3", "--no-export", *TINY, "--epochs", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    first_done = out / "trials" / "0000" / "metrics.json"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + 240
+        while not first_done.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first_done.is_file(), (tmp_path / "first.log").read_text()
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    weights = out / "trials" / "0000" / "model.safetensors"
+    stamp = (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns)
+    left_running = [t.number for t in _study(out).trials if t.state.name == "RUNNING"]  # type: ignore[attr-defined]
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = _study(out)
+    states = [t.state.name for t in study.trials]  # type: ignore[attr-defined]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]  # type: ignore[attr-defined]
+    assert sorted(t.number for t in complete) == list(range(3))  # none lost, none repeated
+    assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 3
+    assert (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns) == stamp  # not retrained
+    if left_running:  # the kill caught trials in flight: they were re-attached, not redrawn
+        assert f"resuming {len(left_running)} trial(s)" in rerun.stderr
+    report = json.loads((out / "search.json").read_text())
+    assert report["counts"]["complete"] == 3 and report["chosen"]["bundle"] is None
+
+
+def test_two_trial_search_on_a_local_ray_instance(teacher_run: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+    from edgekd.search import SearchSpec, run_search
+
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # e.g. no shared memory or sockets in a sandbox
+        pytest.skip(f"ray cannot start here: {exc}")
+    lines: list[str] = []
+    try:
+        spec = SearchSpec(
+            teacher=teacher_run, out=tmp_path / "ray", trials=2, epochs=2, limit=1500,
+            unlabelled=False, archs=("tcn_tiny",), executor="ray", jobs=2, budget_ms=5,
+            timing_s=0.2, export=False,
+        )  # fmt: skip
+        report = run_search(spec, log=lines.append)
+        assert ray.is_initialized()  # the search used the running instance and left it running
+    finally:
+        ray.shutdown()
+    assert report["counts"]["complete"] == 2, "\n".join(lines)
+    for t in report["trials"]:
+        assert (Path(t["folder"]) / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget-ms", "-1"], "--budget-ms must be > 0, got -1"),
+        (["--budget-kb", "0"], "--budget-kb must be > 0"),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--target", "mars"], "unknown target 'mars'"),
+        (["--target", "jetson-orin-nano"], "--target jetson-orin-nano .*--latency-table FILE"),
+        (["--executor", "dask"], "--executor 'dask' is not one of local, ray"),
+        (["--archs", "bcresnet_audio"], "--archs bcresnet_audio: not a registered student"),
+        (["--pruner", "hyper"], "--pruner 'hyper' is not one of"),
+    ],
+)
+def test_errors_name_the_option(
+    teacher_run: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "s"
+    result = run_cli(["search", "--teacher", str(teacher_run), "--out", str(out), *args])
+    assert result.exit_code == 2
+    assert re.search(message, result.output), result.output
+    assert not (out / "settings.json").exists()  # a refused start binds nothing
+
+
+def test_resume_with_other_settings_is_refused(teacher_run: Path, tmp_path: Path) -> None:
+    from edgekd.errors import ConfigError
+    from edgekd.search.run import SearchSpec, _check_settings
+
+    spec = SearchSpec(teacher=teacher_run, out=tmp_path, budget_ms=0.2)
+    _check_settings(tmp_path, spec.settings())
+    other = SearchSpec(teacher=teacher_run, out=tmp_path, budget_ms=0.3, jobs=2)
+    with pytest.raises(ConfigError, match=r"other settings \(budget_ms\)"):
+        _check_settings(tmp_path, other.settings())
+
+
+def test_epochs_are_reported_from_the_run_folder_and_pruned(tmp_path: Path) -> None:
+    """The loop reads history.json (written by the trainer each epoch), reports each new epoch's
+    validation accuracy once, and stops a trial its pruner rejects."""
+    from concurrent.futures import Future
+
+    import optuna
+
+    from edgekd.search.run import SearchSpec, _Progress, _prune, _Running
+    from edgekd.search.space import Candidate
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.7)
+    )
+    spec = SearchSpec(teacher=tmp_path, out=tmp_path, epochs=4)
+    cand = Candidate("tcn_tiny", {"width": 8}, "default", None, None, 3e-3)
+
+    def running(history: list[float]) -> _Running:
+        trial = study.ask()
+        folder = tmp_path / f"t{trial.number}"
+        folder.mkdir()
+        rows = [{"epoch": i + 1, "val": {"accuracy": a}} for i, a in enumerate(history)]
+        (folder / "history.json").write_text(json.dumps(rows))
+        return _Running(trial, cand, folder, Future(), 0.0)
+
+    lines: list[str] = []
+    good = running([0.8, 0.9])
+    assert not _prune(good, spec, lines.append, _Progress(2))
+    assert not _prune(good, spec, lines.append, _Progress(2))  # nothing new: nothing reported
+    assert study.trials[0].intermediate_values == {1: 0.8, 2: 0.9}
+    bad = running([0.5])
+    assert _prune(bad, spec, lines.append, _Progress(2))
+    assert bad.trial.user_attrs["pruned_at_epoch"] == 1
+    assert "trial 1 pruned after epoch 1: val acc 50.00 %" in lines[-1]
+    finished = running([0.5, 0.5, 0.5, 0.5])  # the last epoch is the trainer's to finish
+    assert not _prune(finished, spec, lines.append, _Progress(2))
+
+
+def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekd.search.report import pareto_front, plot
+
+    rows = [
+        {"trial": 0, "val_acc": 90.0, "p50_ms": 0.10},
+        {"trial": 1, "val_acc": 85.0, "p50_ms": 0.05},
+        {"trial": 2, "val_acc": 84.0, "p50_ms": 0.08},  # slower and worse than trial 1
+        {"trial": 3, "val_acc": 90.0, "p50_ms": 0.12},  # as accurate as trial 0, slower
+        {"trial": 4, "val_acc": 95.0, "p50_ms": None},  # no latency: not placeable
+        {"trial": 5, "val_acc": 85.0, "p50_ms": 0.05},  # ties trial 1: neither dominates
+    ]
+    assert [r["trial"] for r in pareto_front(rows)] == [1, 5, 0]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    note = plot({"trials": [], "pareto": [], "budget": {}}, tmp_path / "p.png")
+    assert note.startswith("no Pareto plot: matplotlib is not installed")
+    assert not (tmp_path / "p.png").exists()
