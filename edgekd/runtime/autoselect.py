@@ -100,14 +100,9 @@ def measure_budget(bundle: Bundle, engine: Engine) -> tuple[bool, str, dict[str,
     key = accuracy_key(engine.backend, engine.precision)
     model = Model(bundle, engine, ModalitySpec.from_dict(bundle.modality), 0.0)
     measured: dict[str, Any] = {}
-    golden = bundle.read_data("golden")
-    if golden is not None:
-        data = load_npz(golden)
-        x, ref = data["x"], data["probs"]
-        probs = model.predict(x).probs
-        measured["golden"] = {"top1_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
-                              "max_abs_diff": float(np.abs(probs - ref).max()), "n": len(x)}
-    held_out = bundle.read_data("eval") or bundle.beside_eval()[0]
+    if bundle.read_data("golden") is not None:
+        measured["golden"] = model.self_check()
+    held_out = bundle.held_out()[0]
     if held_out is not None and ref_acc is not None:
         data = load_npz(held_out)
         x, y = data["x"], data["y"]
