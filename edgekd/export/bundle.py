@@ -23,7 +23,6 @@ import contextlib
 import io as _io
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -47,10 +46,12 @@ from edgekd.io import (
     create_new_bytes,
     exchange_paths,
     fsync_path,
+    hidden_sibling,
     process_alive,
     remove_tree,
     rename_path,
     replace_path,
+    sibling_owner,
 )
 from edgekd.runtime.bundle import (
     DATA_FILES,
@@ -289,11 +290,10 @@ class BundleWriter:
         return dest
 
     def _sibling(self, kind: str) -> Path:
-        """An unused hidden name next to `out` (same filesystem, so renames are atomic); it
-        carries our pid so that a later writer can tell a dead writer's leftovers."""
+        """An unused `edgekd.io.hidden_sibling` of `out`."""
         while True:
-            path = self.out.parent / f".{self.out.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
-            if not path.exists():
+            path = hidden_sibling(self.out, kind)
+            if not (path.exists() or path.is_symlink()):
                 return path
 
     def _clean_dead_writers(self) -> None:
@@ -301,13 +301,11 @@ class BundleWriter:
         files), and finish their half-done two-rename swaps: their old bundle goes back to `out`
         if `out` is missing (killed between the renames), else it is deleted. Live writers'
         siblings are left alone."""
-        kinds = "|".join(_SIBLING_KINDS)
-        pattern = re.compile(rf"\.{re.escape(self.out.name)}\.(\d+)-[0-9a-f]{{8}}\.({kinds})")
         for path in sorted(self.out.parent.iterdir()):
-            match = pattern.fullmatch(path.name)
-            if match is None or process_alive(int(match[1])):
+            owner = sibling_owner(self.out, path.name, _SIBLING_KINDS)
+            if owner is None or process_alive(owner[0]):
                 continue
-            restore = match[2] == "old" and not (self.out.exists() or self.out.is_symlink())
+            restore = owner[1] == "old" and not (self.out.exists() or self.out.is_symlink())
             if restore and path.is_dir() and not path.is_symlink():
                 rename_path(path, self.out)
             else:
