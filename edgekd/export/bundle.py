@@ -62,6 +62,7 @@ from edgekd.runtime.bundle import (
     RESERVED_KEYS,
     SCHEMA_VERSION,
     VERSION_KEY,
+    BundleDir,
     artifact_problem,
     beside_eval_path,
     check_relpath,
@@ -104,7 +105,8 @@ def writer_options(*, with_eval: bool = False, sign_key: Path | None = None) -> 
 
 def check_replaceable(out: Path) -> None:
     """ExportError unless `out` is an edgekd bundle folder that `force` may replace: a real
-    folder (not a symlink) whose manifest.json parses as JSON with `"format": "edgekd-bundle"`.
+    folder (not a symlink) whose manifest.json, read as the runtime reads it (no symlink, strict
+    JSON), says `"format": "edgekd-bundle"`.
     Force must never be able to delete an arbitrary folder or file."""
     out = Path(out)
     if out.is_symlink():
@@ -112,7 +114,7 @@ def check_replaceable(out: Path) -> None:
     elif not out.is_dir():
         why = "it is not a folder"
     else:
-        why = _not_a_bundle(out / MANIFEST)
+        why = _not_a_bundle(out)
     if why is not None:
         raise ExportError(
             f"refusing to replace {out}: {why}; force (--force) only replaces an edgekd bundle "
@@ -121,13 +123,14 @@ def check_replaceable(out: Path) -> None:
         )
 
 
-def _not_a_bundle(manifest: Path) -> str | None:
+def _not_a_bundle(out: Path) -> str | None:
+    # the reader's own JSON reader: what force may delete is judged as the runtime reads it
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"it holds no {MANIFEST}"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = BundleDir(out).read_json(MANIFEST)
+    except (BundleError, OSError) as exc:  # OSError: e.g. a folder this user cannot open
         return f"its {MANIFEST} cannot be read as JSON ({exc})"
+    if data is None:
+        return f"it holds no {MANIFEST}"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         return f"its {MANIFEST} has format {found!r}, not {FORMAT!r}"
