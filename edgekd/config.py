@@ -360,9 +360,22 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
 
 
+def _yaml_value(value: str, option: str) -> Any:
+    """`value` (text of --set) parsed as YAML; ConfigError naming `option` if it is not YAML."""
+    if not value.strip():
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        why = getattr(exc, "problem", None) or exc  # the one-line reason, without marks
+        raise ConfigError(f"--set {option}={value}: not a valid value ({why})") from None
+
+
 def _typed(value: str, hint: Any, option: str) -> Any:
     """`value` (text of --set) as the field type `hint`; ConfigError naming `option` if not."""
-    parsed = yaml.safe_load(value) if value.strip() else ""
+    if hint is str:
+        return value  # as typed: "1" stays the string "1", "{" is no YAML error
+    parsed = _yaml_value(value, option)
     args = typing.get_args(hint)
     optional = type(None) in args
     if optional and parsed is None:
@@ -417,7 +430,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         return path, _typed(value, fields_[path[1]], key)
     if typing.get_origin(fields_[path[1]]) is not dict:
         raise ConfigError(f"--set {key}: {path[0]}.{path[1]} has no keys inside it")
-    return path, yaml.safe_load(value) if value.strip() else ""
+    return path, _yaml_value(value, key)
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
