@@ -230,10 +230,6 @@ def load_data(cfg: RunConfig, teacher: TeacherRun | None, fold: tuple[int, int] 
     from edgekd.distill.cv import fold_dataset
 
     cfg = data_config(cfg, teacher)
-    if cfg.data.limit is not None and cfg.data.limit <= 0:
-        raise ConfigError(
-            f"--limit must be a positive number of training windows, got {cfg.data.limit}"
-        )
     ds = load_dataset(
         cfg.data.source or "har",
         val_subjects=cfg.data.val_subjects,
