@@ -19,7 +19,6 @@ again.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -35,7 +34,7 @@ from edgekd.errors import BackendUnavailable, EdgeKDError
 from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.backends import BACKENDS, PRECISION_PREFERENCE, Engine, backend_module
 from edgekd.runtime.bundle import PRECISIONS, Bundle, load_npz
-from edgekd.runtime.cache_seal import CacheSeal
+from edgekd.runtime.cache_seal import CacheSeal, context_hash
 from edgekd.runtime.model import Model
 from edgekd.runtime.probe import driver_library_present, probe_cuda
 
@@ -157,8 +156,7 @@ def device_stamp(threads: int | None, with_gpu: bool) -> dict[str, Any]:
 
 
 def _cache_file(cache: Path, bundle: Bundle, stamp: dict[str, Any]) -> Path:
-    stamp_hash = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
-    return cache / "auto" / f"{bundle.digest[:16]}-{stamp_hash[:16]}.json"
+    return cache / "auto" / f"{bundle.digest[:16]}-{context_hash(stamp)[:16]}.json"
 
 
 def _cached_choice(seal: CacheSeal | None, path: Path, bundle: Bundle, stamp: dict[str, Any],
