@@ -1,5 +1,7 @@
-"""edgekd's one storage layer: every file and folder edgekd writes, renames or deletes goes
-through here, so one set of rules holds everywhere.
+"""edgekd's storage layer: the files edgekd publishes (bundles, keys, run files, sealed cache
+entries, reports) are written, renamed and deleted through here, so one set of rules holds for
+all of them. Scratch space (spilled windows, a run folder being replaced) is not published and
+is created and removed directly.
 
 Durability: a file is written to a temp file in its own folder (same filesystem), fsynced, put in
 place with one rename, and then the folder is fsynced, so a crash leaves the old content or the
