@@ -509,9 +509,26 @@ def read_bundle(
     `cache_dir`, default `edgekd.runtime.cache_dir()`; see `integrity.check_rollback`), unless
     `allow_rollback`. BundleError says which file or field is wrong. Nothing in the bundle
     folder is changed; a publish replacing the folder meanwhile makes it read the new one."""
-    where = Path(path).expanduser().absolute()
     keys = resolve_trusted_keys(trusted_keys)
-    bundle = retry_if_replaced(lambda _: _read_once(where, verify, keys))
+    return retry_if_replaced(lambda _: read_bundle_once(
+        path, verify=verify, trusted_keys=keys, min_version=min_version,
+        allow_rollback=allow_rollback, cache_dir=cache_dir))
+
+
+def read_bundle_once(
+    path: str | Path,
+    *,
+    verify: bool,
+    trusted_keys: Sequence[Path],
+    min_version: int | None,
+    allow_rollback: bool,
+    cache_dir: str | Path | None,
+) -> Bundle:
+    """One attempt of `read_bundle` (`trusted_keys` already resolved: [] = none required): it
+    raises BundleReplaced where `read_bundle` starts again, for callers whose own retry covers
+    more than the read (`rt.load` compiles inside it) and must not nest a second one."""
+    where = Path(path).expanduser().absolute()
+    bundle = _read_once(where, verify, trusted_keys)
     check_min_version(bundle.version, min_version, bundle.root / MANIFEST)
     if bundle.signer is not None and not allow_rollback:
         if cache_dir is None:
