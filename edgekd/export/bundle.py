@@ -47,6 +47,7 @@ from edgekd.io import (
     exchange_paths,
     fsync_path,
     hidden_sibling,
+    make_dirs,
     process_alive,
     remove_tree,
     rename_path,
@@ -173,7 +174,7 @@ class BundleWriter:
         self._check_target()
         if self.sign_key is not None:  # fail before the work, not after it
             signature_record("0" * 64, self.sign_key)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out.parent)  # new parents fsynced too: the publish's fsync covers out only
         self._staging = self._sibling("staging")
         # plain mkdir: the published folder gets the usual umask modes; publishing fsyncs parent
         self._staging.mkdir()
