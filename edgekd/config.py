@@ -333,13 +333,13 @@ def build_config(
         merged = _deep_merge(merged, _read_yaml(path))
         where.append(str(path))
     for item in sets:
-        path, value = parse_set(item)
+        keys, value = parse_set(item)
         node = merged
-        for part in path[:-1]:
+        for part in keys[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: {'.'.join(path[:-1])} is not a mapping")
-        node[path[-1]] = value
+                raise ConfigError(f"--set {item}: {'.'.join(keys[:-1])} is not a mapping")
+        node[keys[-1]] = value
     given = {
         k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, Mapping) else v)
         for k, v in (flags or {}).items()
@@ -349,10 +349,6 @@ def build_config(
     return _build(RunConfig, merged, " + ".join(where) + (" + options" if sets or given else ""))
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _suggest(name: str, known: Iterable[str]) -> str:
     import difflib
 
@@ -360,9 +356,22 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
 
 
+def _yaml_value(value: str, option: str) -> Any:
+    """`value` (text of --set) parsed as YAML; ConfigError naming `option` if it is not YAML."""
+    if not value.strip():
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        why = getattr(exc, "problem", None) or exc  # the one-line reason, without marks
+        raise ConfigError(f"--set {option}={value}: not a valid value ({why})") from None
+
+
 def _typed(value: str, hint: Any, option: str) -> Any:
     """`value` (text of --set) as the field type `hint`; ConfigError naming `option` if not."""
-    parsed = yaml.safe_load(value) if value.strip() else ""
+    if hint is str:
+        return value  # as typed: "1" stays the string "1", "{" is no YAML error
+    parsed = _yaml_value(value, option)
     args = typing.get_args(hint)
     optional = type(None) in args
     if optional and parsed is None:
@@ -399,7 +408,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
     key, value = item.split("=", 1)
     path = tuple(key.strip().split("."))
-    hints = _field_types(RunConfig)
+    hints = typing.get_type_hints(RunConfig)
     if path[0] not in hints:
         raise ConfigError(f"--set {key}: unknown section {path[0]!r}{_suggest(path[0], hints)}")
     hint = hints[path[0]]
@@ -407,7 +416,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         if len(path) != 1:
             raise ConfigError(f"--set {key}: {path[0]} is a single value, not a section")
         return path, _typed(value, hint, key)
-    fields_ = _field_types(hint)
+    fields_ = typing.get_type_hints(hint)
     if len(path) < 2 or path[1] not in fields_:
         name = path[1] if len(path) > 1 else ""
         raise ConfigError(
@@ -417,7 +426,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         return path, _typed(value, fields_[path[1]], key)
     if typing.get_origin(fields_[path[1]]) is not dict:
         raise ConfigError(f"--set {key}: {path[0]}.{path[1]} has no keys inside it")
-    return path, yaml.safe_load(value) if value.strip() else ""
+    return path, _yaml_value(value, key)
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

@@ -1,5 +1,7 @@
-"""edgekd's one storage layer: every file and folder edgekd writes, renames or deletes goes
-through here, so one set of rules holds everywhere.
+"""edgekd's storage layer: the files edgekd publishes (bundles, keys, run files, sealed cache
+entries, reports) are written, renamed and deleted through here, so one set of rules holds for
+all of them. Scratch space (spilled windows, a run folder being replaced) is not published and
+is created and removed directly.
 
 Durability: a file is written to a temp file in its own folder (same filesystem), fsynced, put in
 place with one rename, and then the folder is fsynced, so a crash leaves the old content or the
@@ -29,6 +31,7 @@ import io as _io
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import sys
@@ -78,9 +81,24 @@ def _create(path: Path, private: bool) -> int:
     return os.open(path, flags, 0o600 if private else 0o666)
 
 
+def hidden_sibling(path: Path, kind: str) -> Path:
+    """A fresh name `.NAME.<pid>-<8 hex>.<kind>` beside `path` (same filesystem, so a rename to
+    `path` is atomic), not checked for existence. The pid lets a later writer tell a dead
+    writer's leftovers from a live one's (`sibling_owner`, `process_alive`)."""
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+
+
+def sibling_owner(path: Path, name: str, kinds: tuple[str, ...]) -> tuple[int, str] | None:
+    """(pid, kind) if the file name `name` is a `hidden_sibling` of `path` of one of `kinds`,
+    else None."""
+    kinds_re = "|".join(map(re.escape, kinds))
+    match = re.fullmatch(rf"\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{8}}\.({kinds_re})", name)
+    return None if match is None else (int(match[1]), match[2])
+
+
 def _temp_beside(path: Path, private: bool) -> tuple[Path, int]:
     while True:
-        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        tmp = hidden_sibling(path, "tmp")
         try:
             return tmp, _create(tmp, private)
         except FileExistsError:

@@ -169,10 +169,18 @@ def test_set_reaches_every_field_typed_by_it(tmp_path: Path) -> None:
      ("train.epochs=abc", "--set train.epochs=abc: train.epochs takes int"),
      ("data.unlabelled=maybe", "data.unlabelled takes bool"),
      ("train.lr", "expected section.key=value"),
-     ("train.lr.x=1", "train.lr has no keys inside it")],
+     ("train.lr.x=1", "train.lr has no keys inside it"),
+     ("train.lr=[", "--set train.lr=[: not a valid value"),
+     ("model.args.width=[1,", "--set model.args.width=[1,: not a valid value")],
 )  # fmt: skip
 def test_set_errors_name_the_option(item: str, message: str) -> None:
     from edgekd.config import build_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config(None, sets=[item])
+
+
+def test_set_text_fields_take_the_text_as_typed() -> None:
+    from edgekd.config import build_config
+
+    assert build_config(None, sets=["model.arch={tcn"]).model.arch == "{tcn"  # no YAML

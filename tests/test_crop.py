@@ -45,3 +45,15 @@ def test_crop_pad_must_be_a_fraction() -> None:
     x = {"small": _rows(2, 32)}
     with pytest.raises(ConfigError, match="fraction of the image side"):
         crop(x, {"small": _spec("small", 32)}, np.random.default_rng(0), pad=4.0)
+
+
+def test_a_pixel_pad_from_an_old_config_is_refused_when_the_config_loads() -> None:
+    from edgekd.config import build_config
+
+    # pad was pixels before it was a fraction: refused before any data is read, not at the
+    # first training batch
+    with pytest.raises(ConfigError, match=r"augment.ops.crop.pad is a fraction of the image side"):
+        build_config(None, sets=["augment.ops.crop.pad=4"])
+    assert build_config(None, sets=["augment.ops.crop.pad=0.25"]).augment.ops == {
+        "crop": {"pad": 0.25}
+    }

@@ -137,14 +137,10 @@ def _read_csv(path: Path) -> Any:
 
     import numpy as np
 
+    from edgekd.data.readers import read_utf8
     from edgekd.errors import InputError
 
-    try:
-        # utf-8-sig: a byte-order mark must not turn the first sample row into a "header".
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start}); save the CSV as UTF-8") from None
+    text = read_utf8(path, InputError, "the CSV")
     rows: list[list[float]] = []
     names: list[str] = []
     with io.StringIO(text, newline="") as fh:

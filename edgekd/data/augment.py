@@ -43,20 +43,28 @@ class AugmentOp:
     defaults: dict[str, float]
     fn: OpFn
     stage: str = "raw"
+    # why a full parameter set is invalid ("pad is ..."), or None; checked when a config loads
+    check: Callable[[Mapping[str, float]], str | None] | None = None
 
 
 _OPS: dict[str, AugmentOp] = {}
 
 
 def register_augment(
-    name: str, *, kinds: tuple[str, ...], stage: str = "raw", **defaults: float
+    name: str,
+    *,
+    kinds: tuple[str, ...],
+    stage: str = "raw",
+    check: Callable[[Mapping[str, float]], str | None] | None = None,
+    **defaults: float,
 ) -> Callable[[OpFn], OpFn]:
-    """Register `fn(x, specs, rng, **params)` as augmentation op `name` with default params."""
+    """Register `fn(x, specs, rng, **params)` as augmentation op `name` with default params;
+    `check(params)` says why a parameter set is out of range (None: valid), at config load."""
 
     def wrap(fn: OpFn) -> OpFn:
         if name in _OPS:
             raise ValueError(f"augmentation {name!r} is already registered")
-        _OPS[name] = AugmentOp(name, kinds, dict(defaults), fn, stage)
+        _OPS[name] = AugmentOp(name, kinds, dict(defaults), fn, stage, check)
         return fn
 
     return wrap
@@ -90,6 +98,10 @@ def check_ops(ops: Mapping[str, Any]) -> None:
                 f"augment.ops.{name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
                 f"it takes {', '.join(_OPS[name].defaults) or 'none'}"
             )
+        check = _OPS[name].check
+        problem = check({**_OPS[name].defaults, **params}) if check is not None else None
+        if problem is not None:
+            raise ConfigError(f"augment.ops.{name}.{problem}")
 
 
 def _of_kind(x: Raw, specs: Mapping[str, ModalitySpec], kinds: tuple[str, ...]) -> list[str]:
@@ -224,15 +236,22 @@ def spec_mask(
 # --- image --------------------------------------------------------------------------------
 
 
-@register_augment("crop", kinds=("image",), pad=0.125)
+def _crop_problem(params: Mapping[str, float]) -> str | None:
+    pad = params["pad"]
+    if 0.0 <= pad < 0.5:
+        return None
+    return f"pad is a fraction of the image side in [0, 0.5), got {pad:g} (4 pixels of 32: 0.125)"
+
+
+@register_augment("crop", kinds=("image",), check=_crop_problem, pad=0.125)
 def crop(x: Raw, specs: Mapping[str, ModalitySpec], rng: np.random.Generator, pad: float):
     """Reflect-pad by `pad` x the side (a fraction: 0.125 is 4 pixels of 32, 28 of 224) and crop
     back at a random offset: one offset per sample, the same fraction of the side for every
-    image modality, so the strength does not depend on the image size."""
-    if not 0.0 <= pad < 0.5:
-        raise ConfigError(
-            f"augment.ops.crop.pad is a fraction of the image side in [0, 0.5), got {pad:g}"
-        )
+    image modality, so the strength does not depend on the image size. A config is checked when
+    it loads (`check_ops`); this check covers direct calls."""
+    problem = _crop_problem({"pad": pad})
+    if problem is not None:
+        raise ConfigError(f"augment.ops.crop.{problem}")
     b = len(next(iter(x.values())))
     fy, fx = rng.random(b), rng.random(b)
     for m in x:

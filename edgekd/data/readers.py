@@ -34,17 +34,24 @@ def read_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def read_csv(path: Path) -> np.ndarray:
-    """A comma-separated numeric table (T, C) in UTF-8; a non-numeric first line is taken as a
-    header. A leading byte-order mark is not part of the first value (else a header-less file
-    would lose its first sample as a "header")."""
+def read_utf8(path: Path, error: type[Exception] = DataError, what: str = "the file") -> str:
+    """The UTF-8 text of `path` without a leading byte-order mark (else a header-less CSV would
+    lose its first sample as a "header"). Not UTF-8: `error` naming the file, the first bad
+    byte and its offset, and asking to save `what` as UTF-8. OSError passes through."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(
+        raise error(
             f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-            "save the CSV as UTF-8"
-        ) from exc
+            f"save {what} as UTF-8"
+        ) from None
+
+
+def read_csv(path: Path) -> np.ndarray:
+    """A comma-separated numeric table (T, C) in UTF-8 (`read_utf8`); a non-numeric first line
+    is taken as a header."""
+    try:
+        lines = read_utf8(path, what="the CSV").splitlines()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
     rows = [line for line in lines if line.strip()]

@@ -660,9 +660,10 @@ def unintended(name: str, plans: Mapping[str, RunPlan]) -> list[str]:
 def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
     base = to_dict(spec.base)
     base.pop("distill")
-    runs = {n: to_dict(run_config(n)[1]) for n in names}
+    runs = {}
     for n in names:
         row = run_row(n)
+        runs[n] = to_dict(row.distill)
         if row.overrides:
             runs[n]["base_overrides"] = {k: dict(v) for k, v in row.overrides.items()}
         if row.match_steps:

@@ -230,10 +230,6 @@ def load_data(cfg: RunConfig, teacher: TeacherRun | None, fold: tuple[int, int] 
     from edgekd.distill.cv import fold_dataset
 
     cfg = data_config(cfg, teacher)
-    if cfg.data.limit is not None and cfg.data.limit <= 0:
-        raise ConfigError(
-            f"--limit must be a positive number of training windows, got {cfg.data.limit}"
-        )
     ds = load_dataset(
         cfg.data.source or "har",
         val_subjects=cfg.data.val_subjects,
@@ -321,7 +317,9 @@ def _check_specs(
         raise ConfigError(f"the data does not match the {what}: " + "; ".join(diffs))
 
 
-def _teacher_specs(cfg: RunConfig, data: Any) -> dict[str, ModalitySpec]:
+def teacher_data_specs(cfg: RunConfig, data: Any) -> dict[str, ModalitySpec]:
+    """The modalities a teacher of `cfg` trains on: `data.modalities` (in that order) of the
+    dataset's, or all of them; ConfigError for an unknown or empty selection."""
     specs = dict(data.specs)
     if cfg.data.modalities is None:
         return specs
@@ -354,7 +352,7 @@ def resolve_plan(
     classes = len(labels)
     if teacher is None:
         role = "teacher"
-        specs = _teacher_specs(cfg, data)
+        specs = teacher_data_specs(cfg, data)
         if cfg.train.epochs is None:
             cfg = replace(cfg, train=replace(cfg.train, epochs=TEACHER_EPOCHS))
             filled.append(f"{TEACHER_EPOCHS} epochs (teachers)")

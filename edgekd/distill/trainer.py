@@ -35,7 +35,13 @@ from edgekd.distill.loop import (
     fit,
     init_dist,
 )
-from edgekd.distill.plan import RunPlan, TeacherRun, load_data, resolve_plan
+from edgekd.distill.plan import (
+    RunPlan,
+    TeacherRun,
+    load_data,
+    resolve_plan,
+    teacher_data_specs,
+)
 from edgekd.distill.runs import run_in_folder, seed_all
 from edgekd.distill.teacher_outputs import TeacherView, cached_teacher_outputs, teacher_forward
 from edgekd.errors import ConfigError
@@ -197,7 +203,7 @@ def train_teacher(
     ds = load_data(cfg, None, None)
     plan = resolve_plan(cfg, ds, None, world=d.world)
     cfg = plan.config
-    specs = {m: ds.specs[m] for m, _ in plan.augment if m != "mix"}
+    specs = teacher_data_specs(cfg, ds)
     policy = build_policy(cfg.augment, specs, len(ds.labels))
     seed_all(plan.seed)
     teacher = create_teacher(cfg.model.arch, specs, len(ds.labels), **cfg.model.args).to(d.device)

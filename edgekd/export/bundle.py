@@ -23,7 +23,6 @@ import contextlib
 import io as _io
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -47,10 +46,13 @@ from edgekd.io import (
     create_new_bytes,
     exchange_paths,
     fsync_path,
+    hidden_sibling,
+    make_dirs,
     process_alive,
     remove_tree,
     rename_path,
     replace_path,
+    sibling_owner,
 )
 from edgekd.runtime.bundle import (
     DATA_FILES,
@@ -61,6 +63,7 @@ from edgekd.runtime.bundle import (
     RESERVED_KEYS,
     SCHEMA_VERSION,
     VERSION_KEY,
+    BundleDir,
     artifact_problem,
     beside_eval_path,
     check_relpath,
@@ -103,7 +106,8 @@ def writer_options(*, with_eval: bool = False, sign_key: Path | None = None) -> 
 
 def check_replaceable(out: Path) -> None:
     """ExportError unless `out` is an edgekd bundle folder that `force` may replace: a real
-    folder (not a symlink) whose manifest.json parses as JSON with `"format": "edgekd-bundle"`.
+    folder (not a symlink) whose manifest.json, read as the runtime reads it (no symlink, strict
+    JSON), says `"format": "edgekd-bundle"`.
     Force must never be able to delete an arbitrary folder or file."""
     out = Path(out)
     if out.is_symlink():
@@ -111,7 +115,7 @@ def check_replaceable(out: Path) -> None:
     elif not out.is_dir():
         why = "it is not a folder"
     else:
-        why = _not_a_bundle(out / MANIFEST)
+        why = _not_a_bundle(out)
     if why is not None:
         raise ExportError(
             f"refusing to replace {out}: {why}; force (--force) only replaces an edgekd bundle "
@@ -120,13 +124,14 @@ def check_replaceable(out: Path) -> None:
         )
 
 
-def _not_a_bundle(manifest: Path) -> str | None:
+def _not_a_bundle(out: Path) -> str | None:
+    # the reader's own JSON reader: what force may delete is judged as the runtime reads it
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"it holds no {MANIFEST}"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = BundleDir(out).read_json(MANIFEST)
+    except (BundleError, OSError) as exc:  # OSError: e.g. a folder this user cannot open
         return f"its {MANIFEST} cannot be read as JSON ({exc})"
+    if data is None:
+        return f"it holds no {MANIFEST}"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         return f"its {MANIFEST} has format {found!r}, not {FORMAT!r}"
@@ -169,7 +174,7 @@ class BundleWriter:
         self._check_target()
         if self.sign_key is not None:  # fail before the work, not after it
             signature_record("0" * 64, self.sign_key)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out.parent)  # new parents fsynced too: the publish's fsync covers out only
         self._staging = self._sibling("staging")
         # plain mkdir: the published folder gets the usual umask modes; publishing fsyncs parent
         self._staging.mkdir()
@@ -289,11 +294,10 @@ class BundleWriter:
         return dest
 
     def _sibling(self, kind: str) -> Path:
-        """An unused hidden name next to `out` (same filesystem, so renames are atomic); it
-        carries our pid so that a later writer can tell a dead writer's leftovers."""
+        """An unused `edgekd.io.hidden_sibling` of `out`."""
         while True:
-            path = self.out.parent / f".{self.out.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
-            if not path.exists():
+            path = hidden_sibling(self.out, kind)
+            if not (path.exists() or path.is_symlink()):
                 return path
 
     def _clean_dead_writers(self) -> None:
@@ -301,13 +305,11 @@ class BundleWriter:
         files), and finish their half-done two-rename swaps: their old bundle goes back to `out`
         if `out` is missing (killed between the renames), else it is deleted. Live writers'
         siblings are left alone."""
-        kinds = "|".join(_SIBLING_KINDS)
-        pattern = re.compile(rf"\.{re.escape(self.out.name)}\.(\d+)-[0-9a-f]{{8}}\.({kinds})")
         for path in sorted(self.out.parent.iterdir()):
-            match = pattern.fullmatch(path.name)
-            if match is None or process_alive(int(match[1])):
+            owner = sibling_owner(self.out, path.name, _SIBLING_KINDS)
+            if owner is None or process_alive(owner[0]):
                 continue
-            restore = match[2] == "old" and not (self.out.exists() or self.out.is_symlink())
+            restore = owner[1] == "old" and not (self.out.exists() or self.out.is_symlink())
             if restore and path.is_dir() and not path.is_symlink():
                 rename_path(path, self.out)
             else:

@@ -145,9 +145,7 @@ def _inputs(bundle: Bundle, spec: ModalitySpec
     """Raw windows to time with and their labels, and a note when there are no labels. Held-out
     windows come from eval.npz inside the bundle, else from `<stem>.eval.npz` beside it (only if
     it matches the manifest); without them golden.npz (else seeded noise) is timed unlabelled."""
-    raw, why_not = bundle.read_data("eval"), None
-    if raw is None:
-        raw, why_not = bundle.beside_eval()
+    raw, why_not = bundle.held_out()
     if raw is not None:
         data = load_npz(raw)
         return data["x"], data.get("y"), None

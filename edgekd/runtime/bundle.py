@@ -143,6 +143,16 @@ def _read_fd(fd: int, where: Path, limit: int) -> tuple[bytes, int]:
     return b"".join(chunks), st.st_size
 
 
+def _mismatch(data: bytes, actual: int, sha256: str, size: int, where: Path) -> str | None:
+    """Why `data` (read from `where`, a file of `actual` bytes) is not the file the manifest
+    records as `sha256` / `size`, or None when it is."""
+    if actual != size or len(data) != size:
+        return f"{where}: size {actual} bytes, manifest says {size}: the file changed"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return f"{where}: sha256 does not match the manifest: the file changed or is corrupt"
+    return None
+
+
 class BundleDir:
     """A bundle folder opened once (its descriptor is closed with this object). Files are read
     relative to it, each path component opened with O_NOFOLLOW, so a symlink anywhere inside
@@ -224,12 +234,9 @@ class BundleDir:
                 raise BundleError(f"{where}: listed in the manifest but missing "
                                   "(re-export the bundle)")
             data, actual = found
-            if actual != size or len(data) != size:
-                raise BundleError(f"{where}: size {actual} bytes, manifest says {size}: "
-                                  "the file changed")
-            if hashlib.sha256(data).hexdigest() != sha256:
-                raise BundleError(f"{where}: sha256 does not match the manifest: the file "
-                                  "changed or is corrupt")
+            problem = _mismatch(data, actual, sha256, size, where)
+            if problem is not None:
+                raise BundleError(problem)
             return data
 
     @contextlib.contextmanager
@@ -354,11 +361,15 @@ class Bundle:
             return None, str(exc)
         finally:
             os.close(fd)
-        if actual != size or len(data) != size:
-            return None, f"{path}: size {actual} bytes, manifest says {size}: the file changed"
-        if hashlib.sha256(data).hexdigest() != str(entry["sha256"]):
-            return None, f"{path}: sha256 does not match the manifest: the file changed"
-        return data, None
+        problem = _mismatch(data, actual, str(entry["sha256"]), size, path)
+        return (data, None) if problem is None else (None, problem)
+
+    def held_out(self) -> tuple[bytes | None, str | None]:
+        """The checked bytes of the held-out windows: `eval.npz` inside the bundle, else the
+        matching `<stem>.eval.npz` beside it (`beside_eval`); with None, why there are none
+        (None when the manifest records none at all)."""
+        inside = self.read_data("eval")
+        return (inside, None) if inside is not None else self.beside_eval()
 
     def find(self, fmt: str, precision: str, backend: str | None = None) -> Artifact | None:
         """The artifact of this format and precision meant for `backend` (or for any backend).
@@ -498,9 +509,26 @@ def read_bundle(
     `cache_dir`, default `edgekd.runtime.cache_dir()`; see `integrity.check_rollback`), unless
     `allow_rollback`. BundleError says which file or field is wrong. Nothing in the bundle
     folder is changed; a publish replacing the folder meanwhile makes it read the new one."""
-    where = Path(path).expanduser().absolute()
     keys = resolve_trusted_keys(trusted_keys)
-    bundle = retry_if_replaced(lambda _: _read_once(where, verify, keys))
+    return retry_if_replaced(lambda _: read_bundle_once(
+        path, verify=verify, trusted_keys=keys, min_version=min_version,
+        allow_rollback=allow_rollback, cache_dir=cache_dir))
+
+
+def read_bundle_once(
+    path: str | Path,
+    *,
+    verify: bool,
+    trusted_keys: Sequence[Path],
+    min_version: int | None,
+    allow_rollback: bool,
+    cache_dir: str | Path | None,
+) -> Bundle:
+    """One attempt of `read_bundle` (`trusted_keys` already resolved: [] = none required): it
+    raises BundleReplaced where `read_bundle` starts again, for callers whose own retry covers
+    more than the read (`rt.load` compiles inside it) and must not nest a second one."""
+    where = Path(path).expanduser().absolute()
+    bundle = _read_once(where, verify, trusted_keys)
     check_min_version(bundle.version, min_version, bundle.root / MANIFEST)
     if bundle.signer is not None and not allow_rollback:
         if cache_dir is None:

@@ -135,6 +135,13 @@ class CacheSeal:
         return payload, None
 
 
+def context_hash(context: dict[str, Any]) -> str:
+    """Hex sha256 of `context` as sorted-key JSON: the part of a cache entry's file name that
+    keeps the entries of different devices, stamps or configs apart (the seal, not the name, is
+    what is trusted)."""
+    return hashlib.sha256(json.dumps(context, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def sidecar(path: Path) -> Path:
     """Where the seal of the cache entry `path` is kept."""
     path = Path(path)

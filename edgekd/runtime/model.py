@@ -26,7 +26,7 @@ from edgekd.runtime.bundle import (
     Bundle,
     check_min_version,
     load_npz,
-    read_bundle,
+    read_bundle_once,
     retry_if_replaced,
 )
 from edgekd.runtime.integrity import resolve_trusted_keys
@@ -194,8 +194,9 @@ def _read(bundle: str | Path | Bundle, trusted_keys: Sequence[str | Path] | None
         check_min_version(bundle.version, min_version, bundle.root / MANIFEST)
         return bundle
     root = bundle.root if isinstance(bundle, Bundle) else bundle
-    return read_bundle(root, verify=False, trusted_keys=keys, min_version=min_version,
-                       allow_rollback=allow_rollback, cache_dir=cache)
+    # one attempt: `load` retries the read and the compile together after a publish
+    return read_bundle_once(root, verify=False, trusted_keys=keys, min_version=min_version,
+                            allow_rollback=allow_rollback, cache_dir=cache)
 
 
 def load(

@@ -262,3 +262,19 @@ def test_auto_without_eval_windows_measures_on_the_golden_ones(
                                    "golden windows (limit 5 points)")
     assert rows["fp16"]["within_budget"] is False
     assert "differs from FP32 on 100.00% of 8 golden windows" in rows["fp16"]["why"]
+
+
+def test_auto_with_unlabelled_eval_windows_measures_on_the_golden_ones(
+        bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = read_bundle(bundle_path)
+    x = bundle_mod.load_npz(b.read_data("eval"))["x"]
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=x)  # windows without "y": no accuracy, not a KeyError
+    read_data = bundle_mod.Bundle.read_data
+    monkeypatch.setattr(bundle_mod.Bundle, "read_data", lambda self, kind: (
+        unlabelled.read_bytes() if kind == "eval" else read_data(self, kind)))
+    _, open_engine = _stand_in_tensorrt(b, tmp_path / "cache", monkeypatch)
+    engine, sel = autoselect.choose(b, "tensorrt", None, tmp_path / "cache", open_engine)
+    assert engine.precision == "int8"
+    rows = {c["precision"]: c for c in sel["candidates"]}
+    assert set(rows["int8"]["measured"]) == {"golden"}

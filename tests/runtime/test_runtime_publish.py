@@ -75,7 +75,8 @@ def test_readers_always_find_the_bundle_while_it_is_replaced(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("kind", ["other format", "not json", "no manifest", "empty folder",
-                                  "symlink to a bundle", "file"])
+                                  "symlink to a bundle", "file", "format given twice",
+                                  "manifest symlink"])
 def test_force_replaces_nothing_but_a_bundle(tmp_path: Path, kind: str) -> None:
     out = tmp_path / "target"
     if kind == "symlink to a bundle":
@@ -83,11 +84,19 @@ def test_force_replaces_nothing_but_a_bundle(tmp_path: Path, kind: str) -> None:
         out.symlink_to(tmp_path / "real.edgekd")
     elif kind == "file":
         out.write_text("years of work")
+    elif kind == "manifest symlink":  # a bundle's manifest.json elsewhere is no bundle here
+        write_minimal(tmp_path / "real.edgekd")
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+        (out / "manifest.json").symlink_to(tmp_path / "real.edgekd" / "manifest.json")
     else:
         out.mkdir()
         manifest = {"other format": json.dumps({"format": "someone-elses-app"}),
                     "not json": "years of work", "no manifest": None,
-                    "empty folder": None}[kind]
+                    "empty folder": None,
+                    # parsers disagree on which one wins: the reader refuses it, so must force
+                    "format given twice": '{"format": "someone-elses-app", '
+                                          '"format": "edgekd-bundle"}'}[kind]
         if manifest is not None:
             (out / "manifest.json").write_text(manifest)
         if kind == "no manifest":

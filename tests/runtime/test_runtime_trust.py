@@ -187,6 +187,24 @@ def test_a_missing_file_without_a_publish_is_no_retry(bundle_copy: Path) -> None
     assert not isinstance(info.value, bundle_mod.BundleReplaced)
 
 
+def test_a_load_under_endless_publishes_gives_up_after_the_documented_attempts(
+        bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+
+    def always_replaced(path: Path, verify: bool, keys: list) -> bundle_mod.Bundle:
+        reads.append(path)
+        raise bundle_mod.BundleReplaced(f"{path} was replaced while it was read")
+
+    monkeypatch.setattr(bundle_mod, "_read_once", always_replaced)
+    with pytest.raises(bundle_mod.BundleReplaced):
+        load(bundle_copy, backend="onnxruntime", precision="int8")
+    assert len(reads) == bundle_mod.REPLACED_RETRIES  # one retry loop, not one inside another
+    reads.clear()
+    with pytest.raises(bundle_mod.BundleReplaced):
+        read_bundle(bundle_copy)
+    assert len(reads) == bundle_mod.REPLACED_RETRIES
+
+
 # -- versions and rollback ---------------------------------------------------------------------
 def _signed_minimal(out: Path, key: Path) -> Path:
     with BundleWriter(out, sign_key=key) as w:

@@ -17,9 +17,7 @@ benchmarks/openvino_cache.py).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
-from edgekd.runtime.cache_seal import CacheSeal
+from edgekd.runtime.cache_seal import CacheSeal, context_hash
 from edgekd.runtime.ov_int8 import compute_precisions
 
 NAME = "openvino"
@@ -106,8 +104,8 @@ class _Runner:
 
 
 def _blob_path(cache: Path, bundle: Bundle, precision: str, context: dict[str, Any]) -> Path:
-    stamp = hashlib.sha256(json.dumps(context, sort_keys=True).encode("utf-8")).hexdigest()
-    return cache / "openvino" / f"{bundle.digest[:16]}-{precision}-{stamp[:16]}.blob"
+    name = f"{bundle.digest[:16]}-{precision}-{context_hash(context)[:16]}.blob"
+    return cache / "openvino" / name
 
 
 def _compile(core: Any, model: bytes, weights: bytes, config: dict[str, Any],

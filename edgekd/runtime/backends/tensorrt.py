@@ -32,8 +32,6 @@ the engine itself: torch-tensorrt names them differently from the manifest's ONN
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import weakref
 from pathlib import Path
@@ -44,7 +42,7 @@ import numpy as np
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.runtime.backends import Engine, Runner, import_or_unavailable
 from edgekd.runtime.bundle import Artifact, Bundle
-from edgekd.runtime.cache_seal import CacheSeal
+from edgekd.runtime.cache_seal import CacheSeal, context_hash
 from edgekd.runtime.probe import probe_cuda
 from edgekd.runtime.trt_build import (
     build_engine,
@@ -100,8 +98,7 @@ def stamp_mismatch(stamp: Any, device: dict[str, str]) -> str | None:
 
 def _device_key(device: dict[str, str], keys: tuple[str, ...]) -> str:
     """Short hash of the `keys` a stamp has (other keys ignored)."""
-    stamp = {k: device[k] for k in keys if k in device}
-    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+    return context_hash({k: device[k] for k in keys if k in device})[:12]
 
 
 def engine_cache_path(cache_root: Path, onnx_sha256: str, precision: str,
