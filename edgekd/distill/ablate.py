@@ -236,6 +236,21 @@ def paired_interval(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] 
     }
 
 
+def format_mean_se(stat: dict[str, Any]) -> str:
+    """`summarize`'s result as "mean ± se" (the mean alone for one value)."""
+    se = stat["se"]
+    return f"{stat['mean']:.2f}" + ("" if se is None else f" ± {se:.2f}")
+
+
+def format_interval(stat: dict[str, Any] | None) -> str:
+    """`paired_interval`'s result as "+mean [+lo, +hi]" (no bounds for one seed, "-" for none)."""
+    if stat is None:
+        return "-"
+    if stat["lo"] is None:
+        return f"{stat['mean']:+.2f}"
+    return f"{stat['mean']:+.2f} [{stat['lo']:+.2f}, {stat['hi']:+.2f}]"
+
+
 def gap_closed(run: float, ce: float, teacher: float) -> float | None:
     """Share of the teacher - CE gap that `run` closes, (run - ce) / (teacher - ce); None when
     the teacher is not better than CE (no gap to close)."""
@@ -921,19 +936,6 @@ def _col(seeds: dict[int, dict[str, Any]], metric: str) -> dict[int, float]:
 # --- output -------------------------------------------------------------------------------
 
 
-def _ms(stat: dict[str, Any]) -> str:
-    se = stat["se"]
-    return f"{stat['mean']:.2f}" + ("" if se is None else f" ± {se:.2f}")
-
-
-def _ci(stat: dict[str, Any] | None) -> str:
-    if stat is None:
-        return "-"
-    if stat["lo"] is None:
-        return f"{stat['mean']:+.2f}"
-    return f"{stat['mean']:+.2f} [{stat['lo']:+.2f}, {stat['hi']:+.2f}]"
-
-
 def format_table(report: dict[str, Any]) -> str:
     """Markdown table of the report: mean ± s.e. over seeds, gains with 95% intervals, and each
     run's differences from CE besides its intended change."""
@@ -966,11 +968,11 @@ def format_table(report: dict[str, Any]) -> str:
         cells = [
             f"{name} (OOD teacher)" if row.get("ood_teacher") else name,
             str(row["test"]["accuracy"]["n"]),
-            _ms(row[sel]["accuracy"]) if sel in row else "-",
-            _ms(row["test"]["accuracy"]),
-            _ms(row["test"]["macro_f1"]),
-            _ci(gain.get("accuracy")) + added if gain else "-",
-            _ci(gain.get("macro_f1")) + added if gain else "-",
+            format_mean_se(row[sel]["accuracy"]) if sel in row else "-",
+            format_mean_se(row["test"]["accuracy"]),
+            format_mean_se(row["test"]["macro_f1"]),
+            format_interval(gain.get("accuracy")) + added if gain else "-",
+            format_interval(gain.get("macro_f1")) + added if gain else "-",
             "-" if closed is None else f"{closed:.0%}",
             "; ".join(row.get("differences", [])) or "-",
         ]
@@ -987,7 +989,8 @@ def format_table(report: dict[str, Any]) -> str:
             share = cm["share_of_kd_gain"]
             lines.append(
                 f"\ncross-modal gain of {name} (fused teacher - {meaning[kind]}, test acc): "
-                f"{_ci(cm['gain']['accuracy'])} points; macro-F1 {_ci(cm['gain']['macro_f1'])}; "
+                f"{format_interval(cm['gain']['accuracy'])} points; "
+                f"macro-F1 {format_interval(cm['gain']['macro_f1'])}; "
                 + "share of its KD gain: "
                 + ("n/a" if share is None else f"{share:.0%}")
             )

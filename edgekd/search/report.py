@@ -67,15 +67,16 @@ def format_table(report: dict[str, Any]) -> str:
     confirm = report.get("confirmation")
     if confirm:
         # the ablation table's own formatting: mean ± s.e., gain [95% CI]
-        from edgekd.distill.ablate import _ci, _ms
+        from edgekd.distill.ablate import format_interval, format_mean_se
 
         lines.append(f"\nWhat the teacher adds at this size (trial {chosen}'s student, its recipe "
                      f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e., gain "
                      "[95% CI] paired by seed):")
         for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
             c = confirm[metric]
-            lines.append(f"- {name}: {_ms(c['chosen'])} vs CE {_ms(c['ce'])}; "
-                         f"gain {_ci(c['teacher_gain'])} points")
+            lines.append(f"- {name}: {format_mean_se(c['chosen'])} vs CE "
+                         f"{format_mean_se(c['ce'])}; gain {format_interval(c['teacher_gain'])} "
+                         "points")
     return "\n".join(lines)
 
 
