@@ -82,15 +82,21 @@ def make_executor(
     """The executor `kind` ("local" | "ray"). `workers`: local jobs at once (on Ray, the CPUs of
     a local cluster started here when `address` is None). `address`: a running Ray cluster
     (`ray start --head` prints it; "auto" finds the local one)."""
-    if kind not in EXECUTORS:
-        raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    check_executor(kind, address)
     if workers < 1:
         raise ConfigError(f"--jobs must be at least 1, got {workers}")
     if kind == "local":
-        if address is not None:
-            raise ConfigError("--address names a Ray cluster; use it with --executor ray")
         return LocalExecutor(workers)
     return RayExecutor(address, workers)
+
+
+def check_executor(kind: str, address: str | None) -> None:
+    """ConfigError naming --executor or --address when they are wrong; starts nothing, so a
+    command can refuse them before its slower preparations."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    if kind == "local" and address is not None:
+        raise ConfigError("--address names a Ray cluster; use it with --executor ray")
 
 
 # --- local: one spawned process per job ---------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,22 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli(["teacher", "--data", "har", "--out", str(out), *TEACHER_ARGS])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def local_ray() -> Iterator[Any]:
+    """The ray module with a local Ray instance of 2 CPUs running, shut down after the test;
+    skipped where the 'ray' extra is missing or Ray cannot start (no shared memory or sockets
+    in a sandbox)."""
+    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:
+        pytest.skip(f"ray cannot start here: {exc}")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 def distill_kd(teacher: Path, out: Path) -> object:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -349,6 +352,87 @@ def test_cli_folds_score_by_cross_validation(teacher_run: Path, tmp_path: Path) 
     assert sidecar["fold"] == [1, 2]
 
 
+@pytest.mark.slow
+def test_two_run_ablate_on_a_local_ray_instance(
+    teacher_run: Path, tmp_path: Path, local_ray: Any
+) -> None:
+    out = tmp_path / "ray"
+    args = ["--runs", "ce,default", "--seeds", "1", "--jobs", "2", "--executor", "ray", *TINY]
+    result = run_cli(["ablate", "--teacher", str(teacher_run), "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    assert local_ray.is_initialized()  # ablate used the running instance and left it running
+    # progress read from the run folders the Ray tasks wrote
+    for name in ("ce", "default"):
+        assert re.search(rf"\] {name} seed 0 final: epoch 1/1, ", result.output), result.output
+    assert re.search(r"^\[2/2 done\] \w+ seed 0 final: finished", result.output, re.M)
+    assert "| ce | 1 |" in result.output and "| default | 1 |" in result.output
+    report = json.loads((out / "ablate.json").read_text())
+    for name in ("ce", "default"):
+        metrics = json.loads((out / "runs" / name / "seed0" / "final" / "metrics.json").read_text())
+        got = report["runs"][name]["per_seed"]["0"]["test"]["accuracy"]
+        assert got == pytest.approx(100 * metrics["test"]["accuracy"])
+
+
+def _long_job(teacher: Path, out: Path, seed: int = 0) -> Job:
+    """A student job far longer than any test waits for: it only ends by being stopped."""
+    from edgekd.config import RunConfig, override
+
+    cfg = override(override(RunConfig(), "train", epochs=500, batch_size=64), "data", limit=300)
+    return Job("ce", seed, None, cfg, teacher, out, 1)
+
+
+def test_a_failing_job_stops_the_running_ones(teacher_run: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    from edgekd.distill.ablate import JobFailed, run_jobs
+    from edgekd.executor import make_executor
+
+    before = set(multiprocessing.active_children())
+    long = _long_job(teacher_run, tmp_path / "long")
+    bad = replace(long, seed=1, teacher=tmp_path / "no-teacher", out=tmp_path / "bad")
+    lines: list[str] = []
+    with closing(make_executor("local", workers=2)) as ex, pytest.raises(JobFailed) as failed:
+        run_jobs([long, bad], ex, 2, lines.append)
+    message = str(failed.value)
+    assert message.startswith("ce seed 1 final failed (ConfigError: "), message
+    assert "no-teacher" in message and "stopped 1 other running job;" in message
+    assert "[0/2 done] ce seed 0 final: started" in lines
+    assert not any("finished" in line for line in lines)
+    assert set(multiprocessing.active_children()) <= before  # the long job's process is gone
+    assert not (long.out / "metrics.json").exists()
+
+
+def test_an_interrupted_ablation_leaves_no_training_process(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    from edgekd.checkpoint import STATE_FILE
+    from edgekd.distill.ablate import run_jobs
+    from edgekd.executor import make_executor
+
+    before = set(multiprocessing.active_children())
+    job = _long_job(teacher_run, tmp_path / "long")
+
+    def log(line: str) -> None:  # Ctrl-C once the job has finished an epoch
+        if ": epoch " in line:
+            raise KeyboardInterrupt
+
+    with closing(make_executor("local", workers=1)) as ex, pytest.raises(KeyboardInterrupt):
+        run_jobs([job], ex, 1, log)
+    assert set(multiprocessing.active_children()) <= before
+    # stopped after an epoch: its train state stays, for the next run to continue from
+    assert (job.out / STATE_FILE).is_file() and not (job.out / "metrics.json").exists()
+
+
+def test_the_executor_does_not_bind_a_resume(tmp_path: Path) -> None:
+    from edgekd.distill.ablate import AblationSpec, _settings
+
+    spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
+    on_ray = replace(spec, executor="ray", address="head:6379")
+    assert _settings(on_ray, ["ce"]) == _settings(spec, ["ce"])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--runs", "ce,bogus"], "unknown run 'bogus'"),
@@ -358,7 +442,9 @@ def test_cli_folds_score_by_cross_validation(teacher_run: Path, tmp_path: Path) 
      (["--runs", "ce,logit_kd_restricted"], "trained without modality dropout"),
      (["--seeds", "2", "--teacher-seeds", "0"], "give 2 teacher seeds (one per --seeds), got 1"),
      (["--seeds", "2", "--teacher-seeds", "0,x"], "--teacher-seeds must be comma-separated"),
-     (["--seeds", "2", "--teacher-seeds", "1,1"], "--teacher-seeds repeats a seed")],
+     (["--seeds", "2", "--teacher-seeds", "1,1"], "--teacher-seeds repeats a seed"),
+     (["--executor", "dask"], "--executor 'dask' is not one of local, ray"),
+     (["--address", "head:6379"], "--address names a Ray cluster; use it with --executor ray")],
 )  # fmt: skip
 def test_cli_bad_input(teacher_run: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     out = tmp_path / "bad"

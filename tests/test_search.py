@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,25 +131,19 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
     assert report["counts"]["complete"] == 3 and report["chosen"]["bundle"] is None
 
 
-def test_two_trial_search_on_a_local_ray_instance(teacher_run: Path, tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+def test_two_trial_search_on_a_local_ray_instance(
+    teacher_run: Path, tmp_path: Path, local_ray: Any
+) -> None:
     from edgekd.search import SearchSpec, run_search
 
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # e.g. no shared memory or sockets in a sandbox
-        pytest.skip(f"ray cannot start here: {exc}")
     lines: list[str] = []
-    try:
-        spec = SearchSpec(
-            teacher=teacher_run, out=tmp_path / "ray", trials=2, epochs=2, limit=1500,
-            unlabelled=False, archs=("tcn_tiny",), executor="ray", jobs=2, budget_ms=5,
-            timing_s=0.2, export=False,
-        )  # fmt: skip
-        report = run_search(spec, log=lines.append)
-        assert ray.is_initialized()  # the search used the running instance and left it running
-    finally:
-        ray.shutdown()
+    spec = SearchSpec(
+        teacher=teacher_run, out=tmp_path / "ray", trials=2, epochs=2, limit=1500,
+        unlabelled=False, archs=("tcn_tiny",), executor="ray", jobs=2, budget_ms=5,
+        timing_s=0.2, export=False,
+    )  # fmt: skip
+    report = run_search(spec, log=lines.append)
+    assert local_ray.is_initialized()  # the search used the running instance and left it running
     assert report["counts"]["complete"] == 2, "\n".join(lines)
     for t in report["trials"]:
         assert (Path(t["folder"]) / "metrics.json").is_file()

@@ -12,7 +12,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -32,6 +32,18 @@ COMMAND_EXTRAS: dict[str, str] = {
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options of the commands that run many trainings (ablate, search) through `edgekd.executor`.
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where trainings run: local (a process each) | ray (Ray tasks; --out and the "
+        "teacher on a filesystem every node shares)."
+    ),
+]
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster address (`ray start --head` prints it).")
+]
 
 
 def require_extra(extra: str, what: str) -> None:

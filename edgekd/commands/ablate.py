@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgekd.commands import user_errors
+from edgekd.commands import AddressOpt, ExecutorOpt, user_errors
 from edgekd.commands.train import (
     ArchOpt,
     ArgsOpt,
@@ -49,8 +49,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         jobs: Annotated[
-            int, typer.Option(help="Runs in parallel processes (they split the thread budget).")
+            int, typer.Option(help="Runs at once (they split the thread budget).")
         ] = 1,
+        executor: ExecutorOpt = "local",
+        address: AddressOpt = None,
         threads: Annotated[
             int | None,
             typer.Option(
@@ -131,6 +133,8 @@ def register(app: typer.Typer) -> None:
             allow_ood_restricted=allow_ood_restricted,
             threads=threads,
             strict=strict,
+            executor=executor,
+            address=address,
         )
         report = run_ablation(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(format_table(report))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgekd.commands import require_extra, user_errors
+from edgekd.commands import AddressOpt, ExecutorOpt, require_extra, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -33,10 +33,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Comma-separated students to search (default: all for the kind)."),
         ] = None,
-        executor: Annotated[str, typer.Option(help="Where trials run: local | ray.")] = "local",
-        address: Annotated[
-            str | None, typer.Option(help="Ray cluster address (`ray start --head` prints it).")
-        ] = None,
+        executor: ExecutorOpt = "local",
+        address: AddressOpt = None,
         jobs: Annotated[int, typer.Option(help="Trials at once.")] = 1,
         threads: Annotated[
             int | None, typer.Option(help="CPU threads for all local jobs together.")

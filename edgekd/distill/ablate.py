@@ -39,12 +39,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import shutil
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,8 @@ from edgekd.config import (
     to_dict,
 )
 from edgekd.distill.plan import RunPlan, differences
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.executor import Executor, Resources, check_executor, make_executor
 from edgekd.io import atomic_write_json
 
 RESTRICTED = "_restricted"
@@ -66,7 +66,7 @@ UNIMODAL = "_unimodal"
 CONTROLS = {RESTRICTED: "restricted", UNIMODAL: "unimodal"}
 CORRUPT_SHARE = 0.3  # share of windows whose teacher-side modalities become noise (paper_corrupt)
 METRICS = ("accuracy", "macro_f1")
-POLL_S = 2.0  # how often a worker looks for a newly finished epoch
+POLL_S = 2.0  # how often the running jobs' folders are read for newly finished epochs
 
 # The config values that turn training-time augmentation (and mixing) off: the `ce_plain` row,
 # the CE recipe of the earlier no-augmentation regime.
@@ -298,38 +298,9 @@ def _epochs_done(folder: Path) -> list[float]:
     return [float(h["seconds"]) for h in history]
 
 
-@contextmanager
-def _watch(folder: Path, report: Callable[[int, float], None]) -> Iterator[None]:
-    """While the block runs, call report(epochs done, mean seconds per epoch) from a thread each
-    time the run in `folder` finishes an epoch (the trainer writes history.json per epoch); a last
-    look when the block ends reports epochs finished since the last poll."""
-    stop = threading.Event()
-    seen = len(_epochs_done(folder))
-
-    def poll() -> None:
-        nonlocal seen
-        seconds = _epochs_done(folder)
-        if len(seconds) > seen:
-            seen = len(seconds)
-            report(seen, sum(seconds) / seen)
-
-    def loop() -> None:
-        while not stop.wait(POLL_S):
-            poll()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        poll()
-
-
-def execute(job: Job, index: int = 0, events: Any = None) -> dict[str, Any]:
-    """Run (or continue, or reuse) one job; returns its metrics.json content. `events` (a queue,
-    or None) receives ("start" | "epoch", index, epochs done, mean epoch seconds) tuples."""
+def execute(job: Job) -> dict[str, Any]:
+    """Run (or continue, or reuse) one job; returns its metrics.json content. Runs in an
+    executor's process (`edgekd.executor`): its progress is the run folder's history.json."""
     from edgekd.checkpoint import STATE_FILE
     from edgekd.distill.trainer import distill, train_teacher
     from edgekd.reference import torch_threads
@@ -340,14 +311,7 @@ def execute(job: Job, index: int = 0, events: Any = None) -> dict[str, Any]:
     resume = (job.out / STATE_FILE).is_file()
     if not resume and job.out.exists():
         shutil.rmtree(job.out)  # killed before its first epoch finished: nothing to keep
-
-    def report(epochs: int, seconds: float) -> None:
-        if events is not None:
-            events.put(("epoch", index, epochs, seconds))
-
-    if events is not None:
-        events.put(("start", index, len(_epochs_done(job.out)), 0.0))
-    with torch_threads(job.threads), _watch(job.out, report):
+    with torch_threads(job.threads):
         if job.kind == "teacher":
             return train_teacher(job.cfg, job.out, resume=resume, progress=False)
         return distill(job.cfg, job.teacher, job.out, resume=resume, progress=False, fold=job.fold)
@@ -380,9 +344,12 @@ class _Tracker:
         )
         return left * self.epoch_s / self.workers
 
-    def _head(self, i: int) -> str:
+    def name(self, i: int) -> str:
         job = self.jobs[i]
-        return f"[{len(self.finished)}/{len(self.jobs)} done] {job.run} seed {job.seed} {job.where}"
+        return f"{job.run} seed {job.seed} {job.where}"
+
+    def _head(self, i: int) -> str:
+        return f"[{len(self.finished)}/{len(self.jobs)} done] {self.name(i)}"
 
     def event(self, kind: str, i: int, epochs: int, seconds: float) -> str:
         job = self.jobs[i]
@@ -411,65 +378,88 @@ class _Tracker:
         return f"{self._head(i)}: finished, {shown}"
 
 
+class JobFailed(EdgeKDError):
+    """A training of the ablation failed; the others were stopped. Its cause is the error."""
+
+
+@dataclass
+class _Running:
+    index: int  # in the list of jobs
+    seen: int  # epochs of its history already logged
+
+
 def run_jobs(
     jobs: Sequence[Job],
+    executor: Executor,
     workers: int,
     log: Callable[[str], None],
     epoch_s: float | None = None,
 ) -> list[dict]:
-    """Execute jobs, `workers` processes at a time (in this process when workers == 1), logging a
-    line when a job starts, finishes an epoch and finishes; returns each job's metrics, in the
-    order of `jobs`. `epoch_s`: a first guess of seconds per epoch for the overall ETA."""
+    """Execute jobs on `executor`, at most `workers` at once, logging a line when a job starts,
+    finishes an epoch and finishes; returns each job's metrics, in the order of `jobs`. A finished
+    job (metrics.json) is read, not submitted. `epoch_s`: a first guess of seconds per epoch for
+    the overall ETA. Progress is read from each running job's folder (the trainer writes
+    history.json per epoch), which is what works on any executor: the folders must be on a
+    filesystem this process shares with the workers. On the first failure, or when interrupted,
+    the running jobs are killed and JobFailed (or the interrupt) is raised."""
+    workers = max(1, min(workers, len(jobs)))
     tracker = _Tracker(jobs, workers, epoch_s)
     results: dict[int, dict] = {}
-    if workers == 1:
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        for i, job in enumerate(jobs):
-            lines = threading.Thread(target=_drain_forever, args=(events, tracker, log))
-            lines.start()
-            try:
-                results[i] = execute(job, i, events)
-            finally:
-                events.put(None)
-                lines.join()
-            log(tracker.finish(i, results[i]))
-        return [results[i] for i in range(len(jobs))]
-    import multiprocessing
+    waiting: list[int] = []
+    for i, job in enumerate(jobs):
+        metrics = _metrics_of(job.out)
+        if metrics is None:
+            waiting.append(i)
+        else:
+            results[i] = metrics
+            log(tracker.finish(i, metrics))
 
-    # spawn: a forked child would inherit torch's thread pools and this process's state
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        shared = manager.Queue()
-        pending = {pool.submit(execute, job, i, shared): i for i, job in enumerate(jobs)}
-        while pending:
-            finished, _ = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-            _drain(shared, tracker, log)
+    def log_epochs(run: _Running) -> None:
+        # several epochs finished since the last look share one line
+        seconds = _epochs_done(jobs[run.index].out)
+        if len(seconds) > run.seen:
+            run.seen = len(seconds)
+            log(tracker.event("epoch", run.index, run.seen, sum(seconds) / run.seen))
+
+    # Submitting no more than `workers` keeps "started" true on Ray too (its futures do not say
+    # when a task starts) and leaves nothing queued to cancel when a job fails.
+    running: dict[Future, _Running] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                i = waiting.pop(0)
+                job = jobs[i]
+                future = executor.submit(execute, job, resources=Resources(cpus=job.threads))
+                running[future] = run = _Running(i, len(_epochs_done(job.out)))
+                log(tracker.event("start", i, run.seen, 0.0))
+            finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for run in running.values():
+                log_epochs(run)
             for future in finished:
-                i = pending.pop(future)
-                error = future.exception()
-                if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise error
-                results[i] = future.result()
-                log(tracker.finish(i, results[i]))
-        _drain(shared, tracker, log)
+                run = running.pop(future)
+                try:
+                    results[run.index] = future.result()
+                except Exception as exc:
+                    raise _failure(tracker, run.index, exc, len(running), log) from exc
+                log(tracker.finish(run.index, results[run.index]))
+    except BaseException:  # a failure or Ctrl-C: no training may go on without its ablation
+        for future in running:
+            executor.kill(future)
+        raise
     return [results[i] for i in range(len(jobs))]
 
 
-def _drain(events: Any, tracker: _Tracker, log: Callable[[str], None]) -> None:
-    while True:
-        try:
-            event = events.get_nowait()
-        except queue.Empty:
-            return
-        log(tracker.event(*event))
-
-
-def _drain_forever(events: Any, tracker: _Tracker, log: Callable[[str], None]) -> None:
-    """Log events until a None arrives (the in-process job has ended)."""
-    while (event := events.get()) is not None:
-        log(tracker.event(*event))
+def _failure(
+    tracker: _Tracker, i: int, exc: Exception, others: int, log: Callable[[str], None]
+) -> JobFailed:
+    if not isinstance(exc, EdgeKDError):  # a bug rather than a user error: keep its traceback
+        log("".join(traceback.format_exception(exc)).rstrip())
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return JobFailed(
+        f"{tracker.name(i)} failed ({type(exc).__name__}: {first}); stopped "
+        f"{others} other running job{'' if others == 1 else 's'}; finished runs are kept, so "
+        "the same command resumes"
+    )
 
 
 # --- teachers -----------------------------------------------------------------------------
@@ -588,7 +578,9 @@ class AblationSpec:
     teacher (else trained from the teacher's config on the student's modality alone).
     `allow_ood_restricted`: run `_restricted` controls on a teacher without modality dropout.
     `threads`: the CPU thread budget (`edgekd.threads`), split over the jobs. `strict`: refuse
-    rows whose plans differ from CE's in more than their intended change.
+    rows whose plans differ from CE's in more than their intended change. `executor` ("local" |
+    "ray") and `address` (a Ray cluster): where the trainings run (`edgekd.executor`); not part
+    of what is measured, so a resume may use another.
     """
 
     teacher: Path
@@ -603,6 +595,8 @@ class AblationSpec:
     allow_ood_restricted: bool = False
     threads: int | None = None
     strict: bool = False
+    executor: str = "local"
+    address: str | None = None
 
 
 def _check(spec: AblationSpec) -> list[str]:
@@ -613,6 +607,7 @@ def _check(spec: AblationSpec) -> list[str]:
         raise ConfigError(f"--jobs must be at least 1, got {spec.jobs}")
     if spec.folds is not None and spec.folds < 2:
         raise ConfigError(f"--folds must be at least 2 (or omitted), got {spec.folds}")
+    check_executor(spec.executor, spec.address)
     if not (Path(spec.teacher) / "metrics.json").is_file():
         raise ConfigError(f"{spec.teacher} is not a finished teacher run (no metrics.json)")
     if spec.teacher_seeds is not None:
@@ -811,18 +806,20 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     settings = _check_settings(out, _settings(spec, names))
     jobs = plan(spec, names, teachers, threads.per_job, plans)
     line, epoch_s = describe_plan(spec, names, [*teachers.jobs, *jobs], threads)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "settings.json", settings)
-    log(line)
-    run_jobs(teachers.jobs, max(1, min(spec.jobs, len(teachers.jobs))), log, epoch_s)
-    if teachers.unimodal and spec.unimodal_teacher is None:
-        for run in dict.fromkeys(teachers.unimodal.values()):
-            try:
-                _check_unimodal(run, student_modality(spec), given=False)
-            except ConfigError:
-                shutil.rmtree(run)  # a fused teacher under the unimodal name must not be reused
-                raise
-    results = run_jobs(jobs, spec.jobs, log, epoch_s)
+    # made before anything is written: a Ray cluster that cannot be reached binds nothing
+    with closing(make_executor(spec.executor, workers=spec.jobs, address=spec.address)) as ex:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "settings.json", settings)
+        log(line)
+        run_jobs(teachers.jobs, ex, spec.jobs, log, epoch_s)
+        if teachers.unimodal and spec.unimodal_teacher is None:
+            for run in dict.fromkeys(teachers.unimodal.values()):
+                try:
+                    _check_unimodal(run, student_modality(spec), given=False)
+                except ConfigError:
+                    shutil.rmtree(run)  # a fused teacher under the unimodal name: never reuse
+                    raise
+        results = run_jobs(jobs, ex, spec.jobs, log, epoch_s)
     report = summarize_runs(jobs, results, teachers, spec)
     for name, row in report["runs"].items():
         row["intended"] = list(run_row(name).intended)
