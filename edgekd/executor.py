@@ -17,7 +17,7 @@ Contracts:
   that asks for {"jetson-orin-nano": 1} runs only on a node started with that resource. The local
   backend has no custom resources: asking for one is a ConfigError naming it.
 - An exception in `fn` is raised by `future.result()` with the remote traceback as its cause; a
-  job whose process died (or was killed) raises `JobLost`.
+  job whose process died (or was killed) raises `JobLost`. Both backends alike.
 - Ray is imported only by the Ray backend; without it the error names `pip install 'edgekd[ray]'`.
 """
 
@@ -284,9 +284,28 @@ class RayExecutor:
         if resources.custom:
             options["resources"] = dict(resources.custom)
         ref = self._task.options(**options).remote(fn, args, resources.cpus)
-        future = ref.future()
+        future: Future = Future()
+        ref.future().add_done_callback(lambda done: self._relay(done, future))
         self._refs[id(future)] = ref
         return future
+
+    def _relay(self, done: Future, future: Future) -> None:
+        """Settle `future` as a local job's: fn's own exception with the remote traceback as its
+        cause (Ray wraps it in a RayTaskError whose text is the traceback), JobLost when the
+        task's worker or node died or the task was killed."""
+        errors = self._ray.exceptions
+        exc = done.exception()
+        if exc is None:
+            future.set_result(done.result())
+        elif isinstance(exc, errors.RayTaskError) and isinstance(exc.cause, Exception):
+            exc.cause.__cause__ = _RemoteTraceback(str(exc))
+            future.set_exception(exc.cause)
+        elif isinstance(
+            exc, (errors.TaskCancelledError, errors.WorkerCrashedError, errors.NodeDiedError)
+        ):
+            future.set_exception(JobLost(f"job lost: {exc}"))
+        else:
+            future.set_exception(exc)
 
     def kill(self, future: Future) -> None:
         ref = self._refs.get(id(future))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -23,13 +24,20 @@ def test_local_runs_in_another_process_with_its_thread_budget() -> None:
         ex.close()
 
 
-def test_local_raises_the_job_error_with_its_traceback() -> None:
-    ex = make_executor("local")
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_the_job_error_comes_back_with_its_traceback(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    if kind == "ray":
+        request.getfixturevalue("local_ray")
+    ex = make_executor(kind)
     try:
         future = ex.submit(int, "not a number")
-        with pytest.raises(ValueError, match="invalid literal") as err:
+        # the job's own exception, not Ray's wrapper of it
+        with pytest.raises(ValueError, match="^invalid literal") as err:
             future.result(timeout=60)
-        assert "Traceback" in str(err.value.__cause__)
+        remote = str(err.value.__cause__)
+        assert re.search(r'line \d+, in ', remote) and "invalid literal" in remote
     finally:
         ex.close()
 
