@@ -77,17 +77,22 @@ class Executor(Protocol):
 
 
 def make_executor(
-    kind: str = "local", *, workers: int = 1, address: str | None = None
+    kind: str = "local",
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_job: int = 1,
 ) -> Executor:
-    """The executor `kind` ("local" | "ray"). `workers`: local jobs at once (on Ray, the CPUs of
-    a local cluster started here when `address` is None). `address`: a running Ray cluster
-    (`ray start --head` prints it; "auto" finds the local one)."""
+    """The executor `kind` ("local" | "ray"). `workers`: jobs at once. `address`: a running Ray
+    cluster (`ray start --head` prints it; "auto" finds the local one); without it a local Ray
+    instance is started with `workers` x `cpus_per_job` CPUs, so that `workers` jobs asking for
+    `cpus_per_job` each fit (a task asking for more CPUs than a node has never starts)."""
     check_executor(kind, address)
     if workers < 1:
         raise ConfigError(f"--jobs must be at least 1, got {workers}")
     if kind == "local":
         return LocalExecutor(workers)
-    return RayExecutor(address, workers)
+    return RayExecutor(address, workers * cpus_per_job)
 
 
 def check_executor(kind: str, address: str | None) -> None:
@@ -255,17 +260,17 @@ def _ray_call(fn: Callable[..., Any], args: tuple[Any, ...], threads: int) -> An
 
 class RayExecutor:
     """Ray tasks with `Resources` as their requirements; connects to `address` or starts a
-    local Ray instance with `workers` CPUs (shut down again by `close`)."""
+    local Ray instance with `cpus` CPUs (shut down again by `close`)."""
 
     name = "ray"
 
-    def __init__(self, address: str | None, workers: int) -> None:
+    def __init__(self, address: str | None, cpus: int) -> None:
         self._ray = ray = import_ray()
         self._owns = not ray.is_initialized()
         if self._owns:
             try:
                 if address is None:
-                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:

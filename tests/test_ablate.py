@@ -381,6 +381,7 @@ def _long_job(teacher: Path, out: Path, seed: int = 0) -> Job:
     return Job("ce", seed, None, cfg, teacher, out, 1)
 
 
+@pytest.mark.slow
 def test_a_failing_job_stops_the_running_ones(teacher_run: Path, tmp_path: Path) -> None:
     import multiprocessing
 
@@ -402,6 +403,7 @@ def test_a_failing_job_stops_the_running_ones(teacher_run: Path, tmp_path: Path)
     assert not (long.out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_ablation_leaves_no_training_process(
     teacher_run: Path, tmp_path: Path
 ) -> None:

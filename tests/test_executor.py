@@ -79,3 +79,20 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MissingExtra, match=r"pip install 'edgekd\[ray\]'"):
         make_executor("ray")
+
+
+def test_a_local_ray_instance_fits_its_jobs_cpus() -> None:
+    """Started here (no --address), Ray gets room for `workers` jobs of `cpus_per_job` each: a
+    task asking for more CPUs than any node has would wait forever."""
+    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+    try:
+        ex = make_executor("ray", workers=2, cpus_per_job=3)
+    except ConfigError as exc:  # e.g. no shared memory or sockets in a sandbox
+        pytest.skip(str(exc))
+    try:
+        assert ray.cluster_resources()["CPU"] == 6
+        jobs = [ex.submit(os.getpid, resources=Resources(cpus=3)) for _ in range(2)]
+        assert all(job.result(timeout=60) > 0 for job in jobs)
+    finally:
+        ex.close()
+    assert not ray.is_initialized()  # it started the instance, so it stopped it

@@ -807,11 +807,13 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     jobs = plan(spec, names, teachers, threads.per_job, plans)
     line, epoch_s = describe_plan(spec, names, [*teachers.jobs, *jobs], threads)
     # made before anything is written: a Ray cluster that cannot be reached binds nothing
-    with closing(make_executor(spec.executor, workers=spec.jobs, address=spec.address)) as ex:
+    executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
+                             cpus_per_job=threads.per_job)  # fmt: skip
+    with closing(executor):
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "settings.json", settings)
         log(line)
-        run_jobs(teachers.jobs, ex, spec.jobs, log, epoch_s)
+        run_jobs(teachers.jobs, executor, spec.jobs, log, epoch_s)
         if teachers.unimodal and spec.unimodal_teacher is None:
             for run in dict.fromkeys(teachers.unimodal.values()):
                 try:
@@ -819,7 +821,7 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
                 except ConfigError:
                     shutil.rmtree(run)  # a fused teacher under the unimodal name: never reuse
                     raise
-        results = run_jobs(jobs, ex, spec.jobs, log, epoch_s)
+        results = run_jobs(jobs, executor, spec.jobs, log, epoch_s)
     report = summarize_runs(jobs, results, teachers, spec)
     for name, row in report["runs"].items():
         row["intended"] = list(run_row(name).intended)

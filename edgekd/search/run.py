@@ -331,7 +331,8 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
     out = Path(spec.out)
     with _lock(out):
         search = _Search(spec, log)
-        executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address)
+        executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
+                                 cpus_per_job=search.threads.per_job)  # fmt: skip
         try:
             predictor = LatencyPredictor(
                 spec.target, search.modality, len(search.labels), out,
