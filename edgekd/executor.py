@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -216,7 +216,8 @@ class LocalExecutor:
         return outcome, f"its process exited with code {proc.exitcode}"
 
     def kill(self, future: Future) -> None:
-        """Cancel a waiting job; terminate a running one (SIGTERM, then SIGKILL)."""
+        """Cancel a waiting job; terminate a running one (SIGTERM, then SIGKILL) and return once
+        its process has ended and its future is settled."""
         if future.cancel():
             return
         with self._lock:
@@ -225,9 +226,11 @@ class LocalExecutor:
         if proc is None:
             return
         proc.terminate()
-        proc.join(_KILL_GRACE_S)
-        if proc.is_alive():
+        # The job's thread alone reaps the process, then settles the future: a second waiter
+        # (a join here) races it for the exit status and can see the ended process as alive.
+        if not wait([future], _KILL_GRACE_S).done:
             proc.kill()
+            wait([future], _KILL_GRACE_S)
 
     def close(self) -> None:
         with self._lock:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,17 +44,28 @@ def test_the_job_error_comes_back_with_its_traceback(
         ex.close()
 
 
-def test_local_kill_stops_a_running_job_and_cancels_a_waiting_one() -> None:
+def _write_pid_and_sleep(path: Path, seconds: float) -> None:
+    tmp = path.with_suffix(".tmp")  # renamed: the test never reads a half-written pid
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
+    time.sleep(seconds)
+
+
+def test_local_kill_stops_a_running_job_and_cancels_a_waiting_one(tmp_path: Path) -> None:
     ex = make_executor("local", workers=1)
     try:
-        running = ex.submit(time.sleep, 120)
+        started = tmp_path / "pid"
+        running = ex.submit(_write_pid_and_sleep, started, 120)
         waiting = ex.submit(os.getpid)
         deadline = time.monotonic() + 60
-        while not running.running() and time.monotonic() < deadline:
+        while not started.is_file() and time.monotonic() < deadline:
             time.sleep(0.05)
+        pid = int(started.read_text())
         t0 = time.monotonic()
         ex.kill(waiting)
         ex.kill(running)
+        assert running.done()  # kill returns once the process is gone
+        assert all(p.pid != pid for p in multiprocessing.active_children())
         with pytest.raises(JobLost, match="killed"):
             running.result(timeout=30)
         assert time.monotonic() - t0 < 20
