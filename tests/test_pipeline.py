@@ -182,7 +182,7 @@ def test_cached_teacher_with_augmentation_is_refused(teacher_run: Path, tmp_path
 
 def test_an_op_that_cannot_act_is_refused_before_the_run(teacher_run: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("augment: {policy: custom, ops: {crop: {pad: 2}}}\n")
+    config.write_text("augment: {policy: custom, ops: {crop: {pad: 0.125}}}\n")
     out = tmp_path / "s"
     args = ["distill", "--teacher", str(teacher_run), "--out", str(out), "--config", str(config)]
     result = run_cli([*args, *FAST])
