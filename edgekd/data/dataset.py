@@ -99,7 +99,7 @@ class PairedDataset:
 def check_limit(limit: int | None) -> None:
     """ConfigError unless `limit` is None or a positive integer."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ConfigError(f"--limit (data.limit) must be a positive number of training windows, "
+        raise ConfigError(f"--limit must be a positive number of training windows (data.limit), "
                           f"got {limit!r}")
 
 
