@@ -278,6 +278,48 @@ def test_ddp_ranks_agree_and_shards_cover() -> None:
     assert facts["covered"] >= facts["windows"] - 1  # fewer than world left out
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _kill_torchrun(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a torchrun agent and its workers, as a crash or an OOM kill of the job would.
+
+    torchrun starts each worker in its own session, so killing the agent's process group alone
+    leaves the workers training on in the same run folder."""
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, f"torchrun {proc.pid} has no workers yet: {workers}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers), "torchrun's workers outlived SIGKILL"
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan waits for its reaper as one)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_ddp_resume_is_exact(teacher_run: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["-m", "edgekd", "distill", "--teacher", str(teacher_run), "--recipe", "kd",
@@ -298,8 +340,7 @@ def test_ddp_resume_is_exact(teacher_run: Path, tmp_path: Path) -> None:
             break
         assert proc.poll() is None
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_torchrun(proc)
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
     proc = subprocess.run([*ddp, *args, "--out", str(out), "--resume"], capture_output=True,
                           text=True, timeout=300, env=env)  # fmt: skip
