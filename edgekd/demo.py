@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.config import DEFAULT_EPOCHS, RunConfig, override, resolve_recipe, to_dict
+from edgekd.config import (
+    DEFAULT_EPOCHS,
+    TEACHER_EPOCHS,
+    RunConfig,
+    override,
+    resolve_recipe,
+    to_dict,
+)
 from edgekd.errors import ConfigError
 from edgekd.io import atomic_write_json, atomic_write_text, make_dirs
 
@@ -31,8 +38,6 @@ STUDENT_RECIPES = {"student (CE only)": "ce", "student (distilled)": "default"}
 # Distillation settings worth naming in the report (the rest keep their defaults in both recipes).
 SHOWN_DISTILL = ("classifier_loss", "feature_loss", "tau", "lambda_task", "lambda_classifier",
                  "lambda_feature", "quality", "logit_standardize")  # fmt: skip
-TEACHER_MIX = "mixup"
-TEACHER_DROPOUT = 0.3
 TABLE_POINTER = 'README.md, "Measured results" -> "Distillation with the shipped settings"'
 
 
@@ -52,9 +57,9 @@ class DemoSettings:
         if quick:
             return cls(teacher_epochs=1, student_epochs=1, limit=600, calib=64,
                        bench_duration_s=0.05, stream_seconds=60.0)  # fmt: skip
-        # The measured table's schedule: its teacher recipe, the students' default epochs.
-        return cls(teacher_epochs=60, student_epochs=DEFAULT_EPOCHS["timeseries"], limit=None,
-                   calib=512, bench_duration_s=2.0, stream_seconds=None)  # fmt: skip
+        # The default schedules of `edgekd teacher` and `edgekd distill`.
+        return cls(teacher_epochs=TEACHER_EPOCHS, student_epochs=DEFAULT_EPOCHS["timeseries"],
+                   limit=None, calib=512, bench_duration_s=2.0, stream_seconds=None)  # fmt: skip
 
 
 def _say(progress: bool, text: str) -> None:
@@ -91,13 +96,8 @@ def _train(out: Path, settings: DemoSettings, progress: bool) -> dict[str, Path]
 
     base = override(RunConfig(), "train", epochs=settings.student_epochs, seed=0)
     base = override(base, "data", limit=settings.limit)
-    # The teacher of the measured table: mixup, and modality dropout so that its
-    # accelerometer-only view is a valid restricted-teacher control.
+    # The teacher's own defaults (mixup, modality dropout) are those of `edgekd teacher`.
     teacher_cfg = override(base, "train", epochs=settings.teacher_epochs)
-    teacher_cfg = override(teacher_cfg, "augment", mix=TEACHER_MIX)
-    teacher_cfg = replace(
-        teacher_cfg, model=replace(teacher_cfg.model, args={"modality_dropout": TEACHER_DROPOUT})
-    )
     runs = {
         "teacher": out / "teacher",
         "student (CE only)": out / "student-ce",

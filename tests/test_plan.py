@@ -57,6 +57,35 @@ def test_default_and_ce_plans_on_the_full_har_training_split(teacher_run: Path) 
     assert json.loads(json.dumps(default.to_dict()))["total_steps"] == 8880
 
 
+def test_teacher_defaults_are_filled_in_and_given_values_win() -> None:
+    from edgekd.config import TEACHER_EPOCHS, TEACHER_MIX, TEACHER_MODALITY_DROPOUT
+
+    cfg = RunConfig()
+    ds = load_data(cfg, None, None)
+    plan = resolve_plan(cfg, ds, None)
+    assert (plan.epochs, plan.config.augment.mix) == (TEACHER_EPOCHS, TEACHER_MIX) == (60, "mixup")
+    assert plan.config.model.args == {"modality_dropout": TEACHER_MODALITY_DROPOUT}
+    filled = {"60 epochs (teachers)", "mix mixup (teachers)", "modality dropout 0.3 (teachers)"}
+    assert filled <= set(plan.filled)
+    assert dict(plan.augment)["mix"].startswith("mixup")
+    given = replace(
+        cfg,
+        augment=replace(cfg.augment, mix="none"),
+        model=replace(cfg.model, args={"modality_dropout": 0.0}),
+    )
+    plan = resolve_plan(given, ds, None)
+    assert plan.config.augment.mix == "none" and plan.config.model.args == {"modality_dropout": 0.0}
+    assert not any(f.startswith(("mix", "modality")) for f in plan.filled)
+    # One modality: nothing to drop.
+    alone = replace(cfg, data=replace(cfg.data, modalities=("accel",)))
+    assert resolve_plan(alone, ds, None).config.model.args == {}
+
+
+def test_a_students_mix_default_is_none(teacher_run: Path) -> None:
+    plan = _plan(teacher_run, "default")
+    assert plan.config.augment.mix == "none" and "mix" not in dict(plan.augment)
+
+
 def test_steps_per_epoch_counts_the_loaders_batches() -> None:
     for n in (0, 1, 2, 63, 64, 65, 66, 129, 5752, 9413):
         for batch in (2, 16, 64):

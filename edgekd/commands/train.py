@@ -41,7 +41,10 @@ AugmentOpt = Annotated[
     str | None,
     typer.Option("--augment", help="Augmentation policy: default (safe per kind) | none | custom."),
 ]
-MixOpt = Annotated[str | None, typer.Option("--mix", help="none | mixup | cutmix.")]
+MixOpt = Annotated[
+    str | None,
+    typer.Option("--mix", help="none | mixup | cutmix (default: mixup for teachers, else none)."),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -134,7 +137,10 @@ def register(app: typer.Typer) -> None:
         arch_args: ArgsOpt = None,
         modality_dropout: Annotated[
             float | None,
-            typer.Option(help="Drop whole modalities with this probability while training."),
+            typer.Option(
+                help="Drop whole modalities with this probability while training (default: 0.3 "
+                "with two or more modalities; 0 turns it off)."
+            ),
         ] = None,
         modalities: Annotated[
             str | None,

@@ -360,6 +360,8 @@ class Policy:
 def build_policy(cfg: AugmentConfig, specs: Mapping[str, ModalitySpec], num_classes: int) -> Policy:
     """The run's Policy for the dataset's modality specs; ConfigError for an op that cannot act
     on these modalities (e.g. rotation without 3-axis vector channels) or mixing one class."""
+    if cfg.mix is None:
+        raise ValueError("augment.mix is unset: resolve the run plan first (it fills the default)")
     kinds = {s.kind for s in specs.values()}
     chosen: dict[str, dict[str, float]] = {}
     if cfg.policy == "default":

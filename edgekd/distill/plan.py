@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.config import DEFAULT_EPOCHS, TEACHER_EPOCHS, RunConfig, from_dict, to_dict
+from edgekd.config import (
+    DEFAULT_EPOCHS,
+    TEACHER_EPOCHS,
+    TEACHER_MIX,
+    TEACHER_MODALITY_DROPOUT,
+    RunConfig,
+    from_dict,
+    to_dict,
+)
 from edgekd.data.augment import Policy, build_policy
 from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
@@ -332,6 +340,15 @@ def teacher_data_specs(cfg: RunConfig, data: Any) -> dict[str, ModalitySpec]:
     return {m: specs[m] for m in cfg.data.modalities}
 
 
+def _takes(teacher_arch: str, argument: str) -> bool:
+    """True when the registered teacher `teacher_arch` has a keyword `argument`."""
+    import inspect
+
+    from edgekd.models import teacher_constructor
+
+    return argument in inspect.signature(teacher_constructor(teacher_arch)).parameters
+
+
 def resolve_plan(
     cfg: RunConfig,
     data: Any,
@@ -359,6 +376,17 @@ def resolve_plan(
         if not cfg.model.arch:
             cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_TEACHER))
             filled.append(f"arch {DEFAULT_TEACHER} (teachers)")
+        if cfg.augment.mix is None:
+            cfg = replace(cfg, augment=replace(cfg.augment, mix=TEACHER_MIX))
+            filled.append(f"mix {TEACHER_MIX} (teachers)")
+        if (
+            len(specs) > 1
+            and "modality_dropout" not in cfg.model.args
+            and _takes(cfg.model.arch, "modality_dropout")
+        ):
+            args = {**cfg.model.args, "modality_dropout": TEACHER_MODALITY_DROPOUT}
+            cfg = replace(cfg, model=replace(cfg.model, args=args))
+            filled.append(f"modality dropout {TEACHER_MODALITY_DROPOUT:g} (teachers)")
         aug_specs, modality, unlabelled, tplan = specs, None, 0, None
         policy = build_policy(cfg.augment, aug_specs, classes)
     else:
@@ -374,6 +402,8 @@ def resolve_plan(
                 f"({', '.join(teacher_specs)})"
             )
         cfg = replace(cfg, student_modality=modality)
+        if cfg.augment.mix is None:
+            cfg = replace(cfg, augment=replace(cfg.augment, mix="none"))
         if labels != list(tside["labels"]):
             raise ConfigError(
                 f"the teacher in {teacher.dir} was trained on other labels than {data.name} has "

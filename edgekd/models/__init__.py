@@ -14,6 +14,7 @@ from edgekd.models.registry import (
     list_teachers,
     register_student,
     register_teacher,
+    teacher_constructor,
 )
 from edgekd.models.taps import FeatureTap
 
@@ -29,4 +30,5 @@ __all__ = [
     "list_teachers",
     "register_student",
     "register_teacher",
+    "teacher_constructor",
 ]
