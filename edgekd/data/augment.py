@@ -360,8 +360,7 @@ class Policy:
 def build_policy(cfg: AugmentConfig, specs: Mapping[str, ModalitySpec], num_classes: int) -> Policy:
     """The run's Policy for the dataset's modality specs; ConfigError for an op that cannot act
     on these modalities (e.g. rotation without 3-axis vector channels) or mixing one class."""
-    if cfg.mix is None:
-        raise ValueError("augment.mix is unset: resolve the run plan first (it fills the default)")
+    mix = cfg.mix or "none"  # unset: a teacher's plan fills in TEACHER_MIX before this
     kinds = {s.kind for s in specs.values()}
     chosen: dict[str, dict[str, float]] = {}
     if cfg.policy == "default":
@@ -387,9 +386,9 @@ def build_policy(cfg: AugmentConfig, specs: Mapping[str, ModalitySpec], num_clas
                 f"{', '.join(specs)} declares vectors (e.g. vectors: {{device: [[0, 1, 2]]}})"
             )
         ops.append((op, {**op.defaults, **{k: float(v) for k, v in params.items()}}))
-    if cfg.mix != "none" and num_classes < 2:
-        raise ConfigError(f"augment.mix={cfg.mix} needs at least 2 classes, the data has 1")
-    return Policy(tuple(ops), cfg.mix, cfg.mix_alpha, cfg.mix_prob, num_classes)
+    if mix != "none" and num_classes < 2:
+        raise ConfigError(f"augment.mix={mix} needs at least 2 classes, the data has 1")
+    return Policy(tuple(ops), mix, cfg.mix_alpha, cfg.mix_prob, num_classes)
 
 
 def soft_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
