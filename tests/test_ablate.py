@@ -21,18 +21,10 @@ from torch import nn
 from edgekd.checkpoint import load_run
 from edgekd.config import DistillConfig
 from edgekd.data.dataset import PairedDataset, Split
-from edgekd.distill.ablate import (
-    Job,
-    _Tracker,
-    augmentation_off,
-    gap_closed,
-    paired_interval,
-    run_config,
-    run_names,
-    summarize,
-    t_quantile_975,
-    teacher_modality_dropout,
-)
+from edgekd.distill.ablate.jobs import Job, _Tracker
+from edgekd.distill.ablate.rows import augmentation_off, run_config, run_names
+from edgekd.distill.ablate.stats import gap_closed, paired_interval, summarize, t_quantile_975
+from edgekd.distill.ablate.teachers import teacher_modality_dropout
 from edgekd.distill.cv import fold_dataset, fold_subjects
 from edgekd.errors import ConfigError
 from tests.conftest import run_cli
@@ -165,7 +157,7 @@ def _job(run: str, epochs: int, seed: int = 0) -> Job:
 
 
 def test_durations() -> None:
-    from edgekd.distill.ablate import _duration
+    from edgekd.distill.ablate.jobs import _duration
 
     assert [_duration(s) for s in (12, 89, 3000, 7200)] == ["12 s", "1 min", "50 min", "2.0 h"]
 
@@ -385,7 +377,7 @@ def _long_job(teacher: Path, out: Path, seed: int = 0) -> Job:
 def test_a_failing_job_stops_the_running_ones(teacher_run: Path, tmp_path: Path) -> None:
     import multiprocessing
 
-    from edgekd.distill.ablate import JobFailed, run_jobs
+    from edgekd.distill.ablate.jobs import JobFailed, run_jobs
     from edgekd.executor import make_executor
 
     before = set(multiprocessing.active_children())
@@ -410,7 +402,7 @@ def test_an_interrupted_ablation_leaves_no_training_process(
     import multiprocessing
 
     from edgekd.checkpoint import STATE_FILE
-    from edgekd.distill.ablate import run_jobs
+    from edgekd.distill.ablate.jobs import run_jobs
     from edgekd.executor import make_executor
 
     before = set(multiprocessing.active_children())
@@ -428,7 +420,7 @@ def test_an_interrupted_ablation_leaves_no_training_process(
 
 
 def test_the_executor_does_not_bind_a_resume(tmp_path: Path) -> None:
-    from edgekd.distill.ablate import AblationSpec, _settings
+    from edgekd.distill.ablate.core import AblationSpec, _settings
 
     spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
     on_ray = replace(spec, executor="ray", address="head:6379")
@@ -556,7 +548,7 @@ def test_cli_rejects_a_folder_that_is_not_a_teacher(tmp_path: Path) -> None:
 
 def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
     from edgekd.checkpoint import STATE_FILE
-    from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
+    from edgekd.distill.ablate.core import AblationSpec, _check_settings, _settings
 
     spec = AblationSpec(teacher=tmp_path / "t", out=tmp_path)
     settings = _settings(spec, ["ce", "logit_kd"])
@@ -575,7 +567,7 @@ def test_settings_of_an_older_ablation_still_match(tmp_path: Path) -> None:
 
 
 def test_settings_of_an_ablation_that_never_trained_do_not_bind(tmp_path: Path) -> None:
-    from edgekd.distill.ablate import AblationSpec, _check_settings, _settings
+    from edgekd.distill.ablate.core import AblationSpec, _check_settings, _settings
 
     settings = _settings(AblationSpec(teacher=tmp_path / "t", out=tmp_path), ["ce"])
     old = json.loads(json.dumps(settings))
@@ -590,7 +582,7 @@ def test_settings_of_an_ablation_that_never_trained_do_not_bind(tmp_path: Path) 
 
 def test_rows_plans_differ_from_ce_only_as_declared(teacher_run: Path, tmp_path: Path) -> None:
     from edgekd.config import RunConfig
-    from edgekd.distill.ablate import AblationSpec, describe_plan, plan, row_plans, unintended
+    from edgekd.distill.ablate.core import AblationSpec, describe_plan, plan, row_plans, unintended
     from edgekd.threads import plan_threads
 
     names = ["ce", "ce_steps", "ce_plain", "logit_kd", "default", "default_nounl"]
@@ -625,7 +617,7 @@ def test_strict_refuses_rows_with_other_differences(teacher_run: Path, tmp_path:
 
 
 def test_table_tells_differences_and_added_seeds() -> None:
-    from edgekd.distill.ablate import format_table
+    from edgekd.distill.ablate.report import format_table
 
     stat = {"mean": 80.0, "se": 1.0, "n": 3}
     metric = {"accuracy": stat, "macro_f1": stat}

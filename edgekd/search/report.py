@@ -67,7 +67,7 @@ def format_table(report: dict[str, Any]) -> str:
     confirm = report.get("confirmation")
     if confirm:
         # the ablation table's own formatting: mean ± s.e., gain [95% CI]
-        from edgekd.distill.ablate import format_interval, format_mean_se
+        from edgekd.distill.ablate.stats import format_interval, format_mean_se
 
         lines.append(f"\nWhat the teacher adds at this size (trial {chosen}'s student, its recipe "
                      f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e., gain "

@@ -365,7 +365,7 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
 
 
 def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: Any) -> None:
-    from edgekd.distill.ablate import Job, execute
+    from edgekd.distill.ablate.jobs import Job, execute
     from edgekd.executor import JobLost, Resources
     from edgekd.search.space import draw
 
@@ -518,12 +518,14 @@ def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str
     """How much the teacher adds at the chosen size: the chosen candidate and the same student
     with CE only (no teacher, same lr and schedule), each over `confirm_seeds` seeds (the first
     is the search's own seed: the chosen trial's run is reused), compared on the test split by
-    `edgekd.distill.ablate`'s paired statistics (percent; a 95% t-interval over seeds). The
-    test split was not used to choose: this is the report's confirmation, not a selection."""
+    the ablation's paired statistics (`edgekd.distill.ablate.stats`; percent; a 95% t-interval
+    over seeds). The test split was not used to choose: this is the report's confirmation, not a
+    selection."""
     from dataclasses import replace
 
     from edgekd.config import resolve_recipe
-    from edgekd.distill.ablate import Job, execute, paired_interval, summarize
+    from edgekd.distill.ablate.jobs import Job, execute
+    from edgekd.distill.ablate.stats import paired_interval, summarize
     from edgekd.executor import Resources
     from edgekd.search.space import Candidate
 
