@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--teacher-epochs", type=int, default=None)  # None: the teacher default
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
