@@ -9,7 +9,6 @@ trained on different data and their average means nothing.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from edgekd.checkpoint import CONFIG_FILE, load_run, save_model
 from edgekd.distill.trainer import Dist, evaluate, split_tensors
 from edgekd.errors import ConfigError
-from edgekd.io import atomic_write_json
+from edgekd.io import atomic_copy_file, atomic_write_json, make_dirs, remove_tree, rename_path
 from edgekd.modalities import ModalitySpec
 
 SHARED_KEYS = ("labels", "specs", "data")
@@ -68,14 +67,14 @@ def make_ensemble(teacher_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         "metrics": {"val": metrics["val"], "test": metrics["test"]},
     }
     staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    remove_tree(staging)
+    make_dirs(staging)
     try:
-        shutil.copyfile(runs[0].dir / CONFIG_FILE, staging / CONFIG_FILE)
+        atomic_copy_file(runs[0].dir / CONFIG_FILE, staging / CONFIG_FILE)
         save_model(staging, model, sidecar)
         atomic_write_json(staging / "metrics.json", metrics)
-        staging.rename(out)
+        rename_path(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     return metrics

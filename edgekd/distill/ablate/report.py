@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from edgekd.distill.ablate.stats import METRICS, format_interval, format_mean_se
+from edgekd.io import atomic_write_png
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -90,8 +90,5 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"test {metric} (%), mean ± s.e.")
         ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_png(path, fig)
     plt.close(fig)
-    os.replace(tmp, path)
