@@ -16,7 +16,14 @@ from typing import Any
 from edgekd.checkpoint import CONFIG_FILE, load_run, save_model
 from edgekd.distill.trainer import Dist, evaluate, split_tensors
 from edgekd.errors import ConfigError
-from edgekd.io import atomic_copy_file, atomic_write_json, make_dirs, remove_tree, rename_path
+from edgekd.io import (
+    atomic_copy_file,
+    atomic_write_json,
+    hidden_sibling,
+    make_dirs,
+    remove_tree,
+    rename_path,
+)
 from edgekd.modalities import ModalitySpec
 
 SHARED_KEYS = ("labels", "specs", "data")
@@ -66,8 +73,7 @@ def make_ensemble(teacher_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         "members": metrics["members"],
         "metrics": {"val": metrics["val"], "test": metrics["test"]},
     }
-    staging = out.with_name(f".{out.name}.tmp")
-    remove_tree(staging)
+    staging = hidden_sibling(out, "staging")  # per writer: two ensembles never share one
     make_dirs(staging)
     try:
         atomic_copy_file(runs[0].dir / CONFIG_FILE, staging / CONFIG_FILE)
