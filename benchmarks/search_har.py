@@ -7,6 +7,7 @@ table, the wall time and how many trials were pruned or not trained (over budget
 
     .venv/bin/python benchmarks/search_har.py [--teacher DIR] [--out runs/search_har]
         [--trials 24] [--epochs 30] [--budget-ms 0.25] [--jobs 1] [--limit N]
+        [--confirm-seeds N]
 
 A quick check that it runs (2 trials x 2 epochs, about 2 min on 2 cores):
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--teacher-epochs", type=int, default=None)  # None: the teacher default
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--confirm-seeds", type=int, default=0)
     args = parser.parse_args()
 
     from edgekd.config import DataConfig, RunConfig, TrainConfig
@@ -57,13 +59,15 @@ def main() -> None:
     spec = SearchSpec(
         teacher=teacher, out=args.out / "search", target=args.target, budget_ms=args.budget_ms,
         trials=args.trials, epochs=args.epochs, jobs=args.jobs, limit=args.limit, seed=args.seed,
+        confirm_seeds=args.confirm_seeds,
     )  # fmt: skip
     report = run_search(spec, log=lambda line: print(line, flush=True))
     wall = time.perf_counter() - t0
     counts = report["counts"]
     command = (f"edgekd search --teacher {teacher} --out {spec.out} --target {spec.target} "
                f"--budget-ms {spec.budget_ms:g} --trials {spec.trials} --epochs {spec.epochs}"
-               + (f" --limit {spec.limit}" if spec.limit else ""))  # fmt: skip
+               + (f" --limit {spec.limit}" if spec.limit else "")
+               + (f" --confirm-seeds {spec.confirm_seeds}" if spec.confirm_seeds else ""))  # fmt: skip
     print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
     print(f"`{shlex.join(command.split())}`\n")
     print(format_table(report))
