@@ -67,7 +67,8 @@ def main() -> None:
     command = (f"edgekd search --teacher {teacher} --out {spec.out} --target {spec.target} "
                f"--budget-ms {spec.budget_ms:g} --trials {spec.trials} --epochs {spec.epochs}"
                + (f" --limit {spec.limit}" if spec.limit else "")
-               + (f" --confirm-seeds {spec.confirm_seeds}" if spec.confirm_seeds else ""))  # fmt: skip
+               + (f" --confirm-seeds {spec.confirm_seeds}"
+                  if spec.confirm_seeds else ""))  # fmt: skip
     print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
     print(f"`{shlex.join(command.split())}`\n")
     print(format_table(report))

@@ -96,6 +96,28 @@ def _seed1_gain(out: Path) -> float:
     return test_acc("chosen") - test_acc("ce")
 
 
+def test_confirmation_ce_matches_the_optimizer_steps_and_names_what_else_differs(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    from edgekd.distill.plan import TeacherRun, load_data, resolve_plan
+    from edgekd.search.run import SearchSpec, confirm_configs
+    from edgekd.search.space import Candidate
+
+    spec = SearchSpec(teacher=teacher_run, out=tmp_path, epochs=6, limit=1500)
+    cand = Candidate("tcn_tiny", {"width": 16}, "kd", 4.0, 0.5, 0.003)
+    chosen, ce, told = confirm_configs(spec, cand)
+    teacher = TeacherRun.read(teacher_run)
+    data = load_data(chosen, teacher, None)
+    mine, theirs = resolve_plan(chosen, data, teacher), resolve_plan(ce, data, teacher)
+    assert mine.unlabelled > 0 and theirs.unlabelled == 0  # distillation adds the unlabelled
+    assert chosen.train.epochs == 6 and ce.train.epochs > 6
+    # as many optimizer steps as the nearest whole epoch allows, on the same lr
+    assert abs(mine.total_steps - theirs.total_steps) <= theirs.steps_per_epoch / 2
+    assert ce.train.lr == chosen.train.lr == 0.003 and ce.model == chosen.model
+    assert f"{mine.unlabelled:+,} unlabelled windows" in told
+    assert not any("loss" in t or "teacher" in t or "epochs" in t for t in told)
+
+
 def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
     cmd = [

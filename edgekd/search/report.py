@@ -71,7 +71,10 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines.append(f"\nWhat the teacher adds at this size (trial {chosen}'s student, its recipe "
                      f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e., gain "
-                     "[95% CI] paired by seed):")
+                     "[95% CI] paired by seed; CE trained for as many optimizer steps"
+                     + (f"; besides its losses the chosen run differs from CE in: "
+                        f"{'; '.join(confirm['differences'])}"
+                        if confirm.get("differences") else "") + "):")
         for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
             c = confirm[metric]
             lines.append(f"- {name}: {format_mean_se(c['chosen'])} vs CE "

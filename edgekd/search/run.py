@@ -514,16 +514,40 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
     return report
 
 
-def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str, Any]:
-    """How much the teacher adds at the chosen size: the chosen candidate and the same student
-    with CE only (no teacher, same lr and schedule), each over `confirm_seeds` seeds (the first
-    is the search's own seed: the chosen trial's run is reused), compared on the test split by
-    the ablation's paired statistics (`edgekd.distill.ablate.stats`; percent; a 95% t-interval
-    over seeds). The test split was not used to choose: this is the report's confirmation, not a
-    selection."""
+def confirm_configs(spec: SearchSpec, cand: Candidate) -> tuple[Any, Any, list[str]]:
+    """The confirmation's two trainings: `cand` with its recipe, and the same student with CE
+    only (no teacher, same lr) trained for as many optimizer steps (the epochs that come
+    closest: the learning-rate schedule is per step, so both follow the same shape). Returns
+    (chosen config, CE config, what else still differs between their plans, as
+    `edgekd.distill.plan.differences` words it, e.g. "+3,661 unlabelled windows"): a
+    comparison says everything it differs in, like `edgekd ablate`'s `ce_steps` row."""
     from dataclasses import replace
 
     from edgekd.config import resolve_recipe
+    from edgekd.distill.ablate.rows import LOSS_CHANGE
+    from edgekd.distill.plan import TeacherRun, differences, load_data, resolve_plan
+
+    chosen = _train_config(spec, cand)
+    teacher = TeacherRun.read(Path(spec.teacher))
+    data = load_data(chosen, teacher, None)
+    mine = resolve_plan(chosen, data, teacher)
+    ce = replace(chosen, distill=resolve_recipe("ce"))
+    epochs = max(1, round(mine.total_steps / resolve_plan(ce, data, teacher).steps_per_epoch))
+    ce = replace(ce, train=replace(ce.train, epochs=epochs))
+    told = [d.text for d in differences(mine, resolve_plan(ce, data, teacher))
+            if d.aspect not in (*LOSS_CHANGE, "epochs")]  # fmt: skip
+    return chosen, ce, told
+
+
+def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str, Any]:
+    """How much the teacher adds at the chosen size: the chosen candidate and the same student
+    with CE only over as many optimizer steps (`confirm_configs`), each over `confirm_seeds`
+    seeds (the first is the search's own seed: the chosen trial's run is reused), compared on
+    the test split by the ablation's paired statistics (`edgekd.distill.ablate.stats`; percent;
+    a 95% t-interval over seeds). The test split was not used to choose: this is the report's
+    confirmation, not a selection."""
+    from dataclasses import replace
+
     from edgekd.distill.ablate.jobs import Job, execute
     from edgekd.distill.ablate.stats import paired_interval, summarize
     from edgekd.executor import Resources
@@ -532,8 +556,8 @@ def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str
     spec = search.spec
     keys = ("arch", "args", "recipe", "tau", "alpha", "lr")
     cand = Candidate(**{k: chosen[k] for k in keys})
-    base = _train_config(spec, cand)
-    plans = {"chosen": base, "ce": replace(base, distill=resolve_recipe("ce"))}
+    base, ce, told = confirm_configs(spec, cand)
+    plans = {"chosen": base, "ce": ce}
     futures = {}
     for kind, cfg in plans.items():
         for i in range(spec.confirm_seeds):
@@ -547,14 +571,19 @@ def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str
             futures[kind, seed] = executor.submit(
                 execute, job, resources=Resources(cpus=search.threads.per_job)
             )
-    search.log(f"confirmation: trial {chosen['trial']}'s student with its recipe and with CE "
-               f"only, {spec.confirm_seeds} seeds each ({len(futures)} trainings)")
+    search.log(f"confirmation: trial {chosen['trial']}'s student with its recipe "
+               f"({base.train.epochs} epochs) and with CE only ({ce.train.epochs} epochs, as many "
+               f"optimizer steps), {spec.confirm_seeds} seeds each ({len(futures)} trainings)"
+               + (f"; besides its losses the chosen run differs from CE in: {'; '.join(told)}"
+                  if told else ""))  # fmt: skip
     test: dict[str, dict[str, dict[int, float]]] = {"chosen": {}, "ce": {}}
     for (kind, seed), future in futures.items():
         metrics = future.result()["test"]
         for metric in ("accuracy", "macro_f1"):
             test[kind].setdefault(metric, {})[seed] = 100 * metrics[metric]
-    out: dict[str, Any] = {"seeds": spec.confirm_seeds, "split": "test", "unit": "percent"}
+    out: dict[str, Any] = {"seeds": spec.confirm_seeds, "split": "test", "unit": "percent",
+                           "epochs": {"chosen": base.train.epochs, "ce": ce.train.epochs},
+                           "differences": told}  # fmt: skip
     for metric in ("accuracy", "macro_f1"):
         out[metric] = {
             "chosen": summarize(list(test["chosen"][metric].values())),
