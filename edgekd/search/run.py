@@ -372,8 +372,11 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
     spec, log = search.spec, search.log
     state = optuna.trial.TrialState
     progress = _Progress(spec.trials, done=search.trained(study))
-    progress.rejected = sum(1 for t in study.get_trials(deepcopy=False)
-                            if "rejected" in t.user_attrs)  # fmt: skip
+    for t in study.get_trials(deepcopy=False):  # a resumed search counts on from the study
+        if "rejected" in t.user_attrs:
+            progress.rejected += 1
+        elif t.state == state.PRUNED:
+            progress.pruned += 1
     stale = _stale_trials(optuna, study)
     if stale:
         log(f"resuming {len(stale)} trial(s) a stopped search left running: "
