@@ -243,7 +243,7 @@ def test_epochs_are_reported_from_the_run_folder_and_pruned(tmp_path: Path) -> N
 
 
 def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekd.search.report import pareto_front, plot
+    from edgekd.search.report import choose, pareto_front, plot
 
     rows = [
         {"trial": 0, "val_acc": 90.0, "p50_ms": 0.10},
@@ -254,6 +254,10 @@ def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.Monk
         {"trial": 5, "val_acc": 85.0, "p50_ms": 0.05},  # ties trial 1: neither dominates
     ]
     assert [r["trial"] for r in pareto_front(rows)] == [1, 5, 0]
+    # the best validation accuracy wins; a tie goes to the faster, then the smaller, student
+    assert choose([rows[3], rows[1], rows[0]])["trial"] == 0  # trial 3 is as accurate, slower
+    small = {"trial": 6, "val_acc": 85.0, "p50_ms": 0.05, "params": 900}
+    assert choose([{**rows[1], "params": 1000}, small])["trial"] == 6
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     note = plot({"trials": [], "pareto": [], "budget": {}}, tmp_path / "p.png")
     assert note.startswith("no Pareto plot: matplotlib is not installed")

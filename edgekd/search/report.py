@@ -26,6 +26,14 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda r: (r["p50_ms"], -r["val_acc"]))
 
 
+def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen student among trained `rows`: the best validation accuracy; ties go to the
+    lower predicted p50, then to fewer parameters, so the choice is always on the Pareto front
+    (a tie at 100 % must not ship a slower model than an equal one)."""
+    return max(rows, key=lambda r: (r["val_acc"], -(r.get("p50_ms") or float("inf")),
+                                    -(r.get("params") or 0)))  # fmt: skip
+
+
 def _args(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(args.items()))
 

@@ -484,7 +484,7 @@ def _row(t: Any, out: Path) -> dict[str, Any]:
 
 
 def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
-    from edgekd.search.report import pareto_front, read_metrics
+    from edgekd.search.report import choose, pareto_front, read_metrics
 
     spec = search.spec
     out = Path(spec.out)
@@ -512,7 +512,7 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
         "chosen": None,
     }
     if complete:
-        best = max(complete, key=lambda r: r["val_acc"])
+        best = choose(complete)
         report["chosen"] = {**best, **_deliver(best, search, predictor)}
     return report
 
