@@ -492,6 +492,14 @@ def resolve_plan(
     )
 
 
+def with_steps(cfg: RunConfig, steps: int, data: Any, teacher: TeacherRun | None) -> RunConfig:
+    """`cfg` training for the whole number of epochs whose optimizer-step count comes closest to
+    `steps` (at least one): how a control is given another run's step count (the learning-rate
+    schedule is per step, so both follow the same shape)."""
+    per_epoch = resolve_plan(cfg, data, teacher).steps_per_epoch
+    return replace(cfg, train=replace(cfg.train, epochs=max(1, round(steps / per_epoch))))
+
+
 # --- comparing plans ----------------------------------------------------------------------
 
 # What two plans can differ in, in the order their differences are told.

@@ -528,15 +528,13 @@ def confirm_configs(spec: SearchSpec, cand: Candidate) -> tuple[Any, Any, list[s
 
     from edgekd.config import resolve_recipe
     from edgekd.distill.ablate.rows import LOSS_CHANGE
-    from edgekd.distill.plan import TeacherRun, differences, load_data, resolve_plan
+    from edgekd.distill.plan import TeacherRun, differences, load_data, resolve_plan, with_steps
 
     chosen = _train_config(spec, cand)
     teacher = TeacherRun.read(Path(spec.teacher))
     data = load_data(chosen, teacher, None)
     mine = resolve_plan(chosen, data, teacher)
-    ce = replace(chosen, distill=resolve_recipe("ce"))
-    epochs = max(1, round(mine.total_steps / resolve_plan(ce, data, teacher).steps_per_epoch))
-    ce = replace(ce, train=replace(ce.train, epochs=epochs))
+    ce = with_steps(replace(chosen, distill=resolve_recipe("ce")), mine.total_steps, data, teacher)
     told = [d.text for d in differences(mine, resolve_plan(ce, data, teacher))
             if d.aspect not in (*LOSS_CHANGE, "epochs")]  # fmt: skip
     return chosen, ce, told

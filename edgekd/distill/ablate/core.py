@@ -145,7 +145,7 @@ def row_plans(spec: AblationSpec, names: Sequence[str]) -> dict[str, RunPlan]:
     """Each run's plan for seed 0's final fit on `spec.teacher`, without training (a `_unimodal`
     run is planned with the fused teacher's data, which its own teacher shares). A row that
     matches another's optimizer steps gets the epochs that come closest."""
-    from edgekd.distill.plan import TeacherRun, load_data, resolve_plan
+    from edgekd.distill.plan import TeacherRun, load_data, resolve_plan, with_steps
 
     teacher = TeacherRun.read(spec.teacher)
     data = load_data(spec.base, teacher, None)
@@ -155,10 +155,8 @@ def row_plans(spec: AblationSpec, names: Sequence[str]) -> dict[str, RunPlan]:
         if target is None:
             continue
         goal = plans.get(target) or resolve_plan(_run_base(spec, target), data, teacher)
-        cfg = _run_base(spec, name)
-        epochs = max(1, round(goal.total_steps / plans[name].steps_per_epoch))
-        plans[name] = resolve_plan(replace(cfg, train=replace(cfg.train, epochs=epochs)), data,
-                                   teacher)  # fmt: skip
+        cfg = with_steps(_run_base(spec, name), goal.total_steps, data, teacher)
+        plans[name] = resolve_plan(cfg, data, teacher)
     return plans
 
 
