@@ -634,3 +634,42 @@ def test_table_tells_differences_and_added_seeds() -> None:
     assert "+3,661 unlabelled windows; x1.64 optimizer steps |" in table
     assert "+1.00 [+0.50, +1.50] (seeds added after the first result: 2 -> 3)" in table
     assert "seeds added" not in format_table({**report, "first_seeds": 3})
+
+
+def test_rows_that_take_one_thing_away_report_its_effect_paired_by_seed(tmp_path: Path) -> None:
+    from edgekd.distill.ablate.core import AblationSpec, summarize_runs
+    from edgekd.distill.ablate.report import format_table
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "checkpoint.json").write_text(json.dumps({"arch_args": {"modality_dropout": 0.3}}))
+    scores = {"accuracy": 0.95, "macro_f1": 0.9}
+    (teacher / "metrics.json").write_text(json.dumps({"test": scores, "val": scores}))
+    # test accuracy (%) per run and seed; macro-F1 is accuracy - 10 throughout
+    acc = {"ce": (88.0, 89.0, 90.0), "ce_steps": (88.5, 89.0, 89.5),
+           "default": (90.0, 90.5, 91.5), "default_nounl": (89.0, 90.5, 90.0)}  # fmt: skip
+    jobs, results = [], []
+    for run, values in acc.items():
+        for seed, a in enumerate(values):
+            jobs.append(replace(_job(run, 1, seed), teacher=teacher))
+            m = {"accuracy": a / 100, "macro_f1": (a - 10) / 100}
+            results.append({"test": m, "val": m})
+    spec = AblationSpec(teacher=teacher, out=tmp_path / "a", runs=tuple(acc), seeds=3)
+    report = summarize_runs(jobs, results, None, spec)
+    effects = report["effects"]
+    assert set(effects) == {"ce_steps", "default_nounl"}
+    # default - default_nounl per seed: +1.0, 0.0, +1.5 -> mean 0.8333, s.e. 0.4410, t(2) 4.303
+    unl = effects["default_nounl"]["gain"]["accuracy"]
+    assert effects["default_nounl"]["run"] == "default"
+    assert unl["mean"] == pytest.approx(2.5 / 3)
+    assert unl["hi"] - unl["mean"] == pytest.approx(4.303 * math.sqrt(0.5833333 / 3), rel=1e-4)
+    # default - ce_steps per seed: +1.5, +1.5, +2.0
+    assert effects["ce_steps"]["gain"]["macro_f1"]["mean"] == pytest.approx(5.0 / 3)
+    table = format_table({**report, "selection": "val"})
+    line = "what the unlabelled windows add (default - default_nounl, test): accuracy +0.83"
+    assert line in table
+    # without the whole run there is nothing to subtract from
+    spec = replace(spec, runs=("ce", "default_nounl"))
+    keep = [i for i, j in enumerate(jobs) if j.run in spec.runs]
+    report = summarize_runs([jobs[i] for i in keep], [results[i] for i in keep], None, spec)
+    assert report["effects"] == {}

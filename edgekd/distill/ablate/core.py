@@ -30,7 +30,10 @@ Statistics (all in percentage points): per run, mean +- standard error over seed
 CE-only as the mean of per-seed differences (paired by seed) with a two-sided 95% t-interval;
 the share of the teacher-student gap closed, (run - ce) / (teacher - ce), on means; and, for each
 run X with a control, the cross-modal gain X - control (paired by seed, with its interval) and
-its share of X's gain over CE. With `--teacher-seeds`, student seed i learns from teacher seed i,
+its share of X's gain over CE; for each row that takes one thing away from another (`ce_steps`
+from `default`: the teacher and the unlabelled windows at equal steps; `default_nounl`: the
+unlabelled windows), the other minus it, paired by seed (the report's `effects`). With
+`--teacher-seeds`, student seed i learns from teacher seed i,
 so the intervals include the teacher's seed-to-seed variance.
 """
 
@@ -409,6 +412,13 @@ def summarize_runs(
             gain = runs[name]["gain"]["accuracy"]["mean"]
             share = diff["accuracy"]["mean"] / gain if gain > 0 else None
             cross.setdefault(name, {})[kind] = {"gain": diff, "share_of_kd_gain": share}
+    effects: dict[str, Any] = {}
+    for name in runs:
+        isolates = run_row(name).isolates
+        if isolates is not None and isolates[0] in runs:
+            whole, what = isolates
+            effects[name] = {"run": whole, "measures": what, "gain": {
+                m: paired_interval(_col(per[whole], m), _col(per[name], m)) for m in METRICS}}
     best_by = "cv" if spec.folds else "val"
     ranked = sorted(runs, key=lambda n: -runs[n][best_by]["accuracy"]["mean"])
     report = {
@@ -421,6 +431,7 @@ def summarize_runs(
         "best": ranked[0],
         "runs": runs,
         "cross_modal": cross,
+        "effects": effects,
     }
     if teachers.unimodal:
         report["unimodal_teacher"] = _teacher_summary(teachers.unimodal.values())

@@ -10,8 +10,9 @@ from edgekd.io import atomic_write_png
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown table of the report: mean ± s.e. over seeds, gains with 95% intervals, and each
-    run's differences from CE besides its intended change."""
+    """Markdown table of the report: mean ± s.e. over seeds, gains with 95% intervals, each
+    run's differences from CE besides its intended change, then the cross-modal gains and the
+    effects the rows isolate."""
     sel = report["selection"]
     head = [
         "run", "seeds", f"{sel} acc", "test acc", "test macro-F1", "Δacc vs CE [95% CI]",
@@ -67,6 +68,12 @@ def format_table(report: dict[str, Any]) -> str:
                 + "share of its KD gain: "
                 + ("n/a" if share is None else f"{share:.0%}")
             )
+    for name, effect in report.get("effects", {}).items():
+        lines.append(
+            f"\n{effect['measures']} ({effect['run']} - {name}, test): accuracy "
+            f"{format_interval(effect['gain']['accuracy'])} points; "
+            f"macro-F1 {format_interval(effect['gain']['macro_f1'])}"
+        )
     return "\n".join(lines)
 
 

@@ -48,14 +48,16 @@ LOSS_CHANGE = ("loss", "teacher")
 class Row:
     """A run of the table: its meaning, losses, the plan aspects it changes against `ce` on
     purpose (`intended`; every other difference is reported, or refused with --strict), the
-    base-config values it sets (`overrides`), and `match_steps`: a run whose optimizer-step
-    count this one matches by training more epochs."""
+    base-config values it sets (`overrides`), `match_steps`: a run whose optimizer-step count
+    this one matches by training more epochs, and `isolates`: (run R, what R adds) when this row
+    is R with one thing taken away, so that R - this row, paired by seed, measures that thing."""
 
     meaning: str
     distill: DistillConfig
     intended: tuple[str, ...] = LOSS_CHANGE
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     match_steps: str | None = None
+    isolates: tuple[str, str] | None = None
 
 
 def _runs_table() -> dict[str, Row]:
@@ -71,6 +73,7 @@ def _runs_table() -> dict[str, Row]:
         "ce_steps": Row(
             "student, CE only, as many optimizer steps as default", none, ("steps", "epochs"),
             match_steps="default",
+            isolates=("default", "what the teacher and the unlabelled windows add at equal steps"),
         ),  # fmt: skip
         "hard_l2": Row("+ hard_l2", replace(none, feature_loss="hard_l2")),
         "logit_kd": Row("+ logit_kd (Hinton, recipe kd)", RECIPES["kd"]),
@@ -90,6 +93,7 @@ def _runs_table() -> dict[str, Row]:
             "shipped default recipe without the unlabelled windows",
             default,
             overrides={"data": {"unlabelled": False}},
+            isolates=("default", "what the unlabelled windows add"),
         ),
     }
 
