@@ -242,6 +242,24 @@ def test_epochs_are_reported_from_the_run_folder_and_pruned(tmp_path: Path) -> N
     assert not _prune(finished, spec, lines.append, _Progress(2))
 
 
+def test_a_resumed_search_counts_on_from_the_study() -> None:
+    import optuna
+
+    from edgekd.search.run import _Progress
+
+    study = optuna.create_study(direction="maximize")
+    state = optuna.trial.TrialState
+    for trial_state, attrs in [(state.COMPLETE, {}), (state.PRUNED, {}), (state.PRUNED, {}),
+                               (state.PRUNED, {"rejected": "p50 0.3 ms > --budget-ms 0.25"})]:
+        study.add_trial(optuna.trial.create_trial(
+            state=trial_state, value=0.9 if trial_state == state.COMPLETE else None,
+            user_attrs=attrs))  # fmt: skip
+    progress = _Progress.of_study(study, 24)
+    # a rejected draw was never trained: it counts neither as trained nor as pruned
+    assert (progress.done, progress.pruned, progress.rejected) == (3, 2, 1)
+    assert progress.head() == "[3/24 trained, 2 pruned, 1 not trained: over budget or repeats]"
+
+
 def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgekd.search.report import choose, pareto_front, plot
 

@@ -175,6 +175,17 @@ class _Progress:
     pruned: int = 0
     seconds: list[float] = field(default_factory=list)
 
+    @classmethod
+    def of_study(cls, study: Any, wanted: int) -> _Progress:
+        """The counts of a study so far, so that a resumed search counts on from them."""
+        progress = cls(wanted, done=_Search.trained(study))
+        for t in study.get_trials(deepcopy=False):
+            if "rejected" in t.user_attrs:
+                progress.rejected += 1
+            elif t.state.name == "PRUNED":
+                progress.pruned += 1
+        return progress
+
     def eta(self, jobs: int) -> str:
         if not self.seconds:
             return "eta unknown"
@@ -371,12 +382,7 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
 
     spec, log = search.spec, search.log
     state = optuna.trial.TrialState
-    progress = _Progress(spec.trials, done=search.trained(study))
-    for t in study.get_trials(deepcopy=False):  # a resumed search counts on from the study
-        if "rejected" in t.user_attrs:
-            progress.rejected += 1
-        elif t.state == state.PRUNED:
-            progress.pruned += 1
+    progress = _Progress.of_study(study, spec.trials)
     stale = _stale_trials(optuna, study)
     if stale:
         log(f"resuming {len(stale)} trial(s) a stopped search left running: "
