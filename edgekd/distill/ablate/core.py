@@ -33,8 +33,8 @@ run X with a control, the cross-modal gain X - control (paired by seed, with its
 its share of X's gain over CE; for each row that takes one thing away from another (`ce_steps`
 from `default`: the teacher and the unlabelled windows at equal steps; `default_nounl`: the
 unlabelled windows), the other minus it, paired by seed (the report's `effects`). With
-`--teacher-seeds`, student seed i learns from teacher seed i,
-so the intervals include the teacher's seed-to-seed variance.
+`--teacher-seeds`, student seed i learns from teacher seed i, so the intervals include the
+teacher's seed-to-seed variance.
 """
 
 from __future__ import annotations
