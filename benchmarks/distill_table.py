@@ -6,8 +6,8 @@ prints a Markdown table headed by the date, the machine and the equivalent comma
 runs in --out are reused, so a killed benchmark continues.
 
     .venv/bin/python benchmarks/distill_table.py [--teacher DIR] [--out runs/distill_table]
-        [--seeds 10] [--runs ce,ce_steps,default,default_nounl,default_unimodal,default_restricted] [--jobs 2]
-        [--threads N] [--no-teacher-seeds] [--folds K] [--width 12]
+        [--seeds 10] [--runs ce,ce_steps,default,default_nounl,default_unimodal,default_restricted]
+        [--jobs 2] [--threads N] [--no-teacher-seeds] [--folds K] [--width 12]
 
 Cost on a 2-core AMD EPYC with `--jobs 2 --threads 2` (2026-12-05): 2 h 15 min for the whole
 default table: 19 teacher trainings in 30 min (with a test run beside them), then 50 student
