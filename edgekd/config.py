@@ -54,6 +54,9 @@ class DataConfig:
     limit: int | None = None  # at most this many training windows (quick trials)
     modalities: tuple[str, ...] | None = None  # teacher: train on these only (None: all)
     unlabelled: bool = True  # students: add the unlabelled training windows (teacher terms only)
+    # Keep this class-stratified share of the labelled training windows (the same subset for
+    # every recipe and seed); the rest become unlabelled paired windows. 1: all labels.
+    labelled_share: float = 1.0
 
 
 @dataclass(frozen=True)

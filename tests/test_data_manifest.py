@@ -454,3 +454,81 @@ def test_json_error_message_is_clean(toy: Path) -> None:
     with pytest.raises(DataError) as info:
         load_dataset(toy)
     assert str(info.value) == f"{toy}:2: invalid JSON: expecting ',' delimiter at column 12"
+
+
+# --- window ids and unlabelled paired samples ---------------------------------------------
+
+
+def test_window_ids_are_stable_and_follow_the_window_across_splits(tmp_path: Path) -> None:
+    manifest = write_ts_manifest(tmp_path, ts_samples())
+    by_p2 = load_dataset(manifest, val_subjects=["p2"])
+    # Lines 1-6: subjects p0, p0, p1, p1, p2, p2 (3 windows each); lines 7-8 are test.
+    assert by_p2.splits["train"].ids.tolist() == [f"s{i}#{k}" for i in range(4) for k in range(3)]
+    assert by_p2.splits["val"].ids.tolist() == ["s4#0", "s4#1", "s4#2", "s5#0", "s5#1", "s5#2"]
+    assert by_p2.splits["test"].ids.tolist() == ["s6#0", "s6#1", "s6#2", "s7#0", "s7#1", "s7#2"]
+    by_p1 = load_dataset(manifest, val_subjects=["p1"])
+    assert by_p1.splits["val"].ids.tolist() == ["s2#0", "s2#1", "s2#2", "s3#0", "s3#1", "s3#2"]
+
+    def windows(ds: Any) -> dict[str, tuple[int, bytes]]:
+        return {
+            i: (int(y), x.tobytes())
+            for split in ds.splits.values()
+            for i, y, x in zip(split.ids, split.y, split.x["accel"], strict=True)
+        }
+
+    assert windows(by_p1) == windows(by_p2)  # same id, same window, whichever split holds it
+
+
+def test_unlabelled_samples_form_the_unlabelled_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    samples = ts_samples()
+    data = np.arange(20, dtype=np.float32).reshape(10, 2)
+    samples.append({"label": None, "subject": "p0", "data": data})  # line 9, id s8
+    samples.append({"label": None, "subject": "p2", "data": np.zeros((10, 2))})  # line 10, s9
+    manifest = write_ts_manifest(tmp_path, samples)
+    with caplog.at_level("WARNING", logger="edgekd.data.manifest"):
+        ds = load_dataset(manifest, val_subjects=["p2"])
+    assert ds.labels == ["down", "up"]
+    unlabelled = ds.splits["unlabelled"]
+    assert unlabelled.ids.tolist() == ["s8#0", "s8#1", "s8#2"]
+    assert unlabelled.y.tolist() == [-1, -1, -1] and unlabelled.subject.tolist() == ["p0"] * 3
+    np.testing.assert_array_equal(unlabelled.x["accel"], [data[0:4], data[3:7], data[6:10]])
+    assert unlabelled.x["cam"][:, 0, 0, 0].tolist() == pytest.approx([8 / 255] * 3)
+    for name in ("train", "val", "test"):
+        assert (ds.splits[name].y >= 0).all(), name
+    assert len(ds.splits["train"]) == 12 and len(ds.splits["val"]) == 6
+    # The p2 sample would show a validation subject to the unlabelled recipes: left out, said so.
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "validation subjects ['p2'] left out (lines 10)" in logged[0]
+
+
+def test_drawn_validation_never_takes_unlabelled_samples(tmp_path: Path) -> None:
+    samples = ts_samples(n_subjects=4, subjects=False)
+    samples.insert(0, {"label": None, "data": np.zeros((10, 2))})  # id s0, 3 windows
+    manifest = write_ts_manifest(tmp_path, samples)
+    for seed in range(8):
+        ds = load_dataset(manifest, seed=seed)
+        assert ds.splits["unlabelled"].ids.tolist() == ["s0#0", "s0#1", "s0#2"], seed
+        # 15% of the 24 labelled windows: two whole labelled samples of 3 windows each
+        assert len(ds.splits["val"]) == 6 and (ds.splits["val"].y >= 0).all(), seed
+        assert len(ds.splits["train"]) + len(ds.splits["val"]) == 8 * 3, seed
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_null_label_outside_train_is_refused(tmp_path: Path, split: str) -> None:
+    samples = ts_samples()
+    samples[1].update(label=None, split=split)
+    manifest = write_ts_manifest(tmp_path, samples)
+    with pytest.raises(DataError) as info:
+        load_dataset(manifest)
+    assert str(info.value) == (
+        f"{manifest}:2: label null (unlabelled) is allowed in train samples only; a {split} "
+        "sample needs a label"
+    )
+
+
+def test_missing_label_is_still_an_error(toy: Path) -> None:
+    edit_line(toy, 3, lambda r: r.pop("label"))
+    with pytest.raises(DataError, match=rf"{toy}:3: missing key 'label'"):
+        load_dataset(toy)

@@ -3,13 +3,15 @@
 `load_dataset("har" | "path/to/manifest.jsonl")` returns a `PairedDataset` whose splits hold raw
 windows (float32, the layout `edgekd.modalities.raw_shape` gives) and whose specs carry
 normalisation statistics fitted on the train split only. Labels are class indices into
-`PairedDataset.labels`; -1 marks unlabelled windows.
+`PairedDataset.labels`; -1 marks unlabelled windows. Every window has an id, unique within the
+dataset and the same on every load whichever split the window lands in.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +25,26 @@ SPLITS = ("train", "val", "test", "unlabelled")
 @dataclass(frozen=True)
 class Split:
     """One split: raw windows `x[modality]` (N, *raw_shape) float32 (images scaled to [0, 1]),
-    labels `y` (N,) int64 (-1 = unlabelled) and `subject` (N,) str."""
+    labels `y` (N,) int64 (-1 = unlabelled), `subject` (N,) str and window `ids` (N,) str.
+
+    Loaders give stable ids (see `load_dataset`); `ids=None` gives positional ids "#0", "#1", ...
+    (unique within this split only), so `ids` is always an array once constructed.
+    """
 
     x: dict[str, np.ndarray]
     y: np.ndarray
     subject: np.ndarray
+    ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.ids is None:
+            object.__setattr__(self, "ids", np.array([f"#{i}" for i in range(len(self.y))], str))
         lengths = {name: len(arr) for name, arr in self.x.items()}
-        if any(n != len(self.y) for n in lengths.values()) or len(self.subject) != len(self.y):
+        n = len(self.y)
+        if any(k != n for k in lengths.values()) or len(self.subject) != n or len(self.ids) != n:
             raise DataError(
-                f"split arrays differ in length: x {lengths}, y {len(self.y)}, "
-                f"subject {len(self.subject)}"
+                f"split arrays differ in length: x {lengths}, y {n}, "
+                f"subject {len(self.subject)}, ids {len(self.ids)}"
             )
 
     def __len__(self) -> int:
@@ -46,6 +56,7 @@ class Split:
             x={name: arr[index] for name, arr in self.x.items()},
             y=self.y[index],
             subject=self.subject[index],
+            ids=self.ids[index],
         )
 
     @classmethod
@@ -58,6 +69,7 @@ class Split:
             },
             y=np.zeros(0, dtype=np.int64),
             subject=np.zeros(0, dtype=str),
+            ids=np.zeros(0, dtype=str),
         )
 
     @classmethod
@@ -67,6 +79,7 @@ class Split:
             x={name: np.concatenate([p.x[name] for p in parts]) for name in parts[0].x},
             y=np.concatenate([p.y for p in parts]),
             subject=np.concatenate([p.subject for p in parts]),
+            ids=np.concatenate([p.ids for p in parts]),
         )
 
 
@@ -127,6 +140,51 @@ def limit_windows(split: Split, limit: int | None, seed: int) -> Split:
     return split.take(np.sort(keep))
 
 
+def _id_rank(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per id that depends on nothing but (seed, id)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
+            for i in ids
+        ],
+        dtype=np.uint64,
+    )
+
+
+def keep_labelled_share(ds: PairedDataset, share: float, seed: int = 0) -> PairedDataset:
+    """`ds` with only `share` of its labelled training windows left in `train`, per class
+    `max(1, round(share * n_c))`; the other training windows move to `unlabelled` with label -1
+    (raw windows and ids kept). `share` 1 returns `ds` itself.
+
+    The kept windows depend only on (window ids, share, seed): the same for every recipe and
+    training seed, and a smaller share keeps a subset of a larger one. `specs` stay those fitted
+    on the full train split, so every share is preprocessed alike. ConfigError unless
+    0 < share <= 1.
+    """
+    # NaN fails the range test too.
+    number = isinstance(share, (int, float)) and not isinstance(share, bool)
+    if not number or not 0 < share <= 1:
+        raise ConfigError(f"--labelled-share must be in (0, 1], got {share!r}")
+    if share == 1:
+        return ds
+    train = ds.splits["train"]
+    rank = _id_rank(train.ids, seed)
+    keep = np.zeros(len(train), dtype=bool)
+    for cls in np.unique(train.y[train.y >= 0]):
+        members = np.flatnonzero(train.y == cls)
+        # Hash rank first, id second: equal hashes (astronomically rare) still order the same.
+        order = members[np.lexsort((train.ids[members], rank[members]))]
+        keep[order[: max(1, round(share * len(members)))]] = True
+    moved = train.take(~keep)
+    moved = replace(moved, y=np.full(len(moved), -1, dtype=np.int64))
+    splits = {
+        **ds.splits,
+        "train": train.take(keep),
+        "unlabelled": Split.concat([ds.splits["unlabelled"], moved]),
+    }
+    return replace(ds, splits=splits)
+
+
 def finish_dataset(
     *,
     name: str,
@@ -171,8 +229,9 @@ def load_dataset(
     `manifest.jsonl`).
 
     `val_subjects` overrides the validation subjects; `limit` keeps at most that many training
-    windows (stratified, deterministic for `seed`). Raises ConfigError for bad options and
-    DataError for bad data.
+    windows (stratified, deterministic for `seed`). Window ids are "rec{r}#{k}" (window k of HAR
+    recording r) or "{sample id}#{k}" (window k of a manifest sample). Raises ConfigError for bad
+    options and DataError for bad data.
     """
     check_limit(limit)
     if str(source) == "har":

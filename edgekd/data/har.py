@@ -8,7 +8,8 @@ once with the allow-list unpickler of `edgekd.data.safe_pickle`, and converted t
 Windows are 128 samples (2.56 s) with hop 64, cut per recording. A window is labelled when all
 its samples share one activity; subjects 2, 4, 9, 10, 12, 13, 18, 20, 24 are the test split
 (the UCI-HAR split), subjects 1, 3, 5, 6, 7 validation by default, the rest train; windows of
-train subjects without a single label form the `unlabelled` split.
+train subjects without a single label form the `unlabelled` split. Window k of recording r
+(recordings in subject order, as `Recordings.offsets` lists them) has the id "rec{r}#{k}".
 """
 
 from __future__ import annotations
@@ -276,8 +277,12 @@ def load_har(
     rec = load_recordings()
     lengths = np.diff(rec.offsets)
     n_windows = np.where(lengths >= WINDOW, 1 + (lengths - WINDOW) // HOP, 0)
-    starts = np.repeat(rec.offsets[:-1], n_windows) + HOP * (
-        np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    # Window k of recording r starts k * HOP into it; its id "rec{r}#{k}" is fixed by the data.
+    within = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    starts = np.repeat(rec.offsets[:-1], n_windows) + HOP * within
+    recording = np.repeat(np.arange(len(n_windows)), n_windows)
+    ids = np.char.add(
+        np.char.add("rec", recording.astype(str)), np.char.add("#", within.astype(str))
     )
     index = starts[:, None] + np.arange(WINDOW)
     window_labels = rec.labels[index]
@@ -301,6 +306,7 @@ def load_har(
             x={"accel": rec.signals[:, :3][idx], "gyro": rec.signals[:, 3:][idx]},
             y=y[mask],
             subject=subject[mask].astype(str),
+            ids=ids[mask],
         )
     return finish_dataset(
         name="har",

@@ -31,15 +31,22 @@ header must have a path. Time series files are `(T, channels)` (.npy, or .csv wi
 header line); audio is 16-bit PCM mono .wav at exactly `rate_hz`; images must already have
 `size`. Nothing is resampled or resized.
 
+Unlabelled paired samples: `"label": null` (train lines only; a missing `label` stays an error)
+marks a sample whose windows form the `unlabelled` split (label -1), which only teacher terms
+use; its label never joins the label set.
+
 Pairing: each time series or audio file is cut into windows of `window` samples every `hop`
 samples (trailing samples that do not fill a window are dropped); all windowed modalities of a
 sample must give the same number of windows, and each window inherits the sample's label. An
 image is one view of the whole sample and is paired with every window of it (a sample whose
-modalities are all images is one window).
+modalities are all images is one window). Window k of sample "s001" has the id "s001#k".
 
 Validation split: the manifest's `val` lines; else, with `val_subjects`, the train samples of
-those subjects; else about 15% of the train windows, drawn as whole subjects (seeded) when every
-train sample names a subject and there are at least two, else as whole samples (seeded).
+those subjects; else about 15% of the labelled train windows, drawn as whole subjects (seeded)
+when every labelled train sample names a subject and there are at least two, else as whole samples
+(seeded). Unlabelled samples never move to val; those of a validation subject are left out (with a
+warning), as for the built-in data: training on them would show the validation subjects to the
+recipes that use unlabelled windows only.
 
 Every problem raises DataError naming the manifest (and line) or header file.
 """
@@ -91,11 +98,12 @@ class Header:
 
 @dataclass(frozen=True)
 class Sample:
-    """One manifest line after reading its files: `windows[modality]` (n, *raw_shape)."""
+    """One manifest line after reading its files: `windows[modality]` (n, *raw_shape); `label`
+    None for an unlabelled sample."""
 
     line: int
     id: str
-    label: str
+    label: str | None
     split: str
     subject: str
     windows: dict[str, np.ndarray]
@@ -243,8 +251,15 @@ def _check_record(record: dict[str, Any], where: str, specs: dict[str, ModalityS
     split = record.get("split", "train")
     if split not in MANIFEST_SPLITS:
         raise DataError(f"{where}: split {split!r} is not one of {', '.join(MANIFEST_SPLITS)}")
+    if record["label"] is None and split != "train":
+        raise DataError(
+            f"{where}: label null (unlabelled) is allowed in train samples only; a {split} "
+            "sample needs a label"
+        )
     for key in ("id", "label", "subject"):
         value = record.get(key, "")
+        if key == "label" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise DataError(f"{where}: {key} must be a string or integer, got {value!r}")
     for name in specs:
@@ -285,7 +300,7 @@ def _read_sample(
     return Sample(
         line=n,
         id=str(record["id"]),
-        label=str(record["label"]),
+        label=None if record["label"] is None else str(record["label"]),
         split=split,
         subject=str(record.get("subject", "")),
         windows=windows,
@@ -394,8 +409,9 @@ def _draw_groups(train: list[Sample], key: Callable[[Sample], str], seed: int) -
 def _assign_val(
     samples: list[Sample], val_subjects: Iterable[str] | None, seed: int, manifest: Path
 ) -> tuple[list[Sample], tuple[str, ...]]:
-    """Samples with the validation split assigned, and the validation subjects (may be empty)."""
-    train = [s for s in samples if s.split == "train"]
+    """Samples with the validation split assigned, and the validation subjects (may be empty).
+    Only labelled train samples are drawn and moved: validation needs labels."""
+    train = [s for s in samples if _movable(s)]
     subjects = sorted({s.subject for s in train})
     has_val = any(s.split == "val" for s in samples)
     by_subject = "" not in subjects and len(subjects) >= 2
@@ -414,16 +430,21 @@ def _assign_val(
         return samples, tuple(sorted(val))
     elif len(train) < 2:
         raise DataError(
-            f"{manifest}: too few train samples ({len(train)}) to draw a validation split"
+            f"{manifest}: too few labelled train samples ({len(train)}) to draw a validation split"
         )
     else:
         chosen = _draw_groups(train, _subject_key if by_subject else _id_key, seed)
     key = _subject_key if by_subject else _id_key
     moved = [
-        dataclasses.replace(s, split="val") if s.split == "train" and key(s) in chosen else s
+        dataclasses.replace(s, split="val") if _movable(s) and key(s) in chosen else s
         for s in samples
     ]
     return moved, tuple(sorted(chosen)) if by_subject else ()
+
+
+def _movable(sample: Sample) -> bool:
+    """Whether `sample` may be drawn for validation: a labelled train sample."""
+    return sample.split == "train" and sample.label is not None
 
 
 def _subject_key(sample: Sample) -> str:
@@ -437,11 +458,13 @@ def _id_key(sample: Sample) -> str:
 def _split(samples: list[Sample], labels: list[str], specs: dict[str, ModalitySpec]) -> Split:
     if not samples:
         return Split.empty(specs)
-    index = {label: i for i, label in enumerate(labels)}
+    index: dict[str | None, int] = {label: i for i, label in enumerate(labels)}
+    index[None] = -1
     return Split(
         x={m: stack([s.windows[m] for s in samples], raw_shape(specs[m])) for m in specs},
         y=np.concatenate([np.full(len(s), index[s.label], dtype=np.int64) for s in samples]),
         subject=np.concatenate([np.full(len(s), s.subject) for s in samples]).astype(str),
+        ids=np.array([f"{s.id}#{k}" for s in samples for k in range(len(s))], dtype=str),
     )
 
 
@@ -454,7 +477,8 @@ def load_manifest(
 ) -> PairedDataset:
     """A PairedDataset from a JSONL manifest and its header (see the module docstring).
 
-    Labels are the train labels, sorted; `unlabelled` is empty.
+    Labels are the labelled train samples' labels, sorted; `unlabelled` holds the windows of
+    the `"label": null` samples (label -1) not left out for belonging to a validation subject.
     """
     # Resolved: the path is recorded in run folders, which must work from any directory.
     manifest = Path(manifest).resolve()
@@ -465,16 +489,29 @@ def load_manifest(
     specs = _infer_channels(header, records, manifest)
     samples = read_samples(manifest, records, specs)
     samples, val_subs = _assign_val(samples, val_subjects, seed, manifest)
-    labels = sorted({s.label for s in samples if s.split == "train"})
+    left_out = {s.line for s in samples if s.label is None and s.subject in val_subs}
+    if left_out:
+        log.warning(
+            "%s: unlabelled sample(s) of validation subjects %s left out (lines %s): training "
+            "on them would show the validation subjects to recipes that use unlabelled windows",
+            manifest,
+            list(val_subs),
+            ", ".join(map(str, sorted(left_out))),
+        )
+    samples = [s for s in samples if s.line not in left_out]
+    labels = sorted({s.label for s in samples if s.split == "train" and s.label is not None})
     for s in samples:
-        if s.label not in labels:
+        if s.label is not None and s.label not in labels:
             raise DataError(
                 f"{manifest}:{s.line}: label {s.label!r} of this {s.split} sample never appears "
                 "in the train split; the model cannot learn it"
             )
-    by_split = {name: [s for s in samples if s.split == name] for name in MANIFEST_SPLITS}
+    by_split = {
+        name: [s for s in samples if s.split == name and s.label is not None]
+        for name in MANIFEST_SPLITS
+    }
+    by_split["unlabelled"] = [s for s in samples if s.label is None]
     splits = {name: _split(group, labels, specs) for name, group in by_split.items()}
-    splits["unlabelled"] = Split.empty(specs)
     return finish_dataset(
         name=manifest.parent.name or manifest.stem,
         source=str(manifest),

@@ -64,6 +64,10 @@ class Windows:
         x = {m: np.concatenate(v)[back] for m, v in xs.items()}
         return x, np.concatenate(ys)[back]
 
+    def ids(self, idx: np.ndarray) -> np.ndarray:
+        """Window ids ("sample id#window index") of positions `idx`, in order."""
+        return np.concatenate([split.ids[rows] for split, rows in self.parts])[idx]
+
 
 def labelled(split: Split) -> np.ndarray:
     return np.flatnonzero(split.y >= 0)
@@ -132,6 +136,7 @@ class Batch:
     idx: np.ndarray  # window positions in the Loader's Windows
     inputs: dict[str, dict[str, torch.Tensor]]
     y: torch.Tensor
+    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # `keep_raw` modalities
 
 
 class Loader:
@@ -149,12 +154,16 @@ class Loader:
         rank: int = 0,
         world: int = 1,
         device: torch.device = CPU,
+        keep_raw: Sequence[str] = (),
     ) -> None:
         self.windows, self.views, self.policy = windows, views, policy
         self.aug_specs = aug_specs
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.device = device
-        self.modalities = sorted({m for view in views.values() for m in view})
+        # Raw windows after the raw-stage augmentation and mixing, for a teacher that does its
+        # own preprocessing (an outside teacher sees the same augmented batch as the student).
+        self.keep_raw = tuple(keep_raw)
+        self.modalities = sorted({m for view in views.values() for m in view} | set(keep_raw))
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -179,7 +188,8 @@ class Loader:
             inputs = to_inputs(raw, self.views, self.device, self.policy, rng, self.aug_specs)
             target = torch.from_numpy(labels)
             target = target.long() if target.ndim == 1 else target
-            yield Batch(step, idx, inputs, target.to(self.device))
+            kept = {m: raw[m] for m in self.keep_raw}
+            yield Batch(step, idx, inputs, target.to(self.device), kept)
 
 
 def eval_batches(
