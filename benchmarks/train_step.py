@@ -31,7 +31,7 @@ from edgekd.data.pipeline import Loader, Windows, batch_rng
 from edgekd.distill.loop import StudentObjective, train_step
 from edgekd.distill.losses import DistillCriterion
 from edgekd.distill.teacher_outputs import TeacherView
-from edgekd.distill.trainer import StudentSteps
+from edgekd.distill.trainer import OnlineFeed, StudentSteps
 from edgekd.modalities import ModalitySpec
 from edgekd.models import create_student, create_teacher
 
@@ -131,7 +131,7 @@ def _pipeline_pair(arch: str, batch: int, steps: int, tau: float):  # noqa: ANN2
     objective, opt_a = make()
     loader = Loader(windows, {"student": {"accel": specs["accel"]}, "teacher": specs},
                     aug_specs=specs, policy=policy, batch_size=batch, seed=0)  # fmt: skip
-    source = StudentSteps(loader, "accel", teacher, TeacherView(), None, None, 0)
+    source = StudentSteps(loader, "accel", OnlineFeed(teacher, TeacherView(), 0, 0))
 
     def edgekd_loop() -> None:
         done, epoch = 0, 0

@@ -20,7 +20,10 @@ from edgekd.errors import ConfigError
 
 FEATURE_LOSSES = ("none", "hard_l2", "soft_margin")
 DISTANCES = ("cosine", "l2", "l2sq")
-CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd", "dist", "dkd", "bkd")
+CLASSIFIER_LOSSES = ("none", "logit_kd", "soft_teacher_head", "margin_kd", "dist", "dkd", "bkd",
+                     "fixmatch")  # fmt: skip
+# Classifier losses whose targets come from the student itself (no teacher).
+SELF_LOSSES = ("fixmatch",)
 # Classifier losses that compare the student's and the teacher's logits (logit_standardize applies).
 LOGIT_LOSSES = ("logit_kd", "margin_kd", "dist", "dkd", "bkd")
 QUALITY = ("none", "teacher_confidence", "teacher_norm")
@@ -193,6 +196,9 @@ class DistillConfig:
     # BKD class weights 1 / E_c with E_c = (1 - beta^n_c) / (1 - beta) (effective number of
     # samples); 1.0 is plain inverse frequency, 0.0 uniform weights (logit_kd).
     bkd_beta: float = 0.999
+    # FixMatch (Sohn et al. 2020): the student's own prediction on the clean window is the target
+    # for its augmented view, on unlabelled windows whose top probability reaches this threshold.
+    fixmatch_threshold: float = 0.95
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -224,12 +230,28 @@ class DistillConfig:
         for name in ("dist_beta", "dist_gamma", "dkd_alpha", "dkd_beta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.classifier_loss in SELF_LOSSES and (
+            self.feature_loss != "none" or self.quality != "none"
+        ):
+            raise ConfigError(
+                f"classifier_loss={self.classifier_loss!r} learns from the student's own "
+                "predictions: it takes no teacher terms (feature_loss none, quality none)"
+            )
+        if not 0.0 < self.fixmatch_threshold <= 1.0:
+            raise ConfigError(
+                f"fixmatch_threshold must be in (0, 1], got {self.fixmatch_threshold}"
+            )
         if not 0.0 <= self.bkd_beta <= 1.0:
             raise ConfigError(f"bkd_beta must be in [0, 1], got {self.bkd_beta}")
 
     @property
     def uses_teacher(self) -> bool:
-        return self.feature_loss != "none" or self.classifier_loss != "none"
+        return self.feature_loss != "none" or self.classifier_loss not in ("none", *SELF_LOSSES)
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """Whether any term learns from unlabelled windows (teacher terms, FixMatch)."""
+        return self.uses_teacher or self.classifier_loss in SELF_LOSSES
 
 
 # The shipped default of `edgekd distill`: Hinton logit KD (tau 2, alpha = lambda_classifier 0.5,
@@ -249,6 +271,8 @@ RECIPES: dict[str, DistillConfig] = {
     "dist": replace(_KD, classifier_loss="dist"),
     "dkd": replace(_KD, classifier_loss="dkd"),
     "bkd": replace(_KD, classifier_loss="bkd"),
+    # The semi-supervised baseline without a teacher: same unlabelled windows, no teacher terms.
+    "fixmatch": DistillConfig(feature_loss="none", classifier_loss="fixmatch", quality="none"),
     "paper": DistillConfig(
         feature_loss="soft_margin",
         distance="cosine",

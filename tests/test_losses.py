@@ -375,3 +375,34 @@ def test_gradients_finite_and_teacher_untouched(cfg: DistillConfig) -> None:
 def test_loss_term_is_a_named_tuple() -> None:
     value, active = SoftMargin(0.2)(A, B)
     assert isinstance(SoftMargin(0.2)(A, B), LossTerm) and active is not None and value.ndim == 0
+
+
+def test_fixmatch_golden_value_counts_confident_unlabelled_windows_only() -> None:
+    from edgekd.distill.losses import FixMatch
+
+    # Weak-view logits: window 0 confident for class 1 (p = e^4 / (e^4 + 2) = 0.9647 >= 0.95),
+    # window 1 unsure (uniform), window 2 confident for class 0 but labelled (y = 2).
+    weak = t([[0, 4, 0], [0, 0, 0], [9, 0, 0]])
+    strong = t([[0, 0, 0], [5, 0, 0], [0, 0, 0]])
+    y = torch.tensor([-1, -1, 2])
+    term = FixMatch(0.95)(strong, weak, F.one_hot(y.clamp(min=0), 3).float() * (y >= 0)[:, None])
+    # U = {0, 1}; only window 0 passes: CE(uniform logits, class 1) = ln 3, over |U| = 2.
+    close(term.value, LN3 / 2)
+    close(term.active, 0.5)
+    assert FixMatch(0.97)(strong, weak, F.one_hot(y.clamp(min=0), 3).float()
+                          * (y >= 0)[:, None]).value.item() == 0.0  # fmt: skip
+
+
+def test_fixmatch_in_the_criterion_needs_no_teacher_and_leaves_the_task_term() -> None:
+    crit = DistillCriterion(RECIPES["fixmatch"], student_dim=2)
+    assert crit.projector is None and not RECIPES["fixmatch"].uses_teacher
+    assert RECIPES["fixmatch"].uses_unlabelled
+    student = t([[0, 0, 0], [5, 0, 0]])
+    weak = t([[0, 4, 0], [0, 0, 0]])
+    out = crit(student, torch.zeros(2, 2), weak, None, None, torch.tensor([-1, 0]))
+    # task: CE([5, 0, 0], 0) on the labelled window; fixmatch: ln 3 over the one unlabelled.
+    close(out["task"], math.log(1 + 2 * math.exp(-5)))
+    close(out["classifier"], LN3)
+    close(out["total"], math.log(1 + 2 * math.exp(-5)) + LN3)
+    with pytest.raises(ConfigError, match="takes no teacher terms"):
+        DistillConfig(classifier_loss="fixmatch", feature_loss="hard_l2")

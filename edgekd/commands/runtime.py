@@ -293,7 +293,7 @@ def _info(bundle: Any) -> None:
             acc.add_row(name, *[f"{values[k]:.4f}" if isinstance(values.get(k), float)
                                 else str(values.get(k, "-")) for k in metrics])
         console.print(acc)
-    for section in ("calibration", "tensorrt_build", "provenance"):
+    for section in ("teacher", "calibration", "tensorrt_build", "provenance"):
         if m.get(section):
             console.print(f"{section}: " + ", ".join(_note(k, v) for k, v in m[section].items()))
 

@@ -120,9 +120,21 @@ def _print_metrics(metrics: dict, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    from edgekd.commands import require_extra
+    from edgekd.commands.teachers import register_teacher_tools
+
+    teacher_app = typer.Typer(
+        help="Train the multimodal teacher (no subcommand), or inspect, cache and export a "
+        "teacher for `distill --teacher`.",
+        invoke_without_command=True,
+    )
+    app.add_typer(teacher_app, name="teacher")
+    register_teacher_tools(teacher_app)
+
+    @teacher_app.callback()
     @user_errors
     def teacher(
+        ctx: typer.Context,
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/teacher"),
         data: Annotated[
             str | None, typer.Option(help="'har' (built-in UCI HAPT) or PATH/manifest.jsonl.")
@@ -153,8 +165,13 @@ def register(app: typer.Typer) -> None:
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        """Train the multimodal teacher on the modalities of the data (all unless --modalities)."""
+        """Train the multimodal teacher on the modalities of the data (all unless --modalities);
+        with a subcommand (inspect, cache, export), work with a teacher instead."""
         from dataclasses import replace
+
+        if ctx.invoked_subcommand is not None:
+            return
+        require_extra("train", "`edgekd teacher`")
 
         from edgekd.distill.trainer import train_teacher
 
@@ -176,12 +193,19 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def distill(
-        teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
+        teacher: Annotated[
+            Path,
+            typer.Option(
+                help="An edgekd teacher run folder, or an outside teacher: its teacher.yaml card "
+                "(or a .onnx / .pt2 with the card beside it), or a `teacher cache` folder."
+            ),
+        ],
         out: Annotated[Path, typer.Option(help="Run folder to create.")] = Path("runs/student"),
         recipe: Annotated[
             str | None,
             typer.Option(
-                help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd (beneath "
+                help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd, fixmatch (no "
+                "teacher: the semi-supervised baseline) (beneath "
                 "--config, --set and flags: a config file's distill.tau edits the recipe)."
             ),
         ] = None,
@@ -205,7 +229,7 @@ def register(app: typer.Typer) -> None:
         margin: Annotated[float | None, typer.Option(help="Feature hinge margin m.")] = None,
         classifier_loss: Annotated[
             str | None, typer.Option(
-                help="none | logit_kd | soft_teacher_head | margin_kd | dist | dkd | bkd"
+                help="none | logit_kd | soft_teacher_head | margin_kd | dist | dkd | bkd | fixmatch"
             )
         ] = None,
         tau: Annotated[float | None, typer.Option(help="KD temperature.")] = None,
@@ -230,7 +254,17 @@ def register(app: typer.Typer) -> None:
         ] = None,
         data: Annotated[
             str | None,
-            typer.Option(help="The teacher's data at a new place (checked against the teacher)."),
+            typer.Option(
+                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
+                "with an edgekd teacher, its data at a new place, checked against it)."
+            ),
+        ] = None,
+        labelled_share: Annotated[
+            float | None,
+            typer.Option(
+                help="Keep this class-stratified share of the labelled training windows (the "
+                "same for every recipe and seed); the rest become unlabelled paired windows."
+            ),
         ] = None,
         unlabelled: Annotated[
             bool | None,
@@ -266,7 +300,9 @@ def register(app: typer.Typer) -> None:
         cfg = _common(
             config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,
             recipe=recipe, sets=set_,
-            flags={"data": {"source": data, "unlabelled": unlabelled}, "distill": distill_flags,
+            flags={"data": {"source": data, "unlabelled": unlabelled,
+                            "labelled_share": labelled_share},
+                   "distill": distill_flags,
                    "student_modality": modality},
         )  # fmt: skip
         _print_metrics(run_distill(cfg, teacher, out, resume=resume, progress=not quiet), out)

@@ -155,6 +155,7 @@ class Loader:
         world: int = 1,
         device: torch.device = CPU,
         keep_raw: Sequence[str] = (),
+        keep_clean: bool = False,
     ) -> None:
         self.windows, self.views, self.policy = windows, views, policy
         self.aug_specs = aug_specs
@@ -163,6 +164,8 @@ class Loader:
         # Raw windows after the raw-stage augmentation and mixing, for a teacher that does its
         # own preprocessing (an outside teacher sees the same augmented batch as the student).
         self.keep_raw = tuple(keep_raw)
+        # The student's inputs from the unaugmented windows too (FixMatch's weak view).
+        self.keep_clean = keep_clean
         self.modalities = sorted({m for view in views.values() for m in view} | set(keep_raw))
 
     def __len__(self) -> int:
@@ -183,9 +186,12 @@ class Loader:
             raw, y = self.windows.fetch(idx, self.modalities)
             rng = batch_rng(self.seed, epoch, step, self.rank)
             labels: np.ndarray = y
+            clean = raw
             if self.policy.active:
                 raw, labels = self.policy.raw(raw, y, self.aug_specs, rng)
             inputs = to_inputs(raw, self.views, self.device, self.policy, rng, self.aug_specs)
+            if self.keep_clean:
+                inputs["clean"] = to_inputs(clean, {"s": self.views["student"]}, self.device)["s"]
             target = torch.from_numpy(labels)
             target = target.long() if target.ndim == 1 else target
             kept = {m: raw[m] for m in self.keep_raw}

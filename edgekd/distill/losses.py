@@ -494,7 +494,11 @@ class DistillCriterion(nn.Module):
             "active_feature": zero,
             "active_classifier": zero,
         }
-        if cfg.uses_teacher:
+        if isinstance(self.classifier_term, FixMatch):
+            _require(teacher_logits, "the clean-view logits", "classifier_loss='fixmatch'")
+            term = self.classifier_term(student_logits, teacher_logits, rows)
+            out["classifier"], out["active_classifier"] = term.value, _active(term, zero)
+        elif cfg.uses_teacher:
             weights = None
             if cfg.quality != "none":
                 weights = quality_weights(
@@ -529,6 +533,34 @@ class DistillCriterion(nn.Module):
         return out
 
 
+class FixMatch(nn.Module):
+    """FixMatch's unlabelled term (Sohn et al. 2020), with the clean window as the weak view:
+
+        L = (1 / |U|) sum_{i in U} 1[max_c q_ic >= threshold] * CE(z^S_i, argmax_c q_i),
+        q_i = softmax(z^W_i)
+
+    U: the unlabelled samples of the batch; z^S the student's logits on the augmented (strong)
+    view; z^W its logits on the clean (weak) view, computed without gradient. Labelled samples
+    take no part (the task loss has them). active = share of U above the threshold.
+    """
+
+    def __init__(self, threshold: float = 0.95) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(
+        self, student_logits: torch.Tensor, weak_logits: torch.Tensor, rows: torch.Tensor
+    ) -> LossTerm:
+        unl = ~_labelled(rows)
+        probs = F.softmax(weak_logits.detach().float(), dim=1)
+        conf, pseudo = probs.max(dim=1)
+        keep = (conf >= self.threshold) & unl
+        ce = F.cross_entropy(student_logits, pseudo, reduction="none")
+        n = unl.sum().clamp(min=1)
+        value = (ce * keep).sum() / n
+        return LossTerm(value, keep.sum() / n)
+
+
 def _classifier_term(cfg: DistillConfig, class_counts: Sequence[int] | None) -> nn.Module | None:
     name = cfg.classifier_loss
     if name == "none":
@@ -546,6 +578,8 @@ def _classifier_term(cfg: DistillConfig, class_counts: Sequence[int] | None) -> 
         return ClassBalancedKD(class_balanced_weights(class_counts, cfg.bkd_beta), cfg.tau)
     if name == "logit_kd":
         return LogitKD(cfg.tau)
+    if name == "fixmatch":
+        return FixMatch(cfg.fixmatch_threshold)
     raise ConfigError(f"classifier_loss={name!r} has no loss module")
 
 

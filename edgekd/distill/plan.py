@@ -24,9 +24,11 @@ import numpy as np
 
 from edgekd.config import (
     DEFAULT_EPOCHS,
+    LOGIT_LOSSES,
     TEACHER_EPOCHS,
     TEACHER_MIX,
     TEACHER_MODALITY_DROPOUT,
+    DistillConfig,
     RunConfig,
     from_dict,
     to_dict,
@@ -34,6 +36,7 @@ from edgekd.config import (
 from edgekd.data.augment import Policy, build_policy
 from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
+from edgekd.teachers.card import TeacherCard
 
 DEFAULT_TEACHER = "fusion"
 DEFAULT_STUDENT = {"timeseries": "tcn_tiny", "audio": "dscnn_audio"}
@@ -113,6 +116,13 @@ class TeacherPlan:
     mode: str
     trained_augment: str
     unseen: tuple[str, ...]
+    # Provenance: `edgekd` for a teacher run of edgekd's, else the card's source (onnx,
+    # torch_export, python, outputs) with the weights' sha256, the licence and the card's path.
+    source: str = "edgekd"
+    sha256: str = ""
+    licence: str = ""
+    card: str = ""
+    outputs: tuple[str, ...] = ("logits", "embedding")  # what the teacher gives distillation
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,9 @@ class RunPlan:
         data = f"{self.labelled:,} labelled"
         if self.unlabelled:
             data += f" + {self.unlabelled:,} unlabelled"
+        share = self.config.data.labelled_share
+        if share != 1.0:
+            data += f" ({share:.0%} of the labels kept, the rest unlabelled)"
         if self.held_out:
             data += f" (fold: subjects {', '.join(self.held_out)} held out)"
         per_process = f" per process (x{self.world})" if self.world > 1 else ""
@@ -200,6 +213,11 @@ class RunPlan:
                 f"  teacher: {t.mode}, reads {', '.join(t.reads)}, trained with augment "
                 f"{t.trained_augment}"
             )
+            if t.source != "edgekd":
+                lines.append(
+                    f"  teacher card: {t.card} ({t.source}, sha256 {t.sha256[:12]}, licence "
+                    f"{t.licence or 'not stated'}, gives {' + '.join(t.outputs)})"
+                )
         if self.filled:
             lines.append("  defaults: " + "; ".join(self.filled))
         lines += [f"  WARNING: {w}" for w in self.warnings]
@@ -217,12 +235,20 @@ def steps_per_epoch(windows: int, batch_size: int, world: int = 1) -> int:
     return steps + (1 if last >= 2 else 0)
 
 
-def data_config(cfg: RunConfig, teacher: TeacherRun | None) -> RunConfig:
+def data_config(cfg: RunConfig, teacher: TeacherRun | TeacherCard | None) -> RunConfig:
     """cfg with the data a run reads: har by default for a teacher; for a student the teacher's
     data (or where they moved) with the teacher's split (another split would leak the teacher's
     training subjects into validation)."""
     if teacher is None:
         return cfg if cfg.data.source else replace(cfg, data=replace(cfg.data, source="har"))
+    if isinstance(teacher, TeacherCard):
+        source = cfg.data.source or teacher.data_source
+        if not source:
+            raise ConfigError(
+                "an outside teacher needs the paired data to distil on: pass --data har or "
+                "--data PATH/manifest.jsonl"
+            )
+        return replace(cfg, data=replace(cfg.data, source=source))
     data = teacher.sidecar["data"]
     return replace(
         cfg,
@@ -232,7 +258,9 @@ def data_config(cfg: RunConfig, teacher: TeacherRun | None) -> RunConfig:
     )
 
 
-def load_data(cfg: RunConfig, teacher: TeacherRun | None, fold: tuple[int, int] | None) -> Any:
+def load_data(
+    cfg: RunConfig, teacher: TeacherRun | TeacherCard | None, fold: tuple[int, int] | None
+) -> Any:
     """The dataset of a run (`data_config`), as fold `fold` (i, k) when given."""
     from edgekd.data import load_dataset
     from edgekd.distill.cv import fold_dataset
@@ -244,6 +272,10 @@ def load_data(cfg: RunConfig, teacher: TeacherRun | None, fold: tuple[int, int] 
         limit=cfg.data.limit,
         seed=cfg.train.seed,
     )
+    if cfg.data.labelled_share != 1.0:
+        from edgekd.data.dataset import keep_labelled_share
+
+        ds = keep_labelled_share(ds, cfg.data.labelled_share)
     return ds if fold is None else fold_dataset(ds, *fold)
 
 
@@ -297,6 +329,8 @@ def _loss(cfg: RunConfig, role: str) -> tuple[LossTerm, ...]:
     if d.classifier_loss != "none":
         where = "labelled" if d.classifier_loss == "soft_teacher_head" else "all"
         name = f"{d.classifier_loss}(tau={d.tau:g})"
+        if d.classifier_loss == "fixmatch":
+            where, name = "unlabelled", f"fixmatch(threshold={d.fixmatch_threshold:g})"
         terms.append(LossTerm("classifier", name, d.lambda_classifier, where))
     return tuple(terms)
 
@@ -349,10 +383,155 @@ def _takes(teacher_arch: str, argument: str) -> bool:
     return argument in inspect.signature(teacher_constructor(teacher_arch)).parameters
 
 
+def _check_self_training(cfg: RunConfig, policy: Policy) -> None:
+    """FixMatch needs an augmented (strong) view that differs from the clean (weak) one, and no
+    mixing (a mixed window has no single clean view to take a target from)."""
+    if cfg.distill.classifier_loss != "fixmatch":
+        return
+    if not policy.ops:
+        raise ConfigError(
+            "classifier_loss=fixmatch learns from augmented views of unlabelled windows, but "
+            "augmentation is off: use --augment default (or custom ops)"
+        )
+    if policy.mix != "none":
+        raise ConfigError("classifier_loss=fixmatch takes no mixing: pass --mix none")
+
+
+def _student_defaults(cfg: RunConfig, spec: ModalitySpec, filled: list[str]) -> RunConfig:
+    """cfg with the student's epochs and architecture filled in for its modality kind."""
+    if cfg.train.epochs is None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=DEFAULT_EPOCHS[spec.kind]))
+        filled.append(f"{cfg.train.epochs} epochs ({spec.kind} students)")
+    if not cfg.model.arch:
+        if spec.kind not in DEFAULT_STUDENT:
+            raise ConfigError(f"no default student for modality kind {spec.kind!r}; pass --arch")
+        cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_STUDENT[spec.kind]))
+        filled.append(f"arch {cfg.model.arch} ({spec.kind} students)")
+    return cfg
+
+
+def card_recipe_problem(d: DistillConfig, card: TeacherCard, labels: list[str]) -> str | None:
+    """Why the loss recipe `d` cannot use the card's teacher (None when it can): logit terms
+    and confidence weights need logits in the dataset's classes, feature terms and norm weights
+    an embedding, soft_teacher_head the teacher's classifier weights (no outside teacher has
+    them: the card gives outputs only)."""
+    logits = card.class_index(labels) is not None
+    if d.classifier_loss == "soft_teacher_head":
+        return "soft_teacher_head needs the teacher's classifier weights, which no card gives"
+    if (d.classifier_loss in LOGIT_LOSSES or d.quality == "teacher_confidence") and not logits:
+        if not card.has_logits:
+            why = "it gives no logits"
+        elif card.disjoint:
+            why = "its classes are disjoint from the data's (disjoint: true)"
+        else:
+            mapped = {card.label_map.get(t, t) for t in card.labels}
+            absent = [x for x in labels if x not in mapped]
+            why = (f"its labels (after label_map) do not cover the data's {', '.join(absent)}"
+                   if absent else "two of its labels map to one of the data's")  # fmt: skip
+        return (
+            f"classifier_loss={d.classifier_loss} / quality={d.quality} need the teacher's logits "
+            f"in the data's classes, and {why}"
+        )
+    if (d.feature_loss != "none" or d.quality == "teacher_norm") and not card.has_embedding:
+        return f"feature_loss={d.feature_loss} / quality={d.quality} need the teacher's embedding"
+    return None
+
+
+def _card_student(
+    cfg: RunConfig, data: Any, card: TeacherCard, filled: list[str]
+) -> tuple[RunConfig, str, dict[str, ModalitySpec], Policy, int, TeacherPlan | None]:
+    """The student side of a plan whose teacher is a card (see `resolve_plan`)."""
+    from edgekd.config import RECIPES
+
+    labels = list(data.labels)
+    missing = [m for m in card.modalities if m not in data.specs]
+    if missing:
+        raise ConfigError(
+            f"the teacher card reads modality {', '.join(missing)}, which {data.name} does not "
+            f"have (it has {', '.join(data.specs)})"
+        )
+    modality = cfg.student_modality or data.default_student
+    if cfg.student_modality is None:
+        filled.append(f"modality {modality} (the data's default student)")
+    if modality not in data.specs:
+        raise ConfigError(
+            f"student modality {modality!r} is not among the data's ({', '.join(data.specs)})"
+        )
+    cfg = replace(cfg, student_modality=modality)
+    if cfg.augment.mix is None:
+        cfg = replace(cfg, augment=replace(cfg.augment, mix="none"))
+    cfg = _student_defaults(cfg, data.specs[modality], filled)
+    d = cfg.distill
+    uses_teacher = d.uses_teacher
+    if uses_teacher:
+        problem = card_recipe_problem(d, card, labels)
+        if problem:
+            fits = [n for n, r in RECIPES.items() if r.uses_teacher
+                    and card_recipe_problem(r, card, labels) is None]  # fmt: skip
+            alone = (
+                "; or the feature terms alone: --classifier-loss none --feature-loss "
+                "soft_margin (or hard_l2), through the learnable projection head that export drops"
+                if card.has_embedding
+                else ""
+            )
+            raise ConfigError(
+                f"this teacher cannot serve the recipe: {problem}. Recipes that apply: "
+                + ", ".join(["ce", *fits]) + alone
+            )
+        if d.teacher_view != "all" or d.teacher_corrupt > 0:
+            raise ConfigError(
+                "teacher_view=student and teacher_corrupt act on edgekd teachers' modality "
+                "inputs; an outside teacher is run as its card says"
+            )
+    if uses_teacher and card.source == "outputs" and d.teacher_mode == "online":
+        cfg = replace(cfg, distill=replace(d, teacher_mode="cached"))
+        filled.append("teacher mode cached (precomputed outputs cannot see augmented batches)")
+    online = uses_teacher and cfg.distill.teacher_mode == "online"
+    reads = card.modalities
+    aug_specs = {m: data.specs[m] for m in dict.fromkeys([modality, *reads] if online
+                                                         else [modality])}  # fmt: skip
+    policy = build_policy(cfg.augment, aug_specs, len(labels))
+    if online and policy.has_features and any(
+        data.specs[m].kind != "timeseries" for m in reads
+    ):
+        raise ConfigError(
+            f"the augmentation has feature-stage ops ({policy.describe()}) that an outside "
+            "teacher, which gets raw windows, cannot see; drop them (--augment none or custom) "
+            "or use teacher_mode cached with --augment none"
+        )
+    if uses_teacher and not online and policy.active:
+        raise ConfigError(
+            f"the teacher's outputs are computed once on clean windows (teacher mode cached"
+            f"{', precomputed outputs' if card.source == 'outputs' else ''}), but augmentation "
+            f"is on ({policy.describe()}): pass --augment none (and --mix none), or give a "
+            "teacher that can run online (a model card)"
+        )
+    uses_unl = cfg.data.unlabelled and cfg.distill.uses_unlabelled
+    unlabelled = len(data.splits["unlabelled"]) if uses_unl else 0
+    tplan = None
+    if uses_teacher:
+        prov = card.provenance()
+        tplan = TeacherPlan(
+            dir=str(card.dir),
+            modalities=reads,
+            reads=reads,
+            view="all",
+            mode=cfg.distill.teacher_mode,
+            trained_augment="unknown (outside teacher)",
+            unseen=(),
+            source=card.source,
+            sha256=card.sha256,
+            licence=card.licence,
+            card=prov["card"],
+            outputs=tuple(o.kind for o in card.outputs),
+        )
+    return cfg, modality, aug_specs, policy, unlabelled, tplan
+
+
 def resolve_plan(
     cfg: RunConfig,
     data: Any,
-    teacher: TeacherRun | None,
+    teacher: TeacherRun | TeacherCard | None,
     *,
     world: int = 1,
     fold: tuple[int, int] | None = None,
@@ -362,12 +541,18 @@ def resolve_plan(
     ConfigError for any option that cannot run, before anything is written."""
     filled = []
     if cfg.data.source is None:
-        filled.append("data " + ("har" if teacher is None else "the teacher's"))
+        owner = "the cache's" if isinstance(teacher, TeacherCard) else "the teacher's"
+        filled.append("data " + ("har" if teacher is None else owner))
     cfg = data_config(cfg, teacher)
     labels = list(data.labels)
     train, unl = data.splits["train"], data.splits["unlabelled"]
     classes = len(labels)
-    if teacher is None:
+    if isinstance(teacher, TeacherCard):
+        role = "student"
+        cfg, modality, aug_specs, policy, unlabelled, tplan = _card_student(
+            cfg, data, teacher, filled
+        )
+    elif teacher is None:
         role = "teacher"
         specs = teacher_data_specs(cfg, data)
         if cfg.train.epochs is None:
@@ -423,17 +608,7 @@ def resolve_plan(
             _check_specs(
                 data.specs, {modality: teacher_specs[modality]}, f"teacher in {teacher.dir}"
             )
-        spec = data.specs[modality]
-        if cfg.train.epochs is None:
-            cfg = replace(cfg, train=replace(cfg.train, epochs=DEFAULT_EPOCHS[spec.kind]))
-            filled.append(f"{cfg.train.epochs} epochs ({spec.kind} students)")
-        if not cfg.model.arch:
-            if spec.kind not in DEFAULT_STUDENT:
-                raise ConfigError(
-                    f"no default student for modality kind {spec.kind!r}; pass --arch"
-                )
-            cfg = replace(cfg, model=replace(cfg.model, arch=DEFAULT_STUDENT[spec.kind]))
-            filled.append(f"arch {cfg.model.arch} ({spec.kind} students)")
+        cfg = _student_defaults(cfg, data.specs[modality], filled)
         view = cfg.distill.teacher_view
         reads = tuple(m for m in teacher_specs if view == "all" or m == modality)
         aug_specs = {m: data.specs[m] for m in (reads if online else [modality])}
@@ -444,7 +619,7 @@ def resolve_plan(
                 f"windows, but augmentation is on ({policy.describe()}); use teacher_mode "
                 "online, or augment.policy none and augment.mix none"
             )
-        unlabelled = len(unl) if cfg.data.unlabelled and uses_teacher else 0
+        unlabelled = len(unl) if cfg.data.unlabelled and cfg.distill.uses_unlabelled else 0
         tplan = None
         if uses_teacher:
             trained, unseen = _unseen(policy, teacher, aug_specs, classes) if online else ("", ())
@@ -457,6 +632,8 @@ def resolve_plan(
                 trained_augment=trained or "n/a (cached on clean windows)",
                 unseen=unseen,
             )
+    if role == "student":
+        _check_self_training(cfg, policy)
     labelled = _n_labelled(train)
     if labelled == 0:
         raise ConfigError(f"the train split of {data.name} has no labelled windows")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from edgekd.checkpoint import load_run
 from edgekd.config import RunConfig, to_dict
 from edgekd.data.augment import Policy, build_policy
-from edgekd.data.pipeline import Loader, Windows, batch_rng, eval_batches, labelled
+from edgekd.data.pipeline import Batch, Loader, Windows, batch_rng, eval_batches, labelled
 from edgekd.distill.loop import (
     Dist,
     EvalSet,
@@ -46,6 +46,7 @@ from edgekd.distill.runs import run_in_folder, seed_all
 from edgekd.distill.teacher_outputs import TeacherView, cached_teacher_outputs, teacher_forward
 from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
+from edgekd.teachers.card import TeacherCard
 
 __all__ = ["Dist", "distill", "evaluate", "plan_distill", "split_tensors", "train_teacher"]
 
@@ -82,7 +83,13 @@ def _eval_set(
 
 
 def _loader(
-    plan: RunPlan, d: Dist, windows: Windows, views: Any, aug_specs: Any, policy: Policy
+    plan: RunPlan,
+    d: Dist,
+    windows: Windows,
+    views: Any,
+    aug_specs: Any,
+    policy: Policy,
+    keep_raw: tuple[str, ...] = (),
 ) -> Loader:
     """The training loader of a run: batch size and seed from the plan, this rank's shard."""
     return Loader(
@@ -95,6 +102,7 @@ def _loader(
         rank=d.rank,
         world=d.world,
         device=d.device,
+        keep_raw=keep_raw,
     )
 
 
@@ -142,35 +150,80 @@ def supervised_targets(y: torch.Tensor) -> torch.Tensor:
     return y * whole
 
 
+class TeacherFeed(Protocol):
+    """A frozen teacher's (logits, embedding) for one training batch, either may be None."""
+
+    def __call__(
+        self, batch: Batch, epoch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+
+@dataclass
+class OnlineFeed:
+    """An edgekd teacher run on the batch's own teacher inputs (view and corruption applied;
+    the corruption seed is drawn from the batch's seed, epoch and step)."""
+
+    teacher: nn.Module
+    view: TeacherView
+    seed: int
+    rank: int
+
+    def __call__(self, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = batch_rng(self.seed, epoch, batch.step, self.rank)
+        return teacher_forward(
+            self.teacher, batch.inputs["teacher"], view=self.view, seed=int(rng.integers(2**31))
+        )
+
+
+@dataclass
+class CachedFeed:
+    """Outputs computed once per window of the loader's Windows, indexed by the batch."""
+
+    logits: torch.Tensor | None
+    emb: torch.Tensor | None
+
+    def __call__(
+        self, batch: Batch, epoch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        pick = [None if t is None else t[torch.from_numpy(batch.idx).to(t.device)]
+                for t in (self.logits, self.emb)]  # fmt: skip
+        return pick[0], pick[1]
+
+
+@dataclass
+class SelfFeed:
+    """The student's own logits on the batch's clean windows, without gradient (FixMatch's
+    targets), from its weights at this step."""
+
+    student: nn.Module
+    modality: str
+
+    def __call__(self, batch: Batch, epoch: int) -> tuple[torch.Tensor, None]:
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            logits = self.student(batch.inputs["clean"][self.modality])
+        self.student.train(was_training)
+        return logits, None
+
+
 @dataclass
 class StudentSteps(_LoaderSteps):
-    """(x, y, teacher_logits, teacher_emb, teacher_classifier) per step: no teacher, cached
-    outputs indexed by window, or the frozen teacher run on the batch's own teacher inputs.
-    Targets pass through `supervised_targets`."""
+    """(x, y, teacher_logits, teacher_emb, teacher_classifier) per step: the teacher's outputs
+    from `feed` (None: no teacher). Targets pass through `supervised_targets`."""
 
     modality: str
-    teacher: nn.Module | None
-    view: TeacherView
-    cached: tuple[torch.Tensor, torch.Tensor] | None
-    classifier: nn.Linear | None
-    seed: int
+    feed: TeacherFeed | None = None
+    classifier: nn.Linear | None = None
 
     def epoch(self, epoch: int) -> Iterator[tuple[Any, ...]]:
         for batch in self.loader.epoch(epoch):
             x = batch.inputs["student"][self.modality]
             y = supervised_targets(batch.y)
-            if self.teacher is None:
+            if self.feed is None:
                 yield x, y, None, None, None
                 continue
-            if self.cached is not None:
-                idx = torch.from_numpy(batch.idx).to(self.cached[0].device)
-                logits, emb = self.cached[0][idx], self.cached[1][idx]
-            else:
-                rng = batch_rng(self.seed, epoch, batch.step, self.loader.rank)
-                seed = int(rng.integers(2**31))
-                logits, emb = teacher_forward(
-                    self.teacher, batch.inputs["teacher"], view=self.view, seed=seed
-                )
+            logits, emb = self.feed(batch, epoch)
             yield x, y, logits, emb, self.classifier
 
 
@@ -232,7 +285,9 @@ def train_teacher(
     return run_in_folder(Path(out), plan, resume, d, body)
 
 
-def _criterion(cfg: RunConfig, student_dim: int, teacher_dim: int, counts: np.ndarray) -> nn.Module:
+def _criterion(
+    cfg: RunConfig, student_dim: int, teacher_dim: int | None, counts: np.ndarray
+) -> nn.Module:
     from edgekd.distill.losses import DistillCriterion
 
     return DistillCriterion(
@@ -241,12 +296,21 @@ def _criterion(cfg: RunConfig, student_dim: int, teacher_dim: int, counts: np.nd
 
 
 def plan_distill(
-    cfg: RunConfig, teacher_dir: Path, *, fold: tuple[int, int] | None = None, world: int = 1
-) -> tuple[RunPlan, Any, TeacherRun]:
-    """(plan, dataset, teacher run) of `distill`, resolved without training or writing."""
-    teacher = TeacherRun.read(teacher_dir)
-    ds = load_data(cfg, teacher, fold)
-    return resolve_plan(cfg, ds, teacher, world=world, fold=fold), ds, teacher
+    cfg: RunConfig, teacher: Path, *, fold: tuple[int, int] | None = None, world: int = 1
+) -> tuple[RunPlan, Any, TeacherRun | TeacherCard]:
+    """(plan, dataset, teacher) of `distill`, resolved without training or writing. `teacher`:
+    an edgekd teacher run folder, or an outside teacher's card (a card file, a folder holding
+    teacher.yaml, or a model file with the card beside it; a `teacher cache` folder is one)."""
+    from edgekd.teachers import is_card_teacher, read_card
+
+    tref: TeacherRun | TeacherCard
+    tref = read_card(teacher) if is_card_teacher(teacher) else TeacherRun.read(teacher)
+    ds = load_data(cfg, tref, fold)
+    if isinstance(tref, TeacherCard):
+        from edgekd.teachers.cache import check_fingerprint
+
+        check_fingerprint(tref, ds)
+    return resolve_plan(cfg, ds, tref, world=world, fold=fold), ds, tref
 
 
 def distill(
@@ -258,27 +322,30 @@ def distill(
     progress: bool = True,
     fold: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Train a single-modality student from a frozen multimodal teacher.
+    """Train a single-modality student from a frozen teacher (`plan_distill` says which forms
+    `teacher_dir` may take).
 
-    The data are the teacher's (`data.source` may name where they moved: they are checked
-    against the teacher's labels and modality specs), with the teacher's split (another split
-    would leak the teacher's training subjects into validation); teacher inputs use the
-    teacher's saved normalisation. `fold=(i, k)`: cross-validation fold i of k over the training
-    subjects (`edgekd.distill.cv`); fold i's subjects replace the validation split and leave
-    training, labelled and unlabelled windows alike. The run folder gets `plan.json` first.
+    With an edgekd teacher the data are the teacher's (`data.source` may name where they moved:
+    they are checked against the teacher's labels and modality specs), with the teacher's split
+    (another split would leak the teacher's training subjects into validation); teacher inputs
+    use the teacher's saved normalisation. An outside teacher needs `data.source` (a cache knows
+    its own) and preprocesses its raw windows as its card says. `fold=(i, k)`: cross-validation
+    fold i of k over the training subjects (`edgekd.distill.cv`); fold i's subjects replace the
+    validation split and leave training, labelled and unlabelled windows alike. The run folder
+    gets `plan.json` first.
     """
     from edgekd.models import create_student
 
     d = init_dist()
-    plan, ds, trun = plan_distill(cfg, teacher_dir, fold=fold, world=d.world)
+    plan, ds, tref = plan_distill(cfg, teacher_dir, fold=fold, world=d.world)
     cfg = plan.config
     modality = str(plan.modality)
     spec = ds.specs[modality]
     tplan = plan.teacher
     online = tplan is not None and tplan.mode == "online"
-    teacher_specs = trun.specs
-    reads = {m: teacher_specs[m] for m in tplan.reads} if tplan is not None else {}
-    aug_specs = {m: ds.specs[m] for m in (reads if online else [modality])}
+    reads = {m: ds.specs[m] for m in tplan.reads} if tplan is not None else {}
+    aug_specs = {m: ds.specs[m] for m in dict.fromkeys([modality, *reads] if online
+                                                       else [modality])}  # fmt: skip
     policy = build_policy(cfg.augment, aug_specs, len(ds.labels))
     train, unl = ds.splits["train"], ds.splits["unlabelled"]
     parts = [(train, labelled(train))]
@@ -288,30 +355,52 @@ def distill(
 
     seed_all(plan.seed)
     student = create_student(cfg.model.arch, spec, len(ds.labels), **cfg.model.args).to(d.device)
-    teacher = load_run(teacher_dir, expect_role="teacher").model.to(d.device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     counts = np.bincount(train.y[labelled(train)], minlength=len(ds.labels))
-    criterion = _criterion(cfg, student.embed_dim, teacher.embed_dim, counts).to(d.device)
     views: dict[str, Mapping[str, ModalitySpec]] = {"student": {modality: spec}}
-    if online:
-        views["teacher"] = reads
-    loader = _loader(plan, d, windows, views, aug_specs, policy)
-    view = TeacherView.of(cfg.distill, list(teacher_specs), modality)
-    cached = (
-        cached_teacher_outputs(teacher, teacher_specs, windows, view, plan.seed, d.device)
-        if tplan is not None and not online
-        else None
-    )
-    classifier = teacher.classifier if cfg.distill.classifier_loss == "soft_teacher_head" else None
-    source = StudentSteps(
-        loader, modality, teacher if tplan else None, view, cached, classifier, plan.seed
-    )
+    feed: TeacherFeed | None = None
+    classifier = None
+    if isinstance(tref, TeacherCard):
+        from edgekd.distill.outside import outside_feed
+
+        teacher_dim = None
+        if tplan is not None:
+            feed, teacher_dim = outside_feed(tref, ds, windows, online, d.device)
+        loader = _loader(plan, d, windows, views, aug_specs, policy,
+                         keep_raw=tplan.reads if online and tplan else ())  # fmt: skip
+        teacher_info = {"teacher": tref.provenance(), "teacher_metrics": {}}
+    else:
+        teacher = load_run(teacher_dir, expect_role="teacher").model.to(d.device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher_dim = teacher.embed_dim
+        teacher_specs = tref.specs
+        if online:
+            views["teacher"] = {m: teacher_specs[m] for m in reads}
+        loader = _loader(plan, d, windows, views, aug_specs, policy)
+        view = TeacherView.of(cfg.distill, list(teacher_specs), modality)
+        if tplan is not None:
+            feed = (
+                OnlineFeed(teacher, view, plan.seed, d.rank)
+                if online
+                else CachedFeed(*cached_teacher_outputs(
+                    teacher, teacher_specs, windows, view, plan.seed, d.device))
+            )  # fmt: skip
+        if cfg.distill.classifier_loss == "soft_teacher_head":
+            classifier = teacher.classifier
+        teacher_info = {
+            "teacher_dir": str(Path(teacher_dir).resolve()),
+            "teacher": {"source": "edgekd", "dir": str(Path(teacher_dir).resolve())},
+            "teacher_metrics": tref.sidecar.get("metrics", {}),
+        }
+    if cfg.distill.classifier_loss == "fixmatch":
+        feed = SelfFeed(student, modality)
+        loader.keep_clean = True
+    criterion = _criterion(cfg, student.embed_dim, teacher_dim, counts).to(d.device)
+    source = StudentSteps(loader, modality, feed, classifier)
     sidecar = {
         **_sidecar(plan, ds, student, {modality: spec}),
         "student_modality": modality,
-        "teacher_dir": str(Path(teacher_dir).resolve()),
-        "teacher_metrics": trun.sidecar.get("metrics", {}),
+        **teacher_info,
         "distill": to_dict(cfg.distill),
         "fold": list(fold) if fold is not None else None,
     }
@@ -332,6 +421,7 @@ def distill(
             summary={
                 "augment": policy.describe(),
                 "teacher_mode": tplan.mode if tplan else None,
+                "teacher": teacher_info["teacher"] if tplan else None,
                 "unlabelled_windows": plan.unlabelled,
             },
         )

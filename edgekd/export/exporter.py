@@ -425,6 +425,8 @@ class _Export:
                 "output": {"name": "logits", "shape": ["batch", k], "dtype": "float32"},
             },
             "target": self.tgt.to_dict(self.prec),
+            # Whom the student learnt from: source, weights sha256, licence and card.
+            "teacher": side.get("teacher") or {"source": "none"},
             "provenance": {
                 **_versions(),
                 "git_commit": _git_commit(),

@@ -309,6 +309,11 @@ def _teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.Tensor | 
 
     run = job.data.run
     distill, teacher_dir = run.config.distill, run.sidecar.get("teacher_dir")
+    if distill.uses_teacher and not teacher_dir:
+        job.notices.append(
+            "the student learnt from an outside teacher (a card): QAT fine-tuned with the task "
+            "loss only"
+        )
     if not distill.uses_teacher or not teacher_dir:
         return None, None
     if not Path(teacher_dir).is_dir():
