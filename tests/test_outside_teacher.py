@@ -293,3 +293,38 @@ def test_fixmatch_learns_from_unlabelled_windows_without_the_teacher(
     mixed = distill(teacher, made["manifest"], tmp_path / "mx", "--recipe", "fixmatch",
                     "--mix", "mixup")  # fmt: skip
     assert mixed.exit_code == 2 and "takes no mixing" in mixed.output
+
+
+def test_plan_differences_name_another_outside_teacher(
+    made: dict[str, Path], tmp_path: Path
+) -> None:
+    from edgekd.config import build_config
+    from edgekd.distill.plan import differences
+    from edgekd.distill.trainer import plan_distill
+
+    cfg = build_config(None, recipe="kd", flags={"data": {"source": str(made["manifest"])}})
+    a = plan_distill(cfg, card(tmp_path / "a", made["onnx"]))[0]
+    b = plan_distill(cfg, card(tmp_path / "b", made["pt2"], source="torch_export",
+                               outputs={"logits": {"name": "0"}}))[0]  # fmt: skip
+    said = [d for d in differences(b, a) if d.aspect == "teacher"]
+    assert len(said) == 1 and sha256(made["pt2"])[:12] in said[0].text
+    assert not [d for d in differences(a, a)]
+
+
+@pytest.mark.gpu
+def test_a_cuda_teacher_gives_the_cpu_teachers_outputs(
+    made: dict[str, Path], tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the teacher's own device is tested on a GPU machine")
+    from edgekd.data import load_dataset
+    from edgekd.teachers.teacher import OutsideTeacher
+
+    ds = load_dataset(made["manifest"])
+    raw = {m: ds.splits["test"].x[m] for m in ("accel", "gyro")}
+    cpu = OutsideTeacher.open(card(tmp_path / "c", made["pt2"], source="torch_export",
+                                   device="cpu", outputs={"logits": {"name": "0"}}), ds.specs)
+    gpu = OutsideTeacher.open(card(tmp_path / "g", made["pt2"], source="torch_export",
+                                   device="cuda", outputs={"logits": {"name": "0"}}), ds.specs)
+    np.testing.assert_allclose(gpu.outputs(raw).logits, cpu.outputs(raw).logits, atol=1e-4)

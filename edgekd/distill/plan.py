@@ -698,7 +698,10 @@ def _loss_text(plan: RunPlan) -> str:
 
 def _teacher_text(plan: RunPlan) -> str:
     t = plan.teacher
-    return "no teacher" if t is None else f"{t.mode} teacher reading {', '.join(t.reads)}"
+    if t is None:
+        return "no teacher"
+    who = "" if t.source == "edgekd" else f" ({t.source} {t.sha256[:12]})"
+    return f"{t.mode} teacher{who} reading {', '.join(t.reads)}"
 
 
 def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
@@ -713,8 +716,12 @@ def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
     if plan.loss != base.loss:
         add("loss", f"loss {_loss_text(plan)} (instead of {_loss_text(base)})")
     a, b = plan.teacher, base.teacher
+    # An edgekd teacher's folder is not compared (ablate pairs teacher seeds itself); an outside
+    # teacher is named by its weights' sha256.
     if (a is None) != (b is None) or (
-        a is not None and b is not None and (a.reads, a.mode) != (b.reads, b.mode)
+        a is not None
+        and b is not None
+        and (a.reads, a.mode, a.source, a.sha256) != (b.reads, b.mode, b.source, b.sha256)
     ):
         add("teacher", f"{_teacher_text(plan)} (instead of {_teacher_text(base)})")
     for aspect, mine, theirs in (
