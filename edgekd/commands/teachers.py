@@ -43,6 +43,32 @@ def register_teacher_tools(app: typer.Typer) -> None:
             f"{fingerprint['data']['windows']:,} windows of {fingerprint['data']['source']}"
         )
 
+    @app.command()
+    @user_errors
+    def inspect(
+        card: Annotated[
+            Path,
+            typer.Argument(metavar="CARD_OR_MODEL", help="The teacher's card (or its model file)."),
+        ],
+        data: DataOpt = None,
+        json_file: Annotated[
+            Path | None, typer.Option("--json", help="Also write the report as JSON to FILE.")
+        ] = None,
+    ) -> None:
+        """Show what a teacher card says and, with --data, check the teacher on the data before
+        distilling: signature, batch invariance, determinism, label order, normalisation and
+        embedding collapse. Exits 2 when a check fails (the card must be fixed first)."""
+        require_extra("train", "`edgekd teacher inspect`")
+        from edgekd.io import atomic_write_json
+        from edgekd.teachers.checks import inspect_teacher
+
+        report = inspect_teacher(card, data)
+        typer.echo(report.render())
+        if json_file is not None:
+            atomic_write_json(json_file, report.to_dict())
+        if report.refused:
+            raise typer.Exit(code=2)
+
     @app.command("export")
     @user_errors
     def export(
