@@ -162,6 +162,14 @@ def test_sklearn_onnx_teacher_with_flattened_input_distils(
     assert result.exit_code == 0, result.output
     plan = plan_of(tmp_path / "s")
     assert plan["teacher"]["reads"] == ["gyro"] and plan["modality"] == "accel"
+    # QAT fine-tunes with the same teacher, recomputed through the card.
+    out = tmp_path / "qat.edgekd"
+    export = run_cli(["export", str(tmp_path / "s"), "--out", str(out), "--target", "cpu-ort",
+                      "--qat", "--qat-epochs", "1", "--max-drop", "100"])  # fmt: skip
+    assert export.exit_code == 0, export.output
+    assert "logit_kd" in export.output and "task loss only" not in export.output
+    info = run_cli(["info", str(out)])
+    assert f"sha256={sha256(made['sklearn'])[:12]}" in info.output
     # Logits only: a feature-level recipe is refused, naming those that apply.
     refused = distill(teacher, made["manifest"], tmp_path / "f", "--feature-loss", "hard_l2")
     assert refused.exit_code == 2

@@ -300,6 +300,39 @@ def _qat(job: _Export) -> tuple[Path, dict[str, Any]]:
     return path, record
 
 
+def _outside_teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """An outside teacher's outputs on the labelled training windows, through the card the
+    student's sidecar names (its sha256 must still be the one distillation used)."""
+    import torch
+
+    from edgekd.distill.outside import window_outputs
+    from edgekd.teachers import read_card
+    from edgekd.teachers.teacher import OutsideTeacher
+
+    info = job.data.run.sidecar.get("teacher") or {}
+    card_path = Path(info.get("card") or "")
+    if not info.get("card") or not card_path.is_file():
+        job.notices.append(
+            f"teacher card {info.get('card') or '(none recorded)'} not found: QAT used the task "
+            "loss only"
+        )
+        return None, None
+    card = read_card(card_path)
+    if card.sha256 != info.get("sha256"):
+        job.notices.append(
+            f"the teacher card {card_path} now names other weights than distillation used: QAT "
+            "used the task loss only"
+        )
+        return None, None
+    teacher = OutsideTeacher(card, job.data.dataset.specs)
+    out = window_outputs(teacher, job.data.train)
+    logits = teacher.dataset_logits(out, job.data.labels)
+    return (
+        None if logits is None else torch.from_numpy(logits),
+        None if out.embedding is None else torch.from_numpy(out.embedding),
+    )
+
+
 def _teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Frozen-teacher (logits, embeddings) on the labelled training windows, as distillation
     saw them; (None, None) when the student had no teacher or its run folder is gone."""
@@ -310,11 +343,8 @@ def _teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.Tensor | 
     run = job.data.run
     distill, teacher_dir = run.config.distill, run.sidecar.get("teacher_dir")
     if distill.uses_teacher and not teacher_dir:
-        job.notices.append(
-            "the student learnt from an outside teacher (a card): QAT fine-tuned with the task "
-            "loss only"
-        )
-    if not distill.uses_teacher or not teacher_dir:
+        return _outside_teacher_outputs(job)
+    if not distill.uses_teacher:
         return None, None
     if not Path(teacher_dir).is_dir():
         job.notices.append(
