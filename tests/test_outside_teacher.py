@@ -336,3 +336,63 @@ def test_a_cuda_teacher_gives_the_cpu_teachers_outputs(
     gpu = OutsideTeacher.open(card(tmp_path / "g", made["pt2"], source="torch_export",
                                    device="cuda", outputs={"logits": {"name": "0"}}), ds.specs)
     np.testing.assert_allclose(gpu.outputs(raw).logits, cpu.outputs(raw).logits, atol=1e-4)
+
+
+FACE_TEACHER = '''
+import torch
+from torch import nn
+
+
+class FaceTeacher(nn.Module):
+    """(N, 3, 16, 16) images -> (logits over 3 classes, 8-d embedding); inputs checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, img):
+        assert img.shape[1:] == (3, 16, 16), img.shape
+        emb = self.body(img)
+        return {"logits": self.head(emb), "emb": emb}
+
+
+class VoiceTeacher(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 3)
+
+    def forward(self, wav):
+        return self.head(wav.abs().mean(dim=1, keepdim=True))
+'''
+
+
+def test_an_image_teacher_for_an_audio_student_runs_online_on_resized_raw_images(
+    tmp_path: Path,
+) -> None:
+    from toy_manifest import make_toy_manifest
+
+    manifest = make_toy_manifest(tmp_path / "av", n_per_class=6)
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "their_teachers.py").write_text(FACE_TEACHER)
+    face = {"source": "python", "factory": "their_teachers:FaceTeacher",
+            "inputs": {"img": {"modality": "face", "size": [16, 16], "layout": "NCHW",
+                               "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}},
+            "outputs": {"logits": {"name": "logits"}, "embedding": {"name": "emb"}},
+            "labels": ["c0", "c1", "c2"], "licence": "MIT"}  # fmt: skip
+    (folder / "face.yaml").write_text(yaml.safe_dump(face))
+    ok = distill(folder / "face.yaml", manifest, tmp_path / "s")
+    assert ok.exit_code == 0, ok.output
+    plan = plan_of(tmp_path / "s")
+    assert plan["modality"] == "voice" and plan["teacher"]["reads"] == ["face"]
+    assert plan["teacher"]["mode"] == "online" and "spec_mask" in plan["augment"]["voice"]
+    # A teacher reading the raw audio would not see the student's SpecAugment masks: refused.
+    voice = {**face, "factory": "their_teachers:VoiceTeacher",
+             "inputs": {"wav": {"modality": "voice"}}, "outputs": {"logits": {"name": "0"}}}
+    (folder / "voice.yaml").write_text(yaml.safe_dump(voice))
+    refused = distill(folder / "voice.yaml", manifest, tmp_path / "v")
+    assert refused.exit_code == 2
+    assert "masks the features of voice" in " ".join(refused.output.split())

@@ -491,13 +491,17 @@ def _card_student(
     aug_specs = {m: data.specs[m] for m in dict.fromkeys([modality, *reads] if online
                                                          else [modality])}  # fmt: skip
     policy = build_policy(cfg.augment, aug_specs, len(labels))
-    if online and policy.has_features and any(
-        data.specs[m].kind != "timeseries" for m in reads
-    ):
+    # Feature-stage ops (SpecAugment masks) change the student's features after the raw
+    # windows the outside teacher gets: on a modality both read, they would see different data.
+    masked = [
+        m for m in reads if online and any(
+            op.stage == "features" and data.specs[m].kind in op.kinds for op, _ in policy.ops)
+    ]  # fmt: skip
+    if masked:
         raise ConfigError(
-            f"the augmentation has feature-stage ops ({policy.describe()}) that an outside "
-            "teacher, which gets raw windows, cannot see; drop them (--augment none or custom) "
-            "or use teacher_mode cached with --augment none"
+            f"the augmentation masks the features of {', '.join(masked)} ({policy.describe()}), "
+            "but an outside teacher reads raw windows and would not see the masks: drop the "
+            "feature-stage ops (--augment custom), or use --teacher-mode cached --augment none"
         )
     if uses_teacher and not online and policy.active:
         raise ConfigError(
