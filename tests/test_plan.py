@@ -156,3 +156,78 @@ def test_teacher_augmentation_it_never_saw_is_a_warning(teacher_run: Path) -> No
     assert plan.teacher is not None and plan.teacher.unseen == ("rotate (stronger)",)
     assert "never saw in training" in plan.warnings[0]
     assert "WARNING" in plan.describe()
+
+
+def _other(value: object) -> object:
+    """A value unlike `value`, of the same kind where there is one."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, tuple | list):
+        return (*value, "x")
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    return "x"
+
+
+def _with_leaf(obj: object, parts: list[str], value: object) -> object:
+    """`obj` with the field at dotted `parts` set to `value`, bypassing validation (a plan
+    built by hand can hold any value; the comparison must still see it)."""
+    import copy
+    import dataclasses
+
+    if not parts:
+        return value
+    head, rest = parts[0], parts[1:]
+    if dataclasses.is_dataclass(obj):
+        new = copy.copy(obj)
+        object.__setattr__(new, head, _with_leaf(getattr(obj, head), rest, value))
+        return new
+    if isinstance(obj, dict):
+        return {**obj, head: _with_leaf(obj[head], rest, value)}
+    if not head.isdigit():  # (name, value) pairs, addressed by name
+        return tuple((k, _with_leaf(v, rest, value) if k == head else v) for k, v in obj)
+    i = int(head)
+    return (*obj[:i], _with_leaf(obj[i], rest, value), *obj[i + 1 :])  # type: ignore[index]
+
+
+def test_every_plan_field_changed_alone_is_one_told_difference(teacher_run: Path) -> None:
+    from edgekd.distill.plan import IGNORED, aspect_of, differences, plan_fields
+
+    base = _plan(teacher_run, "paper")
+    fields = plan_fields(base)
+    assert "config.train.weight_decay" in fields and "config.model.args" in fields
+    assert "config.distill.teacher_corrupt" in fields and "teacher.sha256" in fields
+    checked = 0
+    for path, value in fields.items():
+        if path == "labelled_per_batch":  # derived from the window counts, not set alone
+            continue
+        changed = _with_leaf(base, path.split("."), _other(value))
+        said = differences(changed, base)  # type: ignore[arg-type]
+        if path in IGNORED or any(path.startswith(k + ".") for k in IGNORED):
+            assert said == (), path
+            continue
+        assert [d.aspect for d in said] == [aspect_of(path, (base.modality,))], (path, said)
+        assert said[0].text, path
+        checked += 1
+    assert checked > 60
+    assert differences(base, base) == ()
+
+
+def test_weight_decay_and_quality_settings_are_told_by_name(teacher_run: Path) -> None:
+    from edgekd.distill.plan import differences
+
+    base = _plan(teacher_run, "paper")
+    cfg = replace(base.config, train=replace(base.config.train, weight_decay=0.0),
+                  distill=replace(base.config.distill, quality_temperature=1.0))  # fmt: skip
+    said = {d.aspect: d.text for d in differences(resolve_plan(cfg, load_data(
+        cfg, TeacherRun.read(teacher_run), None), TeacherRun.read(teacher_run)), base)}
+    assert said == {
+        "loss": "distill.quality_temperature 1.0 (instead of 0.5)",
+        "optimizer": "train.weight_decay 0.0 (instead of 0.0001)",
+    }

@@ -685,7 +685,31 @@ def with_steps(cfg: RunConfig, steps: int, data: Any, teacher: TeacherRun | None
 
 # What two plans can differ in, in the order their differences are told.
 ASPECTS = ("loss", "teacher", "labelled", "unlabelled", "steps", "epochs", "batch", "augment",
-           "schedule", "model", "select")  # fmt: skip
+           "schedule", "optimizer", "model", "select", "data", "world", "loader",
+           "role")  # fmt: skip
+
+# Fields that never count as a difference: the seed and an edgekd teacher's folder (an ablation
+# pairs seeds and teachers itself), and `filled` (where a value came from, not the value).
+IGNORED = ("seed", "config.train.seed", "teacher.dir", "filled")
+
+# Every field of a plan (its config included) belongs to one aspect: the first key that is the
+# field's dotted path or a prefix of it (a key ending in "." or "_" is a prefix as it stands).
+ASPECT_OF = (
+    ("config.distill.teacher_", "teacher"), ("config.distill.", "loss"),
+    ("config.augment.", "augment"), ("config.train.epochs", "epochs"),
+    ("config.train.batch_size", "batch"), ("config.train.lr", "schedule"),
+    ("config.train.weight_decay", "optimizer"), ("config.train.select", "select"),
+    ("config.train.num_workers", "loader"), ("config.model.", "model"),
+    ("config.student_modality", "model"), ("config.data.limit", "labelled"),
+    ("config.data.labelled_share", "labelled"), ("config.data.unlabelled", "unlabelled"),
+    ("config.data.modalities", "teacher"), ("config.data.", "data"), ("teacher", "teacher"),
+    ("loss", "loss"), ("labelled", "labelled"), ("unlabelled", "unlabelled"),
+    ("steps_per_epoch", "steps"), ("schedule.total_steps", "steps"), ("schedule", "schedule"),
+    ("epochs", "epochs"), ("batch_size", "batch"), ("labelled_per_batch", "batch"),
+    ("augment", "augment"), ("arch", "model"),
+    ("modality", "model"), ("select", "select"), ("source", "data"),
+    ("split_windows", "data"), ("held_out", "data"), ("world", "world"), ("role", "role"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -694,6 +718,56 @@ class Difference:
 
     aspect: str
     text: str
+
+
+def aspect_of(path: str, students: tuple[str | None, ...] = ()) -> str:
+    """The aspect (one of ASPECTS) of a plan field's dotted path; ValueError for a field no key
+    covers (a new plan or config field must be given an aspect here). The resolved augmentation
+    of a modality that is not among `students` (the compared plans' student modalities) is the
+    teacher's: it follows from the teacher's view."""
+    for key, aspect in ASPECT_OF:
+        if path == key or path.startswith(key if key[-1] in "._" else key + "."):
+            if aspect == "augment" and path.startswith("augment.") and \
+                    path.split(".")[1] not in (*students, "mix"):  # fmt: skip
+                return "teacher"
+            return aspect
+    raise ValueError(f"plan field {path!r} has no aspect in edgekd.distill.plan.ASPECT_OF")
+
+
+def plan_fields(value: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of a plan as {dotted path: value}: dataclass fields, dict keys and the items
+    of tuples that hold dataclasses or containers, walked generically (so a field added to any
+    plan or config dataclass is compared without being listed anywhere)."""
+    import dataclasses
+
+    def join(name: object) -> str:
+        return f"{path}.{name}" if path else str(name)
+
+    if isinstance(value, tuple) and value and all(
+        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value
+    ):
+        value = dict(value)  # (name, value) pairs: compared by name, not by position
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            out.update(plan_fields(getattr(value, f.name), join(f.name)))
+        if isinstance(value, RunPlan):  # what a batch holds: derived, but what training sees
+            out[join("labelled_per_batch")] = round(value.labelled_per_batch)
+        return out
+    if isinstance(value, dict) and value:
+        out = {}
+        for k in sorted(value, key=str):
+            out.update(plan_fields(value[k], join(k)))
+        return out
+    nested = (dict, list, tuple)
+    if isinstance(value, list | tuple) and any(
+        dataclasses.is_dataclass(v) or isinstance(v, nested) for v in value
+    ):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(plan_fields(v, join(i)))
+        return out
+    return {path: value}
 
 
 def _loss_text(plan: RunPlan) -> str:
@@ -708,61 +782,66 @@ def _teacher_text(plan: RunPlan) -> str:
     return f"{t.mode} teacher{who} reading {', '.join(t.reads)}"
 
 
-def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
-    """Every difference of `plan` from `base` that changes what training sees, as sentences
-    relative to `base` (e.g. "+3,661 unlabelled windows", "x1.64 optimizer steps"). The seed
-    and the teacher's folder are not compared (an ablation pairs seeds and teachers itself)."""
-    out: list[Difference] = []
-
-    def add(aspect: str, text: str) -> None:
-        out.append(Difference(aspect, text))
-
+def _told(plan: RunPlan, base: RunPlan) -> dict[str, str]:
+    """Readable sentences for the aspects that have one (relative to `base`)."""
+    out: dict[str, str] = {}
     if plan.loss != base.loss:
-        add("loss", f"loss {_loss_text(plan)} (instead of {_loss_text(base)})")
-    a, b = plan.teacher, base.teacher
-    # An edgekd teacher's folder is not compared (ablate pairs teacher seeds itself); an outside
-    # teacher is named by its weights' sha256.
-    if (a is None) != (b is None) or (
-        a is not None
-        and b is not None
-        and (a.reads, a.mode, a.source, a.sha256) != (b.reads, b.mode, b.source, b.sha256)
-    ):
-        add("teacher", f"{_teacher_text(plan)} (instead of {_teacher_text(base)})")
+        out["loss"] = f"loss {_loss_text(plan)} (instead of {_loss_text(base)})"
+    if _teacher_text(plan) != _teacher_text(base):
+        out["teacher"] = f"{_teacher_text(plan)} (instead of {_teacher_text(base)})"
     for aspect, mine, theirs in (
         ("labelled", plan.labelled, base.labelled),
         ("unlabelled", plan.unlabelled, base.unlabelled),
     ):
         if mine != theirs:
-            add(aspect, f"{mine - theirs:+,} {aspect} windows")
+            out[aspect] = f"{mine - theirs:+,} {aspect} windows"
     if plan.total_steps != base.total_steps:
-        add(
-            "steps",
+        out["steps"] = (
             f"x{plan.total_steps / max(base.total_steps, 1):.2f} optimizer steps "
-            f"({plan.total_steps:,} instead of {base.total_steps:,})",
+            f"({plan.total_steps:,} instead of {base.total_steps:,})"
         )
     if plan.epochs != base.epochs:
-        add("epochs", f"{plan.epochs} epochs (instead of {base.epochs})")
+        out["epochs"] = f"{plan.epochs} epochs (instead of {base.epochs})"
     if plan.batch_size != base.batch_size or round(plan.labelled_per_batch) != round(
         base.labelled_per_batch
     ):
-        add(
-            "batch",
+        out["batch"] = (
             f"~{plan.labelled_per_batch:.0f} labelled windows per batch of {plan.batch_size} "
-            f"(instead of ~{base.labelled_per_batch:.0f} of {base.batch_size})",
+            f"(instead of ~{base.labelled_per_batch:.0f} of {base.batch_size})"
         )
-    # The augmentation of the student's modality and the mixing: the teacher-only modalities'
-    # augmentation follows from the teacher's view, told above.
-    mine, theirs = dict(plan.augment), dict(base.augment)
-    for key in dict.fromkeys([str(plan.modality or ""), str(base.modality or ""), "mix"]):
-        if key and mine.get(key, "none") != theirs.get(key, "none"):
-            add(
-                "augment",
-                f"augment {key}: {mine.get(key, 'none')} (instead of {theirs.get(key, 'none')})",
-            )
-    if (plan.schedule.peak, plan.schedule.floor) != (base.schedule.peak, base.schedule.floor):
-        add("schedule", f"lr {plan.schedule.describe()} (instead of {base.schedule.describe()})")
+    if plan.schedule.describe() != base.schedule.describe():
+        out["schedule"] = f"lr {plan.schedule.describe()} (instead of {base.schedule.describe()})"
     if (plan.arch, plan.modality) != (base.arch, base.modality):
-        add("model", f"{plan.arch} on {plan.modality} (instead of {base.arch} on {base.modality})")
+        out["model"] = (
+            f"{plan.arch} on {plan.modality} (instead of {base.arch} on {base.modality})"
+        )
     if plan.select != base.select:
-        add("select", f"selects by {plan.select} (instead of {base.select})")
+        out["select"] = f"selects by {plan.select} (instead of {base.select})"
+    return out
+
+
+def differences(plan: RunPlan, base: RunPlan) -> tuple[Difference, ...]:
+    """Every difference of `plan` from `base`, one per aspect (ASPECTS order): complete by
+    construction, since every field of both plans (their configs included) is compared
+    (`plan_fields`) and each differing field is told, under its aspect (`aspect_of`), either
+    by a readable sentence (e.g. "+3,661 unlabelled windows", "x1.64 optimizer steps") or as
+    `field value (instead of value)`. Fields in IGNORED are not compared."""
+    mine, theirs = plan_fields(plan), plan_fields(base)
+    changed: dict[str, list[str]] = {}
+    for path in sorted(set(mine) | set(theirs)):
+        if any(path == k or path.startswith(k + ".") for k in IGNORED):
+            continue
+        a, b = mine.get(path), theirs.get(path)
+        if a != b:
+            changed.setdefault(aspect_of(path, (plan.modality, base.modality)), []).append(path)
+    told = _told(plan, base)
+    out = []
+    for aspect in ASPECTS:
+        if aspect not in changed:
+            continue
+        # Config fields are told by name too: a sentence shows the effect, not every cause.
+        raw = [f"{p.removeprefix('config.')} {mine.get(p)!r} (instead of {theirs.get(p)!r})"
+               for p in changed[aspect] if p.startswith("config.") or aspect not in told]
+        text = "; ".join(([told[aspect]] if aspect in told else []) + raw)
+        out.append(Difference(aspect, text))
     return tuple(out)

@@ -92,6 +92,7 @@ def _runs_table() -> dict[str, Row]:
         "default_nounl": Row(
             "shipped default recipe without the unlabelled windows",
             default,
+            (*LOSS_CHANGE, "unlabelled"),
             overrides={"data": {"unlabelled": False}},
             isolates=("default", "what the unlabelled windows add"),
         ),
