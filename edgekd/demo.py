@@ -126,6 +126,7 @@ def student_setup(runs: dict[str, Path]) -> dict[str, Any]:
             f"in {', '.join(differ)}, not only in the distillation losses; use another --out"
         )
     return {
+        "differences": _plan_differences(runs),
         "shared": {k: v for k, v in ce.items() if k != "distill"},
         "recipes": {
             name: {"recipe": recipe, **{k: cfg["distill"][k] for k in SHOWN_DISTILL}}
@@ -310,6 +311,20 @@ def run_demo(
     return summary
 
 
+def _plan_differences(runs: dict[str, Path]) -> list[str] | None:
+    """What the distilled student's plan differs in from the CE student's (their plan.json
+    files; None where a run has none)."""
+    import json
+
+    from edgekd.distill.plan import RunPlan, differences
+
+    paths = [runs[name] / "plan.json" for name in STUDENT_RECIPES]
+    if not all(p.is_file() for p in paths):
+        return None
+    ce, kd = (RunPlan.from_dict(json.loads(p.read_text())) for p in paths)
+    return [d.text for d in differences(kd, ce)]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -404,7 +419,9 @@ def render_setup(setup: dict[str, Any]) -> list[str]:
         f"lr {train['lr']}, seed {train['seed']} (so the same initialisation and batch order), "
         f"training windows: {data['limit'] or 'all'}"
         + "".join(f"; {k}: {v}" for k, v in others.items())
-        + ". They differ only in the loss:",
+        + ". The distilled student's plan differs from the CE student's in: "
+        + ("; ".join(setup.get("differences") or []) or "(no plan.json to compare)")
+        + ". Their losses:",
         "",
         "| student | recipe | " + " | ".join(SHOWN_DISTILL) + " |",
         "|---|---|" + "---|" * len(SHOWN_DISTILL),

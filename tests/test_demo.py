@@ -41,6 +41,9 @@ def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
     assert "## Training setup" in report
     assert "Both students: `tcn_tiny` on `accel`, 1 epochs" in report
     assert "1 epochs, batch 64, lr 0.003, seed 0" in report
+    # What else the distilled student's plan has, told from the two plans, not by hand.
+    assert "plan differs from the CE student's in: loss 0.5 cross-entropy + 0.5 logit_kd" in report
+    assert "unlabelled windows" in report and "optimizer steps" in report
     assert "| student (distilled) | `default` | logit_kd | none | 2.0 | 0.5 | 0.5 |" in report
     assert 'README.md, "Measured results"' in report
     assert "students: same settings" in result.output and "; ce vs" in result.output

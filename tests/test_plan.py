@@ -231,3 +231,11 @@ def test_weight_decay_and_quality_settings_are_told_by_name(teacher_run: Path) -
         "loss": "distill.quality_temperature 1.0 (instead of 0.5)",
         "optimizer": "train.weight_decay 0.0 (instead of 0.0001)",
     }
+
+
+def test_a_plan_read_back_from_plan_json_equals_the_plan(teacher_run: Path) -> None:
+    from edgekd.distill.plan import RunPlan, differences
+
+    plan = _plan(teacher_run, "paper")
+    back = RunPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back == plan and differences(back, plan) == ()

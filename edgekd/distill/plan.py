@@ -173,6 +173,34 @@ class RunPlan:
         out["labelled_per_batch"] = round(self.labelled_per_batch, 2)
         return out
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunPlan:
+        """The plan `to_dict` wrote (a run folder's plan.json); derived counts are recomputed."""
+        t = d["teacher"]
+        return cls(
+            role=d["role"],
+            arch=d["arch"],
+            modality=d["modality"],
+            source=d["source"],
+            split_windows=tuple(d["split_windows"].items()),
+            labelled=d["labelled"],
+            unlabelled=d["unlabelled"],
+            held_out=tuple(d["held_out"]),
+            teacher=None if t is None else TeacherPlan(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()}),
+            augment=tuple(d["augment"].items()),
+            batch_size=d["batch_size"],
+            world=d["world"],
+            steps_per_epoch=d["steps_per_epoch"],
+            epochs=d["epochs"],
+            schedule=Schedule(**d["schedule"]),
+            loss=tuple(LossTerm(**term) for term in d["loss"]),
+            select=d["select"],
+            seed=d["seed"],
+            filled=tuple(d["filled"]),
+            config=from_dict(d["config"]),
+        )  # fmt: skip
+
     @property
     def warnings(self) -> tuple[str, ...]:
         """What in this plan is likely a mistake (printed even by a quiet run)."""
