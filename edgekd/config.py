@@ -199,6 +199,9 @@ class DistillConfig:
     # FixMatch (Sohn et al. 2020): the student's own prediction on the clean window is the target
     # for its augmented view, on unlabelled windows whose top probability reaches this threshold.
     fixmatch_threshold: float = 0.95
+    # An online edgekd teacher may get augmentation it never trained with only when allowed (a
+    # comparison of recipes would otherwise differ in the teacher's inputs unannounced).
+    allow_unseen_augment: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (

@@ -145,14 +145,20 @@ def test_a_folds_held_out_subjects_never_train(teacher_run: Path) -> None:
     assert plan.labelled + len(ds.splits["val"]) == HAR_LABELLED
 
 
-def test_teacher_augmentation_it_never_saw_is_a_warning(teacher_run: Path) -> None:
+def test_teacher_augmentation_it_never_saw_is_refused_unless_allowed(teacher_run: Path) -> None:
+    from edgekd.errors import ConfigError
+
     teacher = TeacherRun.read(teacher_run)
     cfg = _cfg("default")
     ds = load_data(cfg, teacher, None)
     same = resolve_plan(cfg, ds, teacher)
     assert same.teacher is not None and same.teacher.unseen == () and same.warnings == ()
     stronger = replace(cfg, augment=replace(cfg.augment, ops={"rotate": {"max_deg": 45.0}}))
+    with pytest.raises(ConfigError, match=r"never saw in training .* --allow-unseen-augment"):
+        resolve_plan(stronger, ds, teacher)
+    stronger = replace(stronger, distill=replace(stronger.distill, allow_unseen_augment=True))
     plan = resolve_plan(stronger, ds, teacher)
+    assert plan.to_dict()["config"]["distill"]["allow_unseen_augment"] is True
     assert plan.teacher is not None and plan.teacher.unseen == ("rotate (stronger)",)
     assert "never saw in training" in plan.warnings[0]
     assert "WARNING" in plan.describe()

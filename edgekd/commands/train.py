@@ -273,6 +273,14 @@ def register(app: typer.Typer) -> None:
                 help="Add the data's unlabelled training windows (teacher terms only).",
             ),
         ] = None,
+        allow_unseen_augment: Annotated[
+            bool | None,
+            typer.Option(
+                "--allow-unseen-augment",
+                help="Let the online teacher get augmentation it never trained with (refused "
+                "otherwise; the plan records it).",
+            ),
+        ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
         set_: SetOpt = None,
@@ -296,6 +304,7 @@ def register(app: typer.Typer) -> None:
             "lambda_classifier": lambda_classifier,
             "teacher_view": teacher_view,
             "teacher_mode": teacher_mode,
+            "allow_unseen_augment": allow_unseen_augment,
         }
         cfg = _common(
             config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,

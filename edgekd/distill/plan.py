@@ -203,7 +203,8 @@ class RunPlan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What in this plan is likely a mistake (printed even by a quiet run)."""
+        """What in this plan is likely a mistake (printed even by a quiet run): augmentation the
+        teacher never saw, which only `distill.allow_unseen_augment` lets a plan have."""
         if self.teacher is None or not self.teacher.unseen:
             return ()
         return (
@@ -655,6 +656,15 @@ def resolve_plan(
         tplan = None
         if uses_teacher:
             trained, unseen = _unseen(policy, teacher, aug_specs, classes) if online else ("", ())
+            if unseen and not cfg.distill.allow_unseen_augment:
+                raise ConfigError(
+                    f"the online teacher would get inputs augmented with {', '.join(unseen)}, "
+                    f"which it never saw in training (it was trained with {trained}): its "
+                    "outputs on them may be poor targets, and a comparison with another recipe "
+                    "would differ in more than the loss. Train the teacher with the same "
+                    "augmentation, distill with the teacher's (--augment / --config), or pass "
+                    "--allow-unseen-augment (the plan records it)"
+                )
             tplan = TeacherPlan(
                 dir=str(Path(teacher.dir).resolve()),
                 modalities=tuple(teacher_specs),
@@ -723,7 +733,8 @@ IGNORED = ("seed", "config.train.seed", "teacher.dir", "filled")
 # Every field of a plan (its config included) belongs to one aspect: the first key that is the
 # field's dotted path or a prefix of it (a key ending in "." or "_" is a prefix as it stands).
 ASPECT_OF = (
-    ("config.distill.teacher_", "teacher"), ("config.distill.", "loss"),
+    ("config.distill.teacher_", "teacher"), ("config.distill.allow_unseen_augment", "teacher"),
+    ("config.distill.", "loss"),
     ("config.augment.", "augment"), ("config.train.epochs", "epochs"),
     ("config.train.batch_size", "batch"), ("config.train.lr", "schedule"),
     ("config.train.weight_decay", "optimizer"), ("config.train.select", "select"),
