@@ -24,7 +24,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def ablate(
-        teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
+        teacher: Annotated[
+            Path,
+            typer.Option(
+                help="Teacher: a run folder from `edgekd teacher`, or an outside teacher as "
+                "`edgekd distill` takes it (a teacher.yaml card, a folder holding one such as a "
+                "`teacher cache`, or a .onnx / .pt2 with the card beside it; needs --data)."
+            ),
+        ],
         out: Annotated[
             Path, typer.Option(help="Ablation folder (reused: finished runs are kept).")
         ] = Path("runs/ablate"),
@@ -37,7 +44,8 @@ def register(app: typer.Typer) -> None:
                 "(without unlabelled windows), and for each KD run NAME_restricted (the teacher "
                 "sees only the "
                 "student's modality) and NAME_unimodal (a teacher trained on the student's "
-                "modality alone). Default: the method table + default(_restricted)."
+                "modality alone; both need an edgekd teacher). With an outside teacher, teacher "
+                "scores its own predictions. Default: the method table + default(_restricted)."
             ),
         ] = None,
         seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per run (claims need >= 5).")] = 5,
@@ -86,8 +94,8 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             str | None,
             typer.Option(
-                help="The teacher's data at a new place, for the student runs (checked against "
-                "the teacher's labels and modality layouts)."
+                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
+                "with an edgekd teacher, its data at a new place, checked against it)."
             ),
         ] = None,
         strict: Annotated[

@@ -14,7 +14,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def search(
-        teacher: Annotated[Path, typer.Option(help="Teacher run folder (from `edgekd teacher`).")],
+        teacher: Annotated[
+            Path,
+            typer.Option(
+                help="Teacher: a run folder from `edgekd teacher`, or an outside teacher as "
+                "`edgekd distill` takes it (a teacher.yaml card, a folder holding one such as a "
+                "`teacher cache`, or a .onnx / .pt2 with the card beside it; needs --data)."
+            ),
+        ],
         out: Annotated[
             Path, typer.Option(help="Search folder (study.db inside; rerun with it to resume).")
         ],
@@ -64,6 +71,13 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Retrain the chosen student over N seeds, with its recipe and with "
                          "CE only: what the teacher adds at this size (test split)."),
         ] = 0,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
+                "with an edgekd teacher, its data at a new place, checked against it)."
+            ),
+        ] = None,
         no_export: Annotated[
             bool, typer.Option("--no-export", help="Do not export the chosen student.")
         ] = False,
@@ -78,7 +92,7 @@ def register(app: typer.Typer) -> None:
             address=address, jobs=jobs, threads=threads, seed=seed, limit=limit,
             unlabelled=unlabelled, batch_size=batch_size, pruner=pruner,
             latency_table=latency_table, export=not no_export, max_drop=max_drop,
-            timing_s=timing_s, confirm_seeds=confirm_seeds,
+            timing_s=timing_s, confirm_seeds=confirm_seeds, data=data,
         )  # fmt: skip
         run_search(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"wrote {out / 'search.json'}, {out / 'pareto.md'}")
@@ -87,7 +101,11 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def latency_table(
         teacher: Annotated[
-            Path, typer.Option(help="Teacher run folder: the student's input shape and classes.")
+            Path,
+            typer.Option(
+                help="Teacher run folder, or an outside teacher's card (with --data): the "
+                "student's input shape and classes."
+            ),
         ],
         target: Annotated[str, typer.Option(help="The target this device is.")],
         out: Annotated[Path, typer.Option(help="Table JSON to write or extend.")],
@@ -100,20 +118,25 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="A search folder: record the candidates it had no latency for."),
         ] = None,
         seconds: Annotated[float, typer.Option(help="Timing per architecture (s).")] = 1.0,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
+                "with an edgekd teacher, its data at a new place, checked against it)."
+            ),
+        ] = None,
     ) -> None:
         """Run ON THE TARGET DEVICE: time every architecture of the students' spaces at batch 1
         and write the latency table `edgekd search --latency-table` reads."""
         require_extra("export", "`edgekd latency-table`")
-        from edgekd.checkpoint import read_sidecar
         from edgekd.errors import ConfigError
-        from edgekd.modalities import ModalitySpec
         from edgekd.search.latency import record_latency_table, untimed_candidates
+        from edgekd.search.run import student_input
         from edgekd.search.space import arch_space, enumerate_space
 
         if (archs is None) == (from_search is None):
             raise ConfigError("give one of --archs (whole spaces) or --from-search DIR")
-        side = read_sidecar(teacher, expect_role="teacher")
-        spec = ModalitySpec.from_dict(side["specs"][side["default_student"]])
+        spec, labels = student_input(teacher, data)
         if from_search is not None:
             grid = untimed_candidates(from_search)
         else:
@@ -121,7 +144,7 @@ def register(app: typer.Typer) -> None:
             grid = [(a, args) for a in names for args in enumerate_space(arch_space(a))]
         typer.echo(f"recording {len(grid)} architectures for {target} into {out}", err=True)
         table = record_latency_table(
-            grid, spec, len(side["labels"]), target, out, duration_s=seconds,
+            grid, spec, len(labels), target, out, duration_s=seconds,
             log=lambda line: typer.echo(line, err=True),
         )  # fmt: skip
         typer.echo(f"wrote {out} ({len(table['p50_ms'])} architectures)")

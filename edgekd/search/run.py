@@ -24,6 +24,13 @@ Layout of `out`:
   pareto.md, pareto.png the front as a table and a plot (the plot needs matplotlib)
   chosen.edgekd         the chosen student's bundle
 
+Teacher: an edgekd teacher run folder, or an outside teacher as `edgekd distill` takes it (a
+teacher.yaml card, a folder holding one such as a `teacher cache`, or a .onnx/.pt2 with the card
+beside it), with `--data` (a cache knows its data). For a card the students take the data's
+default student modality, and the recipes it cannot serve (e.g. soft_teacher_head: a card gives
+no classifier weights) are left out of the space, as planning each recipe with the card tells;
+its provenance (source, sha256, licence, card) is in settings.json and search.json's `teacher`.
+
 Resume guarantee: a search killed at any point (even SIGKILL) and started again with the same
 `out` and options continues the study: complete and pruned trials are kept and never trained
 again; a trial that was in flight is re-attached with its drawn parameters and its run folder
@@ -82,6 +89,7 @@ class SearchSpec:
     max_drop: float = 1.0  # export: the most int8 may lose against FP32 (points)
     timing_s: float = 1.0  # timing per candidate when latency is measured (s)
     confirm_seeds: int = 0  # retrain the chosen student with N seeds, and with CE only
+    data: str | None = None  # the paired data: needed with an outside teacher (as distill's)
 
     def check(self) -> None:
         """ConfigError naming the offending option; nothing is created."""
@@ -105,8 +113,14 @@ class SearchSpec:
             raise ConfigError(f"--max-drop must be >= 0 points, got {self.max_drop:g}")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"--pruner {self.pruner!r} is not one of {', '.join(PRUNERS)}")
-        if not (Path(self.teacher) / "checkpoint.json").is_file():
+        card = card_of(self.teacher)
+        if card is None and not (Path(self.teacher) / "checkpoint.json").is_file():
             raise ConfigError(f"--teacher {self.teacher}: not a finished teacher run folder")
+        if card is not None and not (self.data or card.data_source):
+            raise ConfigError(
+                f"--teacher {self.teacher} is an outside teacher, which needs the paired data to "
+                "distil on: pass --data har or --data PATH/manifest.jsonl"
+            )
 
     def settings(self) -> dict[str, Any]:
         """What a resume must match (execution details such as --jobs may change)."""
@@ -115,8 +129,80 @@ class SearchSpec:
         out = {k: getattr(self, k) for k in keys}
         out["archs"] = None if self.archs is None else list(self.archs)
         out["teacher"] = str(Path(self.teacher).resolve())
+        card = card_of(self.teacher)
+        # an outside teacher's provenance: its weights' sha256 binds a resume
+        out["teacher_card"] = None if card is None else card.provenance()
+        out["data"] = self.data
         out["latency_table"] = None if self.latency_table is None else str(self.latency_table)
         return out
+
+
+def card_of(teacher: Path) -> Any:
+    """The TeacherCard of an outside teacher (`edgekd.teachers.is_card_teacher`), None for an
+    edgekd teacher run folder."""
+    from edgekd.teachers import is_card_teacher, read_card
+
+    return read_card(teacher) if is_card_teacher(Path(teacher)) else None
+
+
+def _probe_config(spec: SearchSpec, recipe: str = "ce") -> Any:
+    """The trials' run config with `recipe` and the default student: for planning only."""
+    from edgekd.config import DataConfig, RunConfig, TrainConfig
+    from edgekd.search.space import distill_config
+
+    return RunConfig(
+        data=DataConfig(source=spec.data, limit=spec.limit, unlabelled=spec.unlabelled),
+        train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed),
+        distill=distill_config(recipe, None, None),
+    )
+
+
+def read_teacher(teacher: Path, cfg: Any) -> tuple[Any, Any, Any]:
+    """(plan, data, teacher) of a trial of `cfg`, read as `edgekd distill` reads them
+    (`plan_distill`: an edgekd teacher run, or an outside teacher's card, whose cache must still
+    match the data); nothing is trained or written."""
+    from edgekd.distill.trainer import plan_distill
+
+    return plan_distill(cfg, Path(teacher))
+
+
+def card_recipes(spec: SearchSpec, data: Any, card: Any) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the recipes of the space an outside teacher can serve, {recipe: why not} for the rest),
+    each planned with the card as a trial would be; ConfigError when no recipe that uses the
+    teacher is left."""
+    from edgekd.distill.plan import resolve_plan
+    from edgekd.search.space import SEARCH_RECIPES, distill_config
+
+    fits, refused = [], {}
+    for recipe in SEARCH_RECIPES:
+        try:
+            resolve_plan(_probe_config(spec, recipe), data, card)
+        except ConfigError as exc:
+            refused[recipe] = str(exc)
+        else:
+            fits.append(recipe)
+    if not any(distill_config(r, None, None).uses_teacher for r in fits):
+        raise ConfigError(
+            f"no recipe of the search space can learn from the outside teacher in {card.dir}: "
+            + "; ".join(f"{r}: {why}" for r, why in refused.items())
+        )
+    return tuple(fits), refused
+
+
+def student_input(teacher: Path, data: str | None = None) -> tuple[Any, list[str]]:
+    """(the students' input modality spec, the classes): an edgekd teacher's default student,
+    from its sidecar; for an outside teacher, the data's default student (`data`: as --data)."""
+    from edgekd.checkpoint import read_sidecar
+    from edgekd.config import DataConfig, RunConfig
+    from edgekd.modalities import ModalitySpec
+    from edgekd.search.space import distill_config
+
+    if card_of(teacher) is None:
+        side = read_sidecar(teacher, expect_role="teacher")
+        return ModalitySpec.from_dict(side["specs"][side["default_student"]]), list(side["labels"])
+    cfg = RunConfig(data=DataConfig(source=data), distill=distill_config("ce", None, None))
+    plan, ds, _ = read_teacher(teacher, cfg)
+    return ds.specs[str(plan.modality)], list(ds.labels)
 
 
 def import_optuna() -> Any:
@@ -230,7 +316,7 @@ def _train_config(spec: SearchSpec, cand: Candidate) -> Any:
     from edgekd.search.space import distill_config
 
     return RunConfig(
-        data=DataConfig(limit=spec.limit, unlabelled=spec.unlabelled),
+        data=DataConfig(source=spec.data, limit=spec.limit, unlabelled=spec.unlabelled),
         train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=cand.lr,
                           seed=spec.seed),
         model=ModelConfig(arch=cand.arch, args=dict(cand.args)),
@@ -263,14 +349,25 @@ class _Search:
         from edgekd.modalities import ModalitySpec
         from edgekd.models import list_students
         from edgekd.models.registry import student_kinds
+        from edgekd.search.space import SEARCH_RECIPES
         from edgekd.threads import plan_threads
 
         self.spec, self.log = spec, log
         self.out = Path(spec.out)
-        side = read_sidecar(spec.teacher, expect_role="teacher")
-        modality = side["default_student"]
-        self.modality = ModalitySpec.from_dict(side["specs"][modality])
-        self.labels = list(side["labels"])
+        self.card = card_of(spec.teacher)
+        self.recipes: tuple[str, ...] = SEARCH_RECIPES
+        self.not_searched: dict[str, str] = {}
+        if self.card is None:
+            side = read_sidecar(spec.teacher, expect_role="teacher")
+            modality = side["default_student"]
+            self.modality = ModalitySpec.from_dict(side["specs"][modality])
+            self.labels = list(side["labels"])
+        else:  # the data's default student, on the data as distill reads it with the card
+            plan, data, self.card = read_teacher(spec.teacher, _probe_config(spec))
+            modality = str(plan.modality)
+            self.modality = data.specs[modality]
+            self.labels = list(data.labels)
+            self.recipes, self.not_searched = card_recipes(spec, data, self.card)
         fits = [a for a in list_students() if self.modality.kind in student_kinds(a)]
         archs = list(spec.archs) if spec.archs else fits
         bad = [a for a in archs if a not in fits]
@@ -289,7 +386,7 @@ class _Search:
     def plan(self, study: Any, predictor: Any) -> str:
         from edgekd.search.space import space_size
 
-        sizes = space_size(self.archs)
+        sizes = space_size(self.archs, self.recipes)
         trained = self.trained(study)
         budget = " and ".join(
             b for b in (
@@ -306,6 +403,12 @@ class _Search:
             f"{self.spec.epochs} epochs ({trained} already trained, {left} to go), "
             f"{self.spec.pruner} pruner; {self.threads.describe()}"
         )
+        if self.card is not None:
+            line += (f"; outside teacher {self.card.source} sha256 {self.card.sha256[:12]} on "
+                     f"{self.spec.data or self.card.data_source}")  # fmt: skip
+        if self.not_searched:
+            line += ("; recipes the teacher cannot serve, not searched: "
+                     + ", ".join(self.not_searched))  # fmt: skip
         if left and self.teacher_epoch_s:
             guess = left * self.spec.epochs * self.teacher_epoch_s / self.spec.jobs
             line += f"; about {_duration(guess)} (rough: from the teacher's epoch time)"
@@ -392,7 +495,7 @@ def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: An
     while progress.done + len(running) < spec.trials or running:
         while len(running) < spec.jobs and progress.done + len(running) < spec.trials:
             trial, reported = stale.pop(0) if stale else (study.ask(), 0)
-            cand = draw(trial, search.archs)
+            cand = draw(trial, search.archs, search.recipes)
             est = predictor.predict(cand.arch, cand.args)
             trial.set_user_attr("candidate", cand.to_dict())
             trial.set_user_attr("estimate", est.to_dict())
@@ -508,6 +611,11 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
         "latency_source": predictor.describe(),
         "modality": search.modality.name,
         "archs": search.archs,
+        "teacher": {"source": "edgekd", "dir": str(Path(spec.teacher).resolve())}
+        if search.card is None
+        else {"dir": str(Path(spec.teacher).resolve()), **search.card.provenance()},
+        "recipes": list(search.recipes),
+        "recipes_not_searched": search.not_searched,
         "spec": {**asdict(spec), "teacher": str(spec.teacher), "out": str(spec.out),
                  "latency_table": None if spec.latency_table is None
                  else str(spec.latency_table)},  # fmt: skip
@@ -534,12 +642,10 @@ def confirm_configs(spec: SearchSpec, cand: Candidate) -> tuple[Any, Any, list[s
 
     from edgekd.config import resolve_recipe
     from edgekd.distill.ablate.rows import LOSS_CHANGE
-    from edgekd.distill.plan import TeacherRun, differences, load_data, resolve_plan, with_steps
+    from edgekd.distill.plan import differences, resolve_plan, with_steps
 
     chosen = _train_config(spec, cand)
-    teacher = TeacherRun.read(Path(spec.teacher))
-    data = load_data(chosen, teacher, None)
-    mine = resolve_plan(chosen, data, teacher)
+    mine, data, teacher = read_teacher(spec.teacher, chosen)
     ce = with_steps(replace(chosen, distill=resolve_recipe("ce")), mine.total_steps, data, teacher)
     told = [d.text for d in differences(mine, resolve_plan(ce, data, teacher))
             if d.aspect not in (*LOSS_CHANGE, "epochs")]  # fmt: skip

@@ -20,8 +20,10 @@ from edgekd.config import LOGIT_LOSSES, RECIPES, DistillConfig, resolve_recipe
 from edgekd.errors import ConfigError
 
 # `default` is the shipped recipe as it is (tau 2, alpha 0.5): the anchor the search must beat.
-# `ce` is not searched: it is the no-teacher control, not a candidate recipe.
-SEARCH_RECIPES: tuple[str, ...] = ("default", *(r for r in RECIPES if r != "ce"))
+# `ce` and `fixmatch` are not searched: they are the no-teacher controls, not distillation.
+SEARCH_RECIPES: tuple[str, ...] = (
+    "default", *(r for r in RECIPES if RECIPES[r].uses_teacher)
+)  # fmt: skip
 TAUS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 # KD weight alpha: lambda_classifier = alpha, lambda_task = 1 - alpha (Hinton's convex mix).
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
@@ -41,10 +43,12 @@ class Prefixed:
         return int(self.trial.suggest_int(self.prefix + name, low, high, step=step))
 
 
-def recipe_space(trial: Any) -> dict[str, Any]:
+def recipe_space(trial: Any, recipes: Sequence[str] = SEARCH_RECIPES) -> dict[str, Any]:
     """`{"recipe", "tau", "alpha"}`: tau for recipes with a logit loss, alpha for every recipe
-    but `default` (which is a fixed point); None where a value does not apply."""
-    recipe = trial.suggest_categorical("recipe", list(SEARCH_RECIPES))
+    but `default` (which is a fixed point); None where a value does not apply. `recipes`: those
+    searched (all of SEARCH_RECIPES but what the teacher cannot serve, e.g. an outside
+    teacher's card gives no classifier weights for soft_teacher_head)."""
+    recipe = trial.suggest_categorical("recipe", list(recipes))
     if recipe == "default":
         return {"recipe": recipe, "tau": None, "alpha": None}
     logit = resolve_recipe(recipe).classifier_loss in LOGIT_LOSSES
@@ -93,11 +97,12 @@ def arch_space(arch: str) -> Callable[[Any], dict[str, Any]]:
     return lambda trial: space(Prefixed(trial, f"{arch}."))
 
 
-def draw(trial: Any, archs: Sequence[str]) -> Candidate:
-    """Draw a candidate from `trial`: the architecture, its keywords, recipe point and lr."""
+def draw(trial: Any, archs: Sequence[str], recipes: Sequence[str] = SEARCH_RECIPES) -> Candidate:
+    """Draw a candidate from `trial`: the architecture, its keywords, recipe point (one of
+    `recipes`) and lr."""
     arch = trial.suggest_categorical("arch", list(archs))
     args = arch_space(arch)(trial)
-    return Candidate(arch, args, **recipe_space(trial), **train_space(trial))
+    return Candidate(arch, args, **recipe_space(trial, recipes), **train_space(trial))
 
 
 class _GridTrial:
@@ -140,13 +145,13 @@ def enumerate_space(space: Callable[[Any], Any]) -> list[Any]:
     return points
 
 
-def space_size(archs: Sequence[str]) -> dict[str, int]:
-    """Points per part of the space: each architecture's, the recipes', the schedule's, and the
-    total (their product summed over architectures)."""
+def space_size(archs: Sequence[str], recipes: Sequence[str] = SEARCH_RECIPES) -> dict[str, int]:
+    """Points per part of the space: each architecture's, the recipes' (of `recipes`), the
+    schedule's, and the total (their product summed over architectures)."""
     sizes = {arch: len(enumerate_space(arch_space(arch))) for arch in archs}
-    recipes = len(enumerate_space(recipe_space))
+    points = len(enumerate_space(lambda trial: recipe_space(trial, recipes)))
     schedule = len(enumerate_space(train_space))
     return {
-        **sizes, "recipes": recipes, "schedule": schedule,
-        "total": sum(sizes.values()) * recipes * schedule,
+        **sizes, "recipes": points, "schedule": schedule,
+        "total": sum(sizes.values()) * points * schedule,
     }  # fmt: skip

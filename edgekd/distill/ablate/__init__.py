@@ -12,6 +12,7 @@ from edgekd.distill.ablate.core import (
     ablate,
     describe_plan,
     plan,
+    read_teacher,
     row_plans,
     unintended,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "gap_closed",
     "paired_interval",
     "plan",
+    "read_teacher",
     "row_plans",
     "run_config",
     "run_jobs",

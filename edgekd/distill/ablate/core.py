@@ -35,6 +35,15 @@ from `default`: the teacher and the unlabelled windows at equal steps; `default_
 unlabelled windows), the other minus it, paired by seed (the report's `effects`). With
 `--teacher-seeds`, student seed i learns from teacher seed i, so the intervals include the
 teacher's seed-to-seed variance.
+
+Outside teachers: `teacher` may be a card (teacher.yaml, a folder holding one such as a `teacher
+cache`, or a .onnx/.pt2 with the card beside it), as `edgekd distill` takes it: the rows are
+planned and run with the card (`--data` names the paired data; a cache knows its own). Refused
+up front: the `_restricted` and `_unimodal` controls, `--teacher-seeds` and `--unimodal-teacher`
+(they act on an edgekd fusion teacher), and the `teacher` row when the card's teacher gives no
+logits in the data's classes; otherwise the teacher's accuracy is scored here, on the data's val
+and test splits. Its provenance (source, sha256, licence, card) is in settings.json and the
+report's `teacher`.
 """
 
 from __future__ import annotations
@@ -63,13 +72,18 @@ from edgekd.distill.ablate.teachers import (
     Teachers,
     _check_unimodal,
     _teachers,
+    card_of,
+    check_card_scores,
+    check_card_spec,
+    score_card,
     student_modality,
     teacher_modality_dropout,
 )
-from edgekd.distill.plan import RunPlan, differences
+from edgekd.distill.plan import RunPlan, TeacherRun, differences
 from edgekd.errors import ConfigError
 from edgekd.executor import check_executor, make_executor
 from edgekd.io import atomic_write_json
+from edgekd.teachers.card import TeacherCard
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,13 @@ def _check(spec: AblationSpec) -> list[str]:
     if spec.folds is not None and spec.folds < 2:
         raise ConfigError(f"--folds must be at least 2 (or omitted), got {spec.folds}")
     check_executor(spec.executor, spec.address)
+    card = card_of(spec.teacher)
+    if card is not None:  # what of the ablation it cannot serve, before the options' details
+        names = [n for n in dict.fromkeys(spec.runs) if n != "teacher"]
+        for name in names:
+            run_config(name)
+        check_card_spec(spec, names, card)
+        return ["ce", *(n for n in names if n != "ce")]
     if not (Path(spec.teacher) / "metrics.json").is_file():
         raise ConfigError(f"{spec.teacher} is not a finished teacher run (no metrics.json)")
     if spec.teacher_seeds is not None:
@@ -144,15 +165,43 @@ def _run_base(spec: AblationSpec, name: str) -> RunConfig:
     return replace(with_overrides(spec.base, row.overrides), distill=row.distill)
 
 
-def row_plans(spec: AblationSpec, names: Sequence[str]) -> dict[str, RunPlan]:
+def read_teacher(spec: AblationSpec) -> tuple[Any, TeacherRun | TeacherCard]:
+    """(the data of seed 0's final fits, the teacher) as `edgekd distill` reads them
+    (`plan_distill`: an edgekd teacher run, or an outside teacher's card, whose cache must
+    still match the data)."""
+    from edgekd.distill.trainer import plan_distill
+
+    _, data, teacher = plan_distill(_run_base(spec, "ce"), Path(spec.teacher))
+    return data, teacher
+
+
+def row_plans(
+    spec: AblationSpec,
+    names: Sequence[str],
+    read: tuple[Any, TeacherRun | TeacherCard] | None = None,
+) -> dict[str, RunPlan]:
     """Each run's plan for seed 0's final fit on `spec.teacher`, without training (a `_unimodal`
     run is planned with the fused teacher's data, which its own teacher shares). A row that
-    matches another's optimizer steps gets the epochs that come closest."""
-    from edgekd.distill.plan import TeacherRun, load_data, resolve_plan, with_steps
+    matches another's optimizer steps gets the epochs that come closest. `read`: (data,
+    teacher) from `read_teacher`, read here when not given. With an outside teacher, every row
+    it cannot serve is named in one ConfigError."""
+    from edgekd.distill.plan import resolve_plan, with_steps
 
-    teacher = TeacherRun.read(spec.teacher)
-    data = load_data(spec.base, teacher, None)
-    plans = {n: resolve_plan(_run_base(spec, n), data, teacher) for n in names}
+    data, teacher = read or read_teacher(spec)
+    if isinstance(teacher, TeacherCard):
+        plans, refused = {}, {}
+        for name in names:
+            try:
+                plans[name] = resolve_plan(_run_base(spec, name), data, teacher)
+            except ConfigError as exc:
+                refused[name] = str(exc)
+        if refused:
+            raise ConfigError(
+                f"the outside teacher in {teacher.dir} cannot serve these runs: "
+                + "; ".join(f"{n}: {why}" for n, why in refused.items())
+            )
+    else:
+        plans = {n: resolve_plan(_run_base(spec, n), data, teacher) for n in names}
     for name in names:
         target = run_row(name).match_steps
         if target is None:
@@ -180,8 +229,11 @@ def _settings(spec: AblationSpec, names: Iterable[str]) -> dict[str, Any]:
             runs[n]["base_overrides"] = {k: dict(v) for k, v in row.overrides.items()}
         if row.match_steps:
             runs[n]["match_steps"] = row.match_steps
+    card = card_of(spec.teacher)
     return {
         "teacher": str(Path(spec.teacher).resolve()),
+        # an outside teacher's provenance: its weights' sha256 binds a resume
+        "teacher_card": None if card is None else card.provenance(),
         "base": base,
         "teacher_seeds": None if spec.teacher_seeds is None else list(spec.teacher_seeds),
         "unimodal_teacher": None
@@ -212,7 +264,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         k: {**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
         for k, v in old.get("base", {}).items()
     }
-    keys = ("teacher", "base", "teacher_seeds", "unimodal_teacher")
+    keys = ("teacher", "teacher_card", "base", "teacher_seeds", "unimodal_teacher")
     clash = [k for k in keys if old.get(k) != settings[k]]
     clash += [n for n, c in settings["runs"].items() if old["runs"].get(n, c) != c]
     if clash:
@@ -297,8 +349,13 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     if no_plot:
         log(f"{no_plot}: ablate.json only, no ablate.png")
     out = Path(spec.out)
-    plans = row_plans(spec, names)
+    read = read_teacher(spec)
+    plans = row_plans(spec, names, read)
     diffs = {n: unintended(n, plans) for n in names}
+    card_teacher = None
+    if isinstance(read[1], TeacherCard):  # scored before anything is written
+        data, card = read
+        card_teacher = score_card(card, data, check_card_scores(card, data, "teacher" in spec.runs))
     if spec.strict and any(diffs.values()):
         raise ConfigError(
             "--strict: these runs differ from ce in more than their intended change: "
@@ -315,6 +372,8 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "settings.json", settings)
         log(line)
+        if card_teacher is not None:
+            log(_card_line(card_teacher))
         run_jobs(teachers.jobs, executor, spec.jobs, log, epoch_s)
         if teachers.unimodal and spec.unimodal_teacher is None:
             for run in dict.fromkeys(teachers.unimodal.values()):
@@ -324,7 +383,7 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
                     shutil.rmtree(run)  # a fused teacher under the unimodal name: never reuse
                     raise
         results = run_jobs(jobs, executor, spec.jobs, log, epoch_s)
-    report = summarize_runs(jobs, results, teachers, spec)
+    report = summarize_runs(jobs, results, teachers, spec, card_teacher)
     for name, row in report["runs"].items():
         row["intended"] = list(run_row(name).intended)
         row["differences"] = diffs[name]
@@ -333,6 +392,15 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     if not no_plot:
         plot(report, out / "ablate.png")
     return report
+
+
+def _card_line(entry: dict[str, Any]) -> str:
+    """The log line naming an outside teacher: its provenance and score."""
+    line = (f"teacher: outside, {entry['source']} sha256 {entry['sha256'][:12]} "
+            f"(licence {entry['licence'] or 'not stated'}), card {entry['card'] or entry['dir']}")
+    if "test" in entry:
+        line += f"; scored here: test acc {entry['test']['accuracy']:.2f}"
+    return line + ("" if "test" in entry else f"; {entry['scored']}")  # fmt: skip
 
 
 def _first_seeds(path: Path, seeds: int) -> int:
@@ -366,8 +434,11 @@ def summarize_runs(
     results: Sequence[dict],
     teachers: Teachers | None,
     spec: AblationSpec,
+    card_teacher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ablation report (percent units) from finished jobs' metrics (in the order of jobs)."""
+    """The ablation report (percent units) from finished jobs' metrics (in the order of jobs).
+    `card_teacher`: an outside teacher's entry (`score_card`), which replaces the teacher run's
+    metrics; without its scores the gap closed is None."""
     per: dict[str, dict[int, dict[str, Any]]] = {}
     for job, metrics in zip(jobs, results, strict=True):
         seeds = per.setdefault(job.run, {})
@@ -382,8 +453,11 @@ def summarize_runs(
             if folds:
                 entry["cv"] = {m: sum(f[m] for f in folds) / len(folds) for m in METRICS}
     teachers = teachers or Teachers({}, {}, ())
-    teacher = _teacher_summary(teachers.fused.values() or [spec.teacher])
-    ood = teacher_modality_dropout(spec.teacher) == 0
+    if card_teacher is not None:
+        teacher, ood = card_teacher, False
+    else:
+        teacher = _teacher_summary(teachers.fused.values() or [spec.teacher])
+        ood = teacher_modality_dropout(spec.teacher) == 0
     runs: dict[str, Any] = {}
     for name, seeds in per.items():
         row: dict[str, Any] = {"meaning": run_config(name)[0], "per_seed": seeds}
@@ -399,9 +473,10 @@ def summarize_runs(
             continue
         row["gain"] = {m: paired_interval(_col(per[name], m), _col(ce, m)) for m in METRICS}
         row["gap_closed"] = {
-            m: gap_closed(row["test"][m]["mean"], runs["ce"]["test"][m]["mean"], teacher["test"][m])
+            m: None if "test" not in teacher else gap_closed(
+                row["test"][m]["mean"], runs["ce"]["test"][m]["mean"], teacher["test"][m])
             for m in METRICS
-        }
+        }  # fmt: skip
     cross: dict[str, Any] = {}
     for name in runs:
         for suffix, kind in CONTROLS.items():

@@ -19,15 +19,19 @@ def format_table(report: dict[str, Any]) -> str:
         "ΔF1 vs CE [95% CI]", "gap closed (acc)", "other differences vs CE",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    teachers = [("teacher (all modalities)", report["teacher"])]
+    first_teacher = report["teacher"]
+    label = "teacher (all modalities)"
+    if first_teacher.get("source", "edgekd") != "edgekd":  # an outside teacher, by its weights
+        label = f"teacher ({first_teacher['source']} {first_teacher['sha256'][:12]})"
+    teachers = [(label, first_teacher)]
     if "unimodal_teacher" in report:
         teachers.append(("teacher (student's modality only)", report["unimodal_teacher"]))
     for label, teacher in teachers:
-        t, n = teacher["test"], teacher.get("n", 1)
+        n = teacher.get("n", 1)
         label += f", mean of {n} seeds" if n > 1 else ""
-        lines.append(
-            f"| {label} | - | - | {t['accuracy']:.2f} | {t['macro_f1']:.2f} | - | - | - | - |"
-        )
+        t = teacher.get("test")
+        scores = "- | -" if t is None else f"{t['accuracy']:.2f} | {t['macro_f1']:.2f}"
+        lines.append(f"| {label} | - | - | {scores} | - | - | - | - |")
     first = report.get("first_seeds", report["seeds"])
     added = (
         f" (seeds added after the first result: {first} -> {report['seeds']})"
@@ -89,13 +93,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
         means = [s["mean"] for s in stats]
         errs = [s["se"] or 0.0 for s in stats]
         ax.bar(range(len(names)), means, yerr=errs, capsize=3, color="tab:blue")
-        teacher = report["teacher"]["test"][metric]
-        ax.axhline(teacher, ls="--", color="tab:red", label="teacher")
+        tops = list(means)
+        if "test" in report["teacher"]:  # an outside teacher without logits is not scored
+            teacher = report["teacher"]["test"][metric]
+            ax.axhline(teacher, ls="--", color="tab:red", label="teacher")
+            tops.append(teacher)
         low = min(m - e for m, e in zip(means, errs, strict=True))
-        ax.set_ylim(max(0.0, low - 3), min(100.0, max(*means, teacher) + 2))
+        ax.set_ylim(max(0.0, low - 3), min(100.0, max(tops) + 2))
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
         ax.set_title(f"test {metric} (%), mean ± s.e.")
-        ax.legend(loc="lower right")
+        if "test" in report["teacher"]:
+            ax.legend(loc="lower right")
     fig.tight_layout()
     atomic_write_png(path, fig)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """Which teacher each student seed learns from (the given one, or retrained with
 `--teacher-seeds`; the `_unimodal` control's, given or trained on the student's modality), the
-teacher trainings that needs, and what the controls check of a teacher run."""
+teacher trainings that needs, and what the controls check of a teacher run; for an outside
+teacher (a card), what of the ablation it cannot serve, and its score on the data."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from edgekd.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgekd.distill.ablate.core import AblationSpec
+    from edgekd.teachers.card import TeacherCard
 
 
 def teacher_modality_dropout(teacher: Path) -> float:
@@ -117,3 +119,100 @@ def _teachers(spec: AblationSpec, names: Sequence[str], threads: int) -> Teacher
                     )
                 unimodal[s] = run
     return Teachers(fused=fused, unimodal=unimodal, jobs=tuple(jobs))
+
+
+# --- an outside teacher (a card) ------------------------------------------------------------
+
+
+def card_of(teacher: Path) -> TeacherCard | None:
+    """The card of an outside teacher (`edgekd.teachers.is_card_teacher`: a card, a folder holding
+    teacher.yaml, a model file with the card beside it), None for an edgekd teacher run."""
+    from edgekd.teachers import is_card_teacher, read_card
+
+    return read_card(teacher) if is_card_teacher(Path(teacher)) else None
+
+
+def check_card_spec(spec: AblationSpec, names: Sequence[str], card: TeacherCard) -> None:
+    """ConfigError naming every row and option an outside teacher cannot serve: the controls
+    and the teacher retraining all act on an edgekd fusion teacher (its modality inputs, its
+    saved config); a card's teacher is run as the card says and cannot be retrained here."""
+    where = card.provenance()["card"] or str(spec.teacher)
+    problems = []
+    restricted = [n for n in names if split_control(n)[1] == "restricted"]
+    if restricted:
+        problems.append(
+            f"{', '.join(restricted)}: the restricted control zeroes every modality but the "
+            "student's inside an edgekd fusion teacher, and an outside teacher takes the inputs "
+            "its card names"
+        )
+    unimodal = [n for n in names if split_control(n)[1] == "unimodal"]
+    if unimodal:
+        problems.append(
+            f"{', '.join(unimodal)}: the unimodal control trains a teacher of the student's "
+            "modality from an edgekd teacher's config, which an outside teacher does not have"
+        )
+    if spec.teacher_seeds is not None:
+        problems.append(
+            "--teacher-seeds retrains the teacher from its edgekd config; an outside teacher "
+            "cannot be retrained here"
+        )
+    if spec.unimodal_teacher is not None:
+        problems.append(
+            "--unimodal-teacher serves the NAME_unimodal control, which needs an edgekd fused "
+            "teacher to compare with"
+        )
+    if problems:
+        raise ConfigError(
+            f"the outside teacher {where} ({card.source}) cannot serve: "
+            + "; ".join(problems)
+            + ". Leave these out, or pass an edgekd teacher run (`edgekd teacher`)"
+        )
+
+
+def check_card_scores(card: TeacherCard, data: Any, wanted: bool) -> bool:
+    """Whether the card's teacher can be scored on `data` (logits that map onto its classes);
+    ConfigError when the `teacher` row was asked for (`wanted`) and it cannot."""
+    labels = list(data.labels)
+    if card.has_logits and card.class_index(labels) is not None:
+        return True
+    if wanted:
+        why = (
+            "it gives no logits" if not card.has_logits
+            else "its classes are disjoint from the data's (disjoint: true)" if card.disjoint
+            else "its labels (after label_map) do not cover the data's classes"
+        )  # fmt: skip
+        raise ConfigError(
+            "the teacher row scores the teacher's own predictions on the data's val and test "
+            f"splits, but the outside teacher in {card.dir} cannot be scored: {why}; leave "
+            "teacher out of --runs"
+        )
+    return False
+
+
+def score_card(card: TeacherCard, data: Any, scorable: bool = True) -> dict[str, Any]:
+    """The report's `teacher` entry for an outside teacher: its provenance (source, sha256,
+    licence, card) and, when `scorable`, its accuracy and macro-F1 (percent) on the labelled
+    windows of `data`'s val and test splits, scored here (argmax of its logits in the data's
+    class order)."""
+    entry: dict[str, Any] = {"dir": str(card.dir), **card.provenance(), "n": 1}
+    if not scorable:
+        entry["scored"] = "not scored: the teacher gives no logits in the data's classes"
+        return entry
+    from edgekd.data.pipeline import Windows, labelled
+    from edgekd.distill.outside import window_outputs
+    from edgekd.metrics import classification_report
+    from edgekd.teachers.teacher import OutsideTeacher
+
+    teacher = OutsideTeacher(card, data.specs)
+    labels = list(data.labels)
+    for split in ("val", "test"):
+        part = data.splits[split]
+        keep = labelled(part)
+        if keep.size == 0:
+            raise ConfigError(f"the {split} split of {data.name} has no labelled windows")
+        logits = teacher.dataset_logits(window_outputs(teacher, Windows.of((part, keep))), labels)
+        assert logits is not None  # scorable: the logits map onto the data's classes
+        scores = classification_report(part.y[keep], logits.argmax(1), len(labels))
+        entry[split] = {m: 100 * scores[m] for m in ("accuracy", "macro_f1")}
+    entry["scored"] = "by edgekd ablate, on the data's labelled val and test windows"
+    return entry
