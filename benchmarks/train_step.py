@@ -28,10 +28,11 @@ from edgekd.data.augment import build_policy, jitter, rotate, scale
 from edgekd.data.dataset import Split
 from edgekd.data.har import ACCEL, GYRO
 from edgekd.data.pipeline import Loader, Windows, batch_rng
+from edgekd.distill.feeds import OnlineFeed
 from edgekd.distill.loop import StudentObjective, train_step
 from edgekd.distill.losses import DistillCriterion
 from edgekd.distill.teacher_outputs import TeacherView
-from edgekd.distill.trainer import OnlineFeed, StudentSteps
+from edgekd.distill.trainer import StudentSteps
 from edgekd.modalities import ModalitySpec
 from edgekd.models import create_student, create_teacher
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from edgekd.data.pipeline import EVAL_BATCH, Batch, Windows
+from edgekd.data.pipeline import Batch, Windows
+from edgekd.distill.feeds import CachedFeed
 from edgekd.teachers.card import TeacherCard
 from edgekd.teachers.teacher import OutsideTeacher, TeacherOutputs
 
@@ -39,35 +39,17 @@ class OutsideOnlineFeed:
         return _tensors(self.teacher, self.teacher.outputs(batch.raw), self.labels, self.device)
 
 
-def window_outputs(teacher: OutsideTeacher, windows: Windows) -> TeacherOutputs:
-    """The teacher's outputs for every clean window of `windows`, in order."""
-    modalities = list(teacher.card.modalities)
-    logits, embs = [], []
-    for lo in range(0, len(windows), EVAL_BATCH):
-        idx = np.arange(lo, min(lo + EVAL_BATCH, len(windows)))
-        raw, _ = windows.fetch(idx, modalities)
-        out = teacher.outputs(raw, windows.ids(idx))
-        logits.append(out.logits)
-        embs.append(out.embedding)
-    return TeacherOutputs(
-        None if logits[0] is None else np.concatenate(logits),
-        None if embs[0] is None else np.concatenate(embs),
-    )
-
-
 def outside_feed(
     card: TeacherCard, ds: Any, windows: Windows, online: bool, device: torch.device
 ) -> tuple[Any, int | None]:
     """(the step feed, the teacher's embedding size or None) of `card` over the training
     `windows` of `ds`. Cached mode computes every window's outputs here, once."""
-    from edgekd.distill.trainer import CachedFeed
-
     teacher = OutsideTeacher(card, ds.specs)
     labels = list(ds.labels)
     if online:
-        probe = window_outputs(teacher, Windows.of(*((s, r[:2]) for s, r in windows.parts[:1])))
+        probe = teacher.window_outputs(Windows.of(*((s, r[:2]) for s, r in windows.parts[:1])))
         dim = None if probe.embedding is None else int(probe.embedding.shape[1])
         return OutsideOnlineFeed(teacher, labels, device), dim
-    out = window_outputs(teacher, windows)
+    out = teacher.window_outputs(windows)
     logits, emb = _tensors(teacher, out, labels, device)
     return CachedFeed(logits, emb), None if emb is None else int(emb.shape[1])

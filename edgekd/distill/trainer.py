@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from torch import nn
 from edgekd.checkpoint import load_run
 from edgekd.config import RunConfig, to_dict
 from edgekd.data.augment import Policy, build_policy
-from edgekd.data.pipeline import Batch, Loader, Windows, batch_rng, eval_batches, labelled
+from edgekd.data.pipeline import Loader, Windows, eval_batches, labelled
+from edgekd.distill.feeds import CachedFeed, OnlineFeed, SelfFeed, TeacherFeed
 from edgekd.distill.loop import (
     Dist,
     EvalSet,
@@ -43,7 +44,7 @@ from edgekd.distill.plan import (
     teacher_data_specs,
 )
 from edgekd.distill.runs import run_in_folder, seed_all
-from edgekd.distill.teacher_outputs import TeacherView, cached_teacher_outputs, teacher_forward
+from edgekd.distill.teacher_outputs import TeacherView, cached_teacher_outputs
 from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
 from edgekd.teachers.card import TeacherCard
@@ -148,63 +149,6 @@ def supervised_targets(y: torch.Tensor) -> torch.Tensor:
         return y
     whole = (y.sum(dim=1, keepdim=True) - 1).abs() < 1e-5
     return y * whole
-
-
-class TeacherFeed(Protocol):
-    """A frozen teacher's (logits, embedding) for one training batch, either may be None."""
-
-    def __call__(
-        self, batch: Batch, epoch: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
-
-
-@dataclass
-class OnlineFeed:
-    """An edgekd teacher run on the batch's own teacher inputs (view and corruption applied;
-    the corruption seed is drawn from the batch's seed, epoch and step)."""
-
-    teacher: nn.Module
-    view: TeacherView
-    seed: int
-    rank: int
-
-    def __call__(self, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = batch_rng(self.seed, epoch, batch.step, self.rank)
-        return teacher_forward(
-            self.teacher, batch.inputs["teacher"], view=self.view, seed=int(rng.integers(2**31))
-        )
-
-
-@dataclass
-class CachedFeed:
-    """Outputs computed once per window of the loader's Windows, indexed by the batch."""
-
-    logits: torch.Tensor | None
-    emb: torch.Tensor | None
-
-    def __call__(
-        self, batch: Batch, epoch: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        pick = [None if t is None else t[torch.from_numpy(batch.idx).to(t.device)]
-                for t in (self.logits, self.emb)]  # fmt: skip
-        return pick[0], pick[1]
-
-
-@dataclass
-class SelfFeed:
-    """The student's own logits on the batch's clean windows, without gradient (FixMatch's
-    targets), from its weights at this step."""
-
-    student: nn.Module
-    modality: str
-
-    def __call__(self, batch: Batch, epoch: int) -> tuple[torch.Tensor, None]:
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
-            logits = self.student(batch.inputs["clean"][self.modality])
-        self.student.train(was_training)
-        return logits, None
 
 
 @dataclass

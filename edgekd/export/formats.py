@@ -305,7 +305,6 @@ def _outside_teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.T
     student's sidecar names (its sha256 must still be the one distillation used)."""
     import torch
 
-    from edgekd.distill.outside import window_outputs
     from edgekd.teachers import read_card
     from edgekd.teachers.teacher import OutsideTeacher
 
@@ -325,7 +324,7 @@ def _outside_teacher_outputs(job: _Export) -> tuple[torch.Tensor | None, torch.T
         )
         return None, None
     teacher = OutsideTeacher(card, job.data.dataset.specs)
-    out = window_outputs(teacher, job.data.train)
+    out = teacher.window_outputs(job.data.train)
     logits = teacher.dataset_logits(out, job.data.labels)
     return (
         None if logits is None else torch.from_numpy(logits),

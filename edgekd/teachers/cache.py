@@ -63,7 +63,6 @@ def all_windows(ds: Any) -> Windows:
 def write_cache(card: TeacherCard, ds: Any, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run the teacher of `card` once over every window of `ds` and publish the cache folder
     `out` (which must not exist); returns the fingerprint."""
-    from edgekd.distill.outside import window_outputs
     from edgekd.teachers.teacher import OutsideTeacher
 
     out = Path(out)
@@ -78,7 +77,7 @@ def write_cache(card: TeacherCard, ds: Any, out: Path, progress: bool = True) ->
     for lo in range(0, len(windows), 4096):
         raw, _ = windows.fetch(np.arange(lo, min(lo + 4096, len(windows))), list(modalities))
         digests.append(window_sha(raw, modalities))
-    outputs = window_outputs(teacher, windows)
+    outputs = teacher.window_outputs(windows)
     arrays = {"keys": keys.astype(str), "window_sha": np.concatenate(digests)}
     out_spec: dict[str, Any] = {}
     if outputs.logits is not None:

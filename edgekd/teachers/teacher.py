@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.data.pipeline import EVAL_BATCH, Windows
 from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
 from edgekd.teachers.card import TeacherCard, read_card
@@ -133,6 +134,21 @@ class OutsideTeacher:
             if value is not None and not np.isfinite(value).all():
                 raise ConfigError(f"the teacher's {kind} contain NaN or infinity")
         return TeacherOutputs(logits, merged.get("embedding"))
+
+    def window_outputs(self, windows: Windows) -> TeacherOutputs:
+        """Outputs for every clean window of `windows` (read from storage), in order."""
+        modalities = list(self.card.modalities)
+        logits, embs = [], []
+        for lo in range(0, len(windows), EVAL_BATCH):
+            idx = np.arange(lo, min(lo + EVAL_BATCH, len(windows)))
+            raw, _ = windows.fetch(idx, modalities)
+            out = self.outputs(raw, windows.ids(idx))
+            logits.append(out.logits)
+            embs.append(out.embedding)
+        return TeacherOutputs(
+            None if logits[0] is None else np.concatenate(logits),
+            None if embs[0] is None else np.concatenate(embs),
+        )
 
     def dataset_logits(self, out: TeacherOutputs, labels: list[str]) -> np.ndarray | None:
         """`out.logits` with one column per dataset label, in the dataset's order (None when the

@@ -199,7 +199,6 @@ def score_card(card: TeacherCard, data: Any, scorable: bool = True) -> dict[str,
         entry["scored"] = "not scored: the teacher gives no logits in the data's classes"
         return entry
     from edgekd.data.pipeline import Windows, labelled
-    from edgekd.distill.outside import window_outputs
     from edgekd.metrics import classification_report
     from edgekd.teachers.teacher import OutsideTeacher
 
@@ -210,7 +209,7 @@ def score_card(card: TeacherCard, data: Any, scorable: bool = True) -> dict[str,
         keep = labelled(part)
         if keep.size == 0:
             raise ConfigError(f"the {split} split of {data.name} has no labelled windows")
-        logits = teacher.dataset_logits(window_outputs(teacher, Windows.of((part, keep))), labels)
+        logits = teacher.dataset_logits(teacher.window_outputs(Windows.of((part, keep))), labels)
         assert logits is not None  # scorable: the logits map onto the data's classes
         scores = classification_report(part.y[keep], logits.argmax(1), len(labels))
         entry[split] = {m: 100 * scores[m] for m in ("accuracy", "macro_f1")}
