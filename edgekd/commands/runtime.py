@@ -45,7 +45,8 @@ MinVersionOpt = Annotated[int | None, typer.Option(
     "that has none).", metavar="N")]
 AllowRollbackOpt = Annotated[bool, typer.Option(
     "--allow-rollback", help="Accept a signed bundle older than the newest one of its signer "
-    "read on this device (refused by default).")]
+    "read on this device (refused by default); turns the rollback guard off, which also "
+    "refuses signed bundles where the cache has no usable seal key.")]
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -364,6 +365,8 @@ def register(app: typer.Typer) -> None:
                      trusted_keys=trusted_key or None, min_version=min_version,
                      allow_rollback=allow_rollback)
         samples = read_samples(input, model.spec)
+        for note in (model.selection or {}).get("notes", []):  # why auto kept what it kept
+            typer.echo(f"# note: {note}", err=True)
         typer.echo(f"# {model.backend}/{model.precision}, {len(samples)} samples from {input}",
                    err=True)
         if model.spec.kind == "image":

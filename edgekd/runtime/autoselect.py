@@ -8,13 +8,15 @@ score (a TensorRT int8/fp16 engine when the export had no GPU, bf16) is measured
 may compete (`measure_budget`): on the bundle's eval windows (inside or beside the bundle,
 labelled) its accuracy drop against the export's torch FP32 accuracy on the same windows, else
 on the golden windows its top-1 disagreement with the FP32 outputs stored there (an upper bound
-on the drop), must be within max_drop; what was measured is in the candidate's row. Each
+on the drop), must be within max_drop, and only a set of at least MIN_MEASURE_WINDOWS (64)
+windows decides: with fewer (the 8 golden windows alone) the precision is not accepted, a safer
+one is kept and the selection's `notes` say why; what was measured is in the candidate's row. Each
 candidate is compiled and timed for AUTO_ITERATIONS batch-1 calls after AUTO_WARMUP; the lowest
 median wins. The choice is cached in `<cache_dir>/auto/<bundle digest>-<device stamp hash>.json`,
 sealed (`edgekd.runtime.cache_seal`) for this bundle's digest and signer and the device stamp
-(CPU model, machine, GPUs, backend library versions, threads and the competing backends): a new
-device, library or backend set, another bundle or signer, or an entry edited on disk measures
-again.
+(CPU model, machine, GPUs, backend library versions, threads, the competing backends and
+MIN_MEASURE_WINDOWS): a new device, library or backend set, another bundle or signer, a choice
+made under another window rule, or an entry edited on disk measures again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from edgekd.runtime.probe import driver_library_present, probe_cuda
 
 AUTO_ITERATIONS = 30
 AUTO_WARMUP = 5
+# A precision the export could not score is accepted on this device only when measured on at
+# least this many windows: the 8 golden windows of a bundle are a smoke test, not evidence that
+# an int8 engine stays within the accuracy budget.
+MIN_MEASURE_WINDOWS = 64
 _BACKEND_DISTS = ("onnxruntime", "openvino", "tensorrt")
 AUTO_KIND = "auto_precision"  # the cache seal's kind of a cached choice
 log = logging.getLogger("edgekd.runtime")
@@ -87,14 +93,23 @@ def scored_at_export(manifest: dict[str, Any], backend: str, precision: str) -> 
     return isinstance(_report(manifest)[0].get(accuracy_key(backend, precision)), dict)
 
 
+def decisive(measured: dict[str, Any]) -> str | None:
+    """Which of the measured window sets may decide the budget: "eval" if it has at least
+    MIN_MEASURE_WINDOWS windows, else "golden" if that has, else None (too few to decide)."""
+    return next((kind for kind in ("eval", "golden")
+                 if kind in measured and measured[kind]["n"] >= MIN_MEASURE_WINDOWS), None)
+
+
 def measure_budget(bundle: Bundle, engine: Engine) -> tuple[bool, str, dict[str, Any]]:
     """(within budget?, why, what was measured) for an engine the export could not score, run
     here on the bundle's windows: `{"eval": {"accuracy", "drop_points", "n"}}` on the labelled
     eval windows (inside the bundle, else beside it if it matches the manifest) against the
     export's torch FP32 accuracy on them, and `{"golden": {"top1_agreement", "max_abs_diff",
-    "n"}}` against the FP32 outputs in golden.npz. The eval drop decides when both exist, else
-    the golden disagreement (in points); nothing to measure on, or no max_drop / FP32 accuracy
-    in the manifest, is not within budget."""
+    "n"}}` against the FP32 outputs in golden.npz. Only a set of at least MIN_MEASURE_WINDOWS
+    windows decides (`decisive`): the eval drop, else the golden disagreement (in points).
+    Fewer windows (the 8 golden ones alone), nothing to measure on, or no max_drop / FP32
+    accuracy in the manifest, is not within budget: a safer precision is kept, and `why` says
+    so."""
     _, max_drop, ref_acc = _report(bundle.manifest)
     key = accuracy_key(engine.backend, engine.precision)
     model = Model(bundle, engine, ModalitySpec.from_dict(bundle.modality), 0.0)
@@ -110,16 +125,24 @@ def measure_budget(bundle: Bundle, engine: Engine) -> tuple[bool, str, dict[str,
                             "n": len(x)}
     if max_drop is None:
         return False, f"{key} not scored at export and the manifest has no max_drop", measured
-    if "eval" in measured:
+    kind = decisive(measured)
+    if kind == "eval":
         drop, n = measured["eval"]["drop_points"], measured["eval"]["n"]
         return (drop <= max_drop, f"{key} measured here: drops {drop:+.2f} points on {n} eval "
                 f"windows (limit {max_drop:g})", measured)
-    if "golden" in measured:
+    if kind == "golden":
         off = round(100.0 * (1.0 - measured["golden"]["top1_agreement"]), 6)
         n = measured["golden"]["n"]
         return (off <= max_drop, f"{key} measured here: differs from FP32 on {off:.2f}% of {n} "
                 f"golden windows (limit {max_drop:g} points)", measured)
-    return False, f"{key} not scored at export and the bundle has no windows to measure", measured
+    if not measured:
+        return (False, f"{key} not scored at export and the bundle has no windows to measure",
+                measured)
+    have = " and ".join(f"{measured[k]['n']} {k}" for k in ("eval", "golden") if k in measured)
+    return (False, f"{key} not scored at export, and only {have} windows here to measure it on: "
+            f"fewer than the {MIN_MEASURE_WINDOWS} needed to accept it, so a safer precision is "
+            "kept (export with labelled eval windows, inside or beside the bundle, to let it "
+            "compete)", measured)
 
 
 def cpu_fields() -> dict[str, str]:
@@ -160,9 +183,9 @@ def _cache_file(cache: Path, bundle: Bundle, stamp: dict[str, Any]) -> Path:
 
 
 def _cached_choice(seal: CacheSeal | None, path: Path, bundle: Bundle, stamp: dict[str, Any],
-                   names: Sequence[str]) -> tuple[str, str] | None:
-    """The cached (backend, precision) if `seal` vouches for the entry (this bundle, signer and
-    stamp, bytes unchanged) and it names a competing backend; else None (measure)."""
+                   names: Sequence[str]) -> tuple[str, str, list[str]] | None:
+    """The cached (backend, precision, notes) if `seal` vouches for the entry (this bundle,
+    signer and stamp, bytes unchanged) and it names a competing backend; else None (measure)."""
     if seal is None:
         return None
     payload, why = seal.read(path, kind=AUTO_KIND, digest=bundle.digest, signer=bundle.signer,
@@ -177,8 +200,11 @@ def _cached_choice(seal: CacheSeal | None, path: Path, bundle: Bundle, stamp: di
         return None
     if not isinstance(entry, dict):
         return None
-    choice = (entry.get("backend"), entry.get("precision"))
-    return choice if choice[0] in names and choice[1] in PRECISIONS else None  # type: ignore
+    backend, precision, notes = entry.get("backend"), entry.get("precision"), entry.get("notes")
+    if backend not in names or precision not in PRECISIONS:
+        return None
+    notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+    return str(backend), str(precision), notes
 
 
 def _batch1(bundle: Bundle) -> np.ndarray:
@@ -206,7 +232,9 @@ def _median_ms(engine: Engine, features: np.ndarray) -> float:
 def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
            open_engine: OpenEngine) -> tuple[Engine, dict[str, Any]]:
     """The fastest candidate engine within budget and `{"source": "cache"|"measured",
-    "candidates": [...], "cache_file"}`. BackendUnavailable when there is none."""
+    "candidates": [...], "cache_file", "notes"}`; `notes` says which precision was passed over
+    for having too few windows to be measured on (MIN_MEASURE_WINDOWS) and what was kept
+    instead (the CLI prints them). BackendUnavailable when there is none."""
     names = BACKENDS if backend == "auto" else (backend,)
     available = []
     for name in names:
@@ -219,15 +247,20 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
             log.debug("auto: %s skipped: %s", name, exc)
     # the backends that could compete are part of the key: an `auto` choice is not valid for a
     # call restricted to one backend, nor the reverse
-    stamp = {**device_stamp(threads, with_gpu="tensorrt" in available), "backends": available}
+    # and so is the rule a measured precision passed: a choice cached under an older rule (int8
+    # accepted on 8 golden windows) is measured again, not reused
+    stamp = {**device_stamp(threads, with_gpu="tensorrt" in available), "backends": available,
+             "min_measure_windows": MIN_MEASURE_WINDOWS}
     path = _cache_file(cache, bundle, stamp)
     seal = CacheSeal.for_cache(cache)  # None: a warning says why the choice is not cached
     cached = _cached_choice(seal, path, bundle, stamp, available)
     if cached is not None:
         try:
-            return open_engine(*cached), {"source": "cache", "cache_file": str(path)}
+            return open_engine(*cached[:2]), {"source": "cache", "cache_file": str(path),
+                                              "notes": cached[2]}
         except EdgeKDError as exc:
-            log.info("auto: cached choice %s/%s no longer loads (%s); measuring", *cached, exc)
+            log.info("auto: cached choice %s/%s no longer loads (%s); measuring", *cached[:2],
+                     exc)
     features = _batch1(bundle)
     best: tuple[float, Engine] | None = None
     candidates: list[dict[str, Any]] = []
@@ -255,13 +288,19 @@ def choose(bundle: Bundle, backend: str, threads: int | None, cache: Path,
                                  f"accuracy budget on {', '.join(available) or 'any backend'}"
                                  f" ({tried or 'no backend available'})")
     engine = best[1]
+    notes = [f"precision auto kept {engine.backend}/{engine.precision}, not "
+             f"{c['backend']}/{c['precision']}: {c['why']}" for c in candidates
+             if "measured" in c and not c["within_budget"] and decisive(c["measured"]) is None]
+    for note in notes:
+        log.info("auto: %s", note)  # also in the selection's notes, which the CLI prints
     if seal is not None:
         entry = {"bundle_digest": bundle.digest, "stamp": stamp, "backend": engine.backend,
                  "precision": engine.precision, "iterations": AUTO_ITERATIONS,
-                 "candidates": candidates}
+                 "candidates": candidates, "notes": notes}
         seal.write(path, json.dumps(entry, indent=2).encode("utf-8"), kind=AUTO_KIND,
                    digest=bundle.digest, signer=bundle.signer, context=stamp)
-    return engine, {"source": "measured", "candidates": candidates, "cache_file": str(path)}
+    return engine, {"source": "measured", "candidates": candidates, "cache_file": str(path),
+                    "notes": notes}
 
 
 def _preference(precision: str) -> int:

@@ -4,13 +4,15 @@ The schema constants, the path rules and the hashing live here so that `edgekd.e
 (the writer) and the runtime (the reader) cannot drift apart: export imports runtime, never the
 reverse. Nothing in a bundle is ever unpickled or executed; a manifest is untrusted input.
 
-Reading opens the bundle folder once and reads every file relative to that descriptor, each
-path component opened without following symlinks: a symlink anywhere inside the bundle is a
-BundleError. The manifest digest is checked first (and the signature, when trusted keys are
-given), then the schema, the version floor and, for signed bundles, the device's rollback
-record. Model and data files are read once, hashed, and the same bytes are handed to whoever
-loads them (`Bundle.read`, `Bundle.read_data`): nothing is reopened by path between the check and
-the use. With `verify=True` every listed file is also checked at read time.
+Reading opens the bundle folder once, walks its whole tree without following links (a symlink
+anywhere inside, to a file or a folder, listed in the manifest or not, makes the whole bundle a
+BundleError naming the link, for `info`, `run`, `bench` and `rt.load` alike), and reads every file
+relative to that descriptor, each path component opened without following symlinks. The manifest
+digest is checked first (and the signature, when trusted keys are given), then the schema, the
+version floor and, for signed bundles, the device's rollback record. Model and data files are
+read once, hashed, and the same bytes are handed to whoever loads them (`Bundle.read`,
+`Bundle.read_data`): nothing is reopened by path between the check and the use. With
+`verify=True` every listed file is also checked at read time.
 
 A publish that replaces the bundle folder while it is being read (the writer exchanges the
 folders, then deletes the old one) makes a read fail; when the path then names another folder
@@ -155,8 +157,8 @@ def _mismatch(data: bytes, actual: int, sha256: str, size: int, where: Path) -> 
 
 class BundleDir:
     """A bundle folder opened once (its descriptor is closed with this object). Files are read
-    relative to it, each path component opened with O_NOFOLLOW, so a symlink anywhere inside
-    the bundle is refused and nothing outside it is reached."""
+    relative to it, each path component opened with O_NOFOLLOW, so nothing outside the bundle is
+    reached; `check_no_symlinks` refuses a symlink anywhere in the tree, read or not."""
 
     def __init__(self, path: Path) -> None:
         self.path = path  # as given (not resolved): `replaced` compares what it names now
@@ -197,6 +199,43 @@ class BundleDir:
             return _read_fd(parent, self.path / rel, limit)
         finally:
             for fd in opened:
+                os.close(fd)
+
+    def check_no_symlinks(self) -> None:
+        """BundleError naming the first symlink found anywhere in the bundle folder (a file or a
+        folder, listed in the manifest or not). The tree is walked once, relative to the opened
+        descriptor and without following any link, so a link planted anywhere makes the whole
+        bundle invalid, not only a read of the linked file."""
+        self._walk(self.fd, "")
+
+    def _walk(self, dir_fd: int, prefix: str) -> None:
+        try:
+            entries = sorted(os.scandir(dir_fd), key=lambda e: e.name)
+        except OSError as exc:
+            raise BundleError(f"{self.path / prefix}: cannot be listed ({exc.strerror})") from None
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            try:
+                is_link, is_dir = entry.is_symlink(), entry.is_dir(follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile (a publish deleting the old folder)
+                raise BundleError(f"{self.path / rel}: vanished while the bundle was read"
+                                  ) from None
+            if is_link:
+                raise BundleError(f"{self.path / rel}: is a symlink; symlinks inside a bundle "
+                                  "are refused, and the whole bundle with them (replace the "
+                                  "link with a copy of what it points to, or re-export)")
+            if not is_dir:
+                continue
+            try:  # O_NOFOLLOW: a folder swapped for a link after the listing is refused too
+                fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise BundleError(f"{self.path / rel}: vanished while the bundle was read"
+                                  ) from None
+            except OSError as exc:
+                raise self._refusal(rel, dir_fd, entry.name, exc) from None
+            try:
+                self._walk(fd, f"{rel}/")
+            finally:
                 os.close(fd)
 
     def _refusal(self, rel: str, parent: int, name: str, exc: OSError) -> BundleError:
@@ -469,6 +508,7 @@ def _read_once(path: Path, verify: bool, keys: Sequence[Path]) -> Bundle:
     root = path.resolve()
     mpath = root / MANIFEST
     with folder.replacement_check():
+        folder.check_no_symlinks()  # once per read: a link anywhere refuses the whole bundle
         manifest = folder.read_json(MANIFEST)
         if manifest is None:
             raise BundleError(f"{root} holds no {MANIFEST}: not an edgekd bundle")
@@ -501,7 +541,8 @@ def read_bundle(
     allow_rollback: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Bundle:
-    """Read `path/manifest.json` and check, in this order: its digest; its signature when trusted
+    """Read `path/manifest.json` and check, in this order: that no symlink is anywhere in the
+    bundle folder (BundleError naming it); its digest; its signature when trusted
     keys are given (None: $EDGEKD_TRUSTED_KEYS; an unsigned or otherwise-signed bundle is then
     refused); its schema; if `verify`, every listed file's size and sha256 (else each file when
     it is read); its version against `min_version`; and, for a signed bundle, against the

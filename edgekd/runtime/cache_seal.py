@@ -12,7 +12,9 @@ written by hand) is ignored and rebuilt, never run.
 The key is 32 random bytes in `<cache>/seal.key`, created once with mode 0600. A key file that
 is a symlink, not owned by this user, readable by group or others, or of the wrong size is not
 used: the cache is then bypassed (entries are neither read nor written) with a warning, as ssh
-refuses a private key with open permissions.
+refuses a private key with open permissions. The rollback record of signed bundles cannot be
+bypassed that way: without a usable key the rollback guard refuses (`integrity.check_rollback`,
+via `CacheSeal.open_key`, which says what is wrong with the key and how to fix it).
 
 What a seal does not protect against: anyone who can read the key (this user, root) can forge
 seals; they could as well change the application itself.
@@ -34,6 +36,7 @@ KEY_FILE = "seal.key"
 KEY_BYTES = 32
 SIDECAR_SUFFIX = ".seal.json"
 UNSIGNED = "unsigned"
+_CREATES_KEY = "`edgekd.runtime.cache_seal.CacheSeal.for_cache(cache)`"  # for error messages
 log = logging.getLogger("edgekd.runtime")
 
 
@@ -78,20 +81,34 @@ class CacheSeal:
     def for_cache(cls, cache: Path) -> CacheSeal | None:
         """The seal of `cache` (its key is created on first use), or None when the key file is
         unusable: the caller then bypasses the cache; the warning says why and how to fix it."""
-        path = Path(cache) / KEY_FILE
+        seal, why = cls.open_key(cache)
+        if seal is None:
+            log.warning("cache %s is not used: %s", cache, why)
+        return seal
+
+    @classmethod
+    def open_key(cls, cache: Path) -> tuple[CacheSeal | None, str | None]:
+        """(the seal of `cache`, None), its key created on first use; or (None, why there is no
+        usable key: the key file, what is wrong with it and how to fix it). Logs nothing: for
+        callers that must refuse rather than bypass (the rollback guard)."""
+        cache = Path(cache)
+        path = cache / KEY_FILE
+        elsewhere = ("choose another cache folder ($EDGEKD_CACHE, cache_dir=): the next load "
+                     f"creates the key there, as {_CREATES_KEY} does")
+        if cache.exists() and not cache.is_dir():
+            return None, f"cannot create its key {path}: {cache} is not a folder; {elsewhere}"
         key, why = _usable_key(path)
         if why == "missing":
             try:
                 _create_key(path)
             except OSError as exc:
-                log.warning("cache %s is not used: cannot create %s (%s)", cache, path, exc)
-                return None
+                return None, f"cannot create its key {path} ({exc}); make {cache} writable or " \
+                             f"{elsewhere}"
             key, why = _usable_key(path)
         if key is None:
-            log.warning("cache %s is not used: its key %s %s (delete it to make a new one)",
-                        cache, path, why)
-            return None
-        return cls(key)
+            return None, (f"its key {path} {why} (delete it to make a new one: the next load "
+                          f"creates it, as {_CREATES_KEY} does)")
+        return cls(key), None
 
     def seal(self, kind: str, digest: str, signer: str | None, payload: bytes,
              context: dict[str, Any]) -> str:

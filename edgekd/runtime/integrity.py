@@ -15,7 +15,9 @@ digest's hex ASCII. `key_id` is the first 16 hex digits of sha256(raw 32-byte pu
 Signing adds that file only, so a bundle can be signed after export without changing its digest.
 
 Rollback: a signed bundle older (manifest `version`) than the newest one of the same signer read
-on this device is refused (`check_rollback`; a sealed record per signer in the cache folder).
+on this device is refused (`check_rollback`; a sealed record per signer in the cache folder), and
+so is any signed bundle where the cache has no usable seal key to keep that record, unless the
+guard is turned off on purpose (`allow_rollback=True`, `--allow-rollback`).
 
 Keys are PEM files: PKCS#8 private key (written mode 0600, and refused for signing when group or
 others may read it), SubjectPublicKeyInfo public key (mode per umask, like signature.json: both
@@ -293,17 +295,25 @@ def check_rollback(cache: Path, signer: str, version: int | None, where: Path) -
 
     The record is `<cache>/rollback/<key_id>.json` (`{"version": N}`), sealed with the cache's
     CacheSeal and updated under a lock. A record whose seal does not match was not written here
-    and is ignored (with a warning) and replaced; without a usable seal key no record is kept
-    (CacheSeal's warning says why). Whoever can delete the cache folder can reset the record:
-    it stops a replayed older bundle, not a compromised device.
+    and is ignored (with a warning) and replaced. Without a usable seal key (one that cannot be
+    created, or is not private, not this user's, a symlink, of the wrong size) no record can be
+    trusted or kept, so the guard refuses to vouch: BundleError saying what is wrong with the
+    key and how to fix it, or to pass `allow_rollback=True` (`--allow-rollback`), which skips
+    this check. Whoever can delete the cache folder can reset the record: it stops a replayed
+    older bundle, not a compromised device.
     """
     import fcntl  # POSIX, like the bundle reader; imported only for signed bundles
 
     from edgekd.runtime.cache_seal import CacheSeal
 
-    seal = CacheSeal.for_cache(cache)
+    seal, why = CacheSeal.open_key(cache)
     if seal is None:
-        return
+        raise BundleError(
+            f"{where}: signed by {signer}, but the rollback guard cannot vouch that it is not "
+            f"older than a bundle this device already read: the cache {cache}, which keeps the "
+            f"sealed rollback record, has no usable seal key: {why}; or turn the guard off on "
+            "purpose with --allow-rollback (allow_rollback=True)"
+        )
     folder = cache / ROLLBACK_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{signer}.json"

@@ -229,7 +229,9 @@ def load(
     None = $EDGEKD_TRUSTED_KEYS (path list); [] = no signature required.
     min_version: refuse a bundle whose manifest `version` is lower (or that has none).
     allow_rollback: load a signed bundle older than the newest one of its signer read on this
-    device (refused by default; see `edgekd.runtime.integrity.check_rollback`).
+    device (refused by default; see `edgekd.runtime.integrity.check_rollback`): turns the
+    rollback guard off, which also refuses a signed bundle where the cache has no usable seal
+    key to keep its record.
     Raises BundleError, BackendUnavailable (with the package to install) or ConfigError.
     """
     t0 = time.perf_counter()

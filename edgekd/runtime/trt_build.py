@@ -9,11 +9,19 @@ TensorRT segfaults instead of raising without one.
 Errors: BackendUnavailable when a piece is missing (a lean TensorRT runtime has no builder, a
 TensorRT older than MIN_TENSORRT); BundleError when this ONNX cannot become an engine of this
 precision here (bad build options, parse or build failure, a DLA build with no layer that can
-run on the DLA). The exporter re-raises the latter as ExportError.
+run on the DLA, or whose built engine runs none on it). The exporter re-raises the latter as
+ExportError.
+
+Where a DLA engine's layers run is read from the built engine itself (`engine_placement`:
+`ICudaEngine.create_engine_inspector()`, `get_engine_information(LayerInformationFormat.JSON)`),
+not from what the builder was asked (`IBuilderConfig.can_run_on_DLA` is only a pre-flight check):
+TensorRT may move a DLA-capable layer to the GPU while building.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,7 @@ from edgekd.constants import PRECISIONS
 from edgekd.errors import BackendUnavailable, BundleError
 from edgekd.io import atomic_write_bytes
 
+log = logging.getLogger("edgekd.runtime")
 TENSORRT_HINT = "pip install 'edgekd[tensorrt]' (on Jetson TensorRT comes with JetPack)"
 # TensorRT 10 is the first with only explicit batch and the name-based I/O tensor API
 # (set_tensor_address / execute_async_v3) the runner uses; JetPack 6 ships it.
@@ -72,12 +81,40 @@ def build_options(build: Mapping[str, Any] | None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuiltEngine:
-    """A serialized engine and, for a DLA build, where its network's layers were placed:
-    `{"dla": n, "gpu": m}` as `IBuilderConfig.can_run_on_DLA` answered (None for a GPU
-    build)."""
+    """A serialized engine and, for a DLA build, where the built engine's layers run:
+    `{"dla": n, "gpu": m}` as its engine inspector reports them (`engine_placement`); None for a
+    GPU build, or when the inspector gives no per-layer detail."""
 
     plan: bytes
     layers: dict[str, int] | None = None
+
+
+def _runs_on_dla(layer: Mapping[str, Any]) -> bool:
+    """Whether one layer of the inspector's detailed JSON runs on the DLA: TensorRT hands the
+    DLA its part of the network as one layer of type DLA (named `{ForeignNode[first...last]}`);
+    every other layer (the reformats to and from the DLA's memory included) runs on the GPU."""
+    return any(str(layer.get(key, "")).upper() == "DLA" for key in ("LayerType", "ParameterType"))
+
+
+def engine_placement(trt: Any, engine: Any) -> dict[str, int] | None:
+    """`{"dla": n, "gpu": m}`: the layers of a deserialized engine by where they run, from its
+    engine inspector (`engine.create_engine_inspector().get_engine_information(
+    trt.LayerInformationFormat.JSON)`, i.e. `{"Layers": [...], ...}`). Layers are the built
+    engine's (a DLA subgraph is one layer), not the network's. None when the inspector gives no
+    per-layer detail: an engine built without `ProfilingVerbosity.DETAILED` lists layer names
+    only, which do not say where a layer runs."""
+    inspector = engine.create_engine_inspector()
+    text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    try:
+        info = json.loads(text or "")
+    except (TypeError, ValueError):
+        return None
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    if not isinstance(layers, list) or not layers \
+            or not all(isinstance(layer, dict) for layer in layers):
+        return None
+    on_dla = sum(_runs_on_dla(layer) for layer in layers)
+    return {"dla": on_dla, "gpu": len(layers) - on_dla}
 
 
 def version_problem(version: str) -> str | None:
@@ -122,11 +159,13 @@ def build_engine(
     `fp16_fallback`. TensorRT 11 networks are strongly typed: no precision flags at all.
 
     With `dla_core` the engine is built for that DLA core (default device DLA, GPU fallback for
-    layers DLA cannot run, fp16/int8 only, static batch profile). Before building, each network
-    layer is asked `IBuilderConfig.can_run_on_DLA`: `layers` is `{"dla": n, "gpu": m}` from
-    that answer (what the builder is asked to place; TensorRT can still move a DLA-capable
-    layer to the GPU, which its log reports), and a network with no DLA-capable layer is a
-    BundleError naming its layer types, raised before the build. `input_name`: the ONNX input
+    layers DLA cannot run, fp16/int8 only, static batch profile) with detailed profiling
+    verbosity. Before building, each network layer is asked `IBuilderConfig.can_run_on_DLA`, a
+    pre-flight check only: a network with no DLA-capable layer is a BundleError naming its layer
+    types, raised before the build. After it, the plan is deserialized on that core and `layers`
+    is `{"dla": n, "gpu": m}` as the built engine's inspector reports them (`engine_placement`;
+    TensorRT can move a DLA-capable layer to the GPU); an engine with no layer on the DLA is a
+    BundleError, one whose inspector gives no detail has `layers` None. `input_name`: the ONNX input
     the profile shapes as (batch, *feature_shape). `timing_cache`: a file (created if missing,
     rewritten atomically) that makes rebuilds on the same device fast; key it by device,
     TensorRT refuses foreign ones.
@@ -161,13 +200,14 @@ def build_engine(
             config.set_flag(getattr(trt.BuilderFlag, flag))
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
-    layers = None
     if dla is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        # the inspector says where a built engine's layers run only with detailed verbosity
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         # asked of the configured builder (precision, core): DLA support depends on both
-        layers = _dla_placement(config, network, f"{name}: the {precision} network", dla)
+        _dla_preflight(config, network, f"{name}: the {precision} network", dla)
 
     prof = opts["profiles"]
     profile = builder.create_optimization_profile()
@@ -186,22 +226,52 @@ def build_engine(
         )
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    return BuiltEngine(bytes(plan), layers)
+    plan = bytes(plan)
+    layers = None
+    if dla is not None:
+        layers = _built_placement(trt, logger, plan, f"{name}: the {precision} engine", dla)
+    return BuiltEngine(plan, layers)
 
 
-def _dla_placement(config: Any, network: Any, what: str, dla: int) -> dict[str, int]:
-    """`{"dla": n, "gpu": m}`: the network's layers that `config` (default device DLA, its core
-    set) can and cannot run on the DLA; BundleError, naming the layer types, if none can."""
+def _dla_preflight(config: Any, network: Any, what: str, dla: int) -> None:
+    """BundleError, naming the layer types, if `config` (default device DLA, its core set) can
+    run none of the network's layers on the DLA: a build would put them all on the GPU. Only a
+    pre-flight check: where the layers run is read from the built engine (`_built_placement`)."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    on_dla = sum(bool(config.can_run_on_DLA(layer)) for layer in layers)
-    if on_dla == 0:
+    capable = [bool(config.can_run_on_DLA(layer)) for layer in layers]  # every layer asked
+    if not any(capable):
         kinds = sorted({getattr(layer.type, "name", str(layer.type)) for layer in layers})
         raise BundleError(
             f"{what} has no layer that can run on DLA core {dla}: all {len(layers)} would fall "
             f"back to the GPU (layer types: {', '.join(kinds) or 'none'}); build without "
             f"--dla-core, or see the TensorRT log for why DLA refuses them"
         )
-    return {"dla": on_dla, "gpu": len(layers) - on_dla}
+
+
+def _built_placement(trt: Any, logger: Any, plan: bytes, what: str,
+                     dla: int) -> dict[str, int] | None:
+    """Where the layers of the engine `plan`, just built for DLA core `dla`, run: deserialized
+    by a runtime pointed at that core and asked through its inspector (`engine_placement`).
+    BundleError if it does not deserialize or runs no layer on the DLA; None (with a warning)
+    when the inspector gives no per-layer detail."""
+    runtime = trt.Runtime(logger)
+    runtime.DLA_core = dla
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BundleError(f"{what} just built for DLA core {dla} does not deserialize (see the "
+                          "TensorRT log)")
+    placement = engine_placement(trt, engine)
+    if placement is None:
+        log.warning("TensorRT: %s built for DLA core %d: its engine inspector gives no "
+                    "per-layer detail, so where its layers run is not known", what, dla)
+        return None
+    if placement["dla"] == 0:
+        raise BundleError(
+            f"{what} built for DLA core {dla} runs none of its {placement['gpu']} layers on the "
+            f"DLA: TensorRT placed them all on the GPU (its engine inspector says so); build "
+            f"without --dla-core, or see the TensorRT log for why DLA refuses them"
+        )
+    return placement
 
 
 def _network_flags(trt: Any, precision: str, name: str) -> int:

@@ -247,21 +247,33 @@ def test_auto_measures_engines_the_export_could_not_score(
     assert opened == [("tensorrt", "int8")]
 
 
-def test_auto_without_eval_windows_measures_on_the_golden_ones(
+TOO_FEW = ("{key} not scored at export, and only {have} windows here to measure it on: fewer "
+           "than the 64 needed to accept it, so a safer precision is kept (export with labelled "
+           "eval windows, inside or beside the bundle, to let it compete)")
+
+
+def test_auto_with_only_the_golden_windows_keeps_the_safer_precision(
         bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 golden windows agreeing with FP32 are no evidence that int8 is within budget."""
     full = read_bundle(bundle_path)
     manifest = {k: v for k, v in full.manifest.items() if k not in ("eval", "eval_beside")}
     b = dataclasses.replace(full, manifest=manifest)
     cache = tmp_path / "cache"
     _, open_engine = _stand_in_tensorrt(b, cache, monkeypatch)
     engine, sel = autoselect.choose(b, "tensorrt", None, cache, open_engine)
-    assert engine.precision == "int8"
+    assert engine.precision == "fp32"  # int8 is faster and agrees on all 8, yet not chosen
+    assert autoselect.MIN_MEASURE_WINDOWS == 64
     rows = {c["precision"]: c for c in sel["candidates"]}
     assert set(rows["int8"]["measured"]) == {"golden"}
-    assert rows["int8"]["why"] == ("int8_tensorrt measured here: differs from FP32 on 0.00% of 8 "
-                                   "golden windows (limit 5 points)")
+    assert rows["int8"]["measured"]["golden"]["top1_agreement"] == 1.0
+    assert rows["int8"]["within_budget"] is False and "p50_ms" not in rows["int8"]
+    assert rows["int8"]["why"] == TOO_FEW.format(key="int8_tensorrt", have="8 golden")
     assert rows["fp16"]["within_budget"] is False
-    assert "differs from FP32 on 100.00% of 8 golden windows" in rows["fp16"]["why"]
+    assert sel["notes"] == [f"precision auto kept tensorrt/fp32, not tensorrt/{p}: "
+                            f"{rows[p]['why']}" for p in ("int8", "fp16")]
+    # the notes come back with the cached choice
+    cached = autoselect.choose(b, "tensorrt", None, cache, open_engine)[1]
+    assert cached["source"] == "cache" and cached["notes"] == sel["notes"]
 
 
 def test_auto_with_unlabelled_eval_windows_measures_on_the_golden_ones(
@@ -275,6 +287,32 @@ def test_auto_with_unlabelled_eval_windows_measures_on_the_golden_ones(
         unlabelled.read_bytes() if kind == "eval" else read_data(self, kind)))
     _, open_engine = _stand_in_tensorrt(b, tmp_path / "cache", monkeypatch)
     engine, sel = autoselect.choose(b, "tensorrt", None, tmp_path / "cache", open_engine)
-    assert engine.precision == "int8"
+    assert engine.precision == "fp32"  # the golden windows alone are too few to accept int8
     rows = {c["precision"]: c for c in sel["candidates"]}
     assert set(rows["int8"]["measured"]) == {"golden"}
+    assert rows["int8"]["why"] == TOO_FEW.format(key="int8_tensorrt", have="8 golden")
+
+
+@pytest.mark.parametrize("n", [63, 64])
+def test_auto_needs_64_eval_windows_to_accept_a_precision_measured_here(
+        bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    b = read_bundle(bundle_path)
+    data = bundle_mod.load_npz(b.read_data("eval"))
+    few = tmp_path / "few.npz"
+    np.savez(few, x=data["x"][:n], y=data["y"][:n])
+    read_data = bundle_mod.Bundle.read_data
+    monkeypatch.setattr(bundle_mod.Bundle, "read_data", lambda self, kind: (
+        few.read_bytes() if kind == "eval" else read_data(self, kind)))
+    _, open_engine = _stand_in_tensorrt(b, tmp_path / "cache", monkeypatch)
+    engine, sel = autoselect.choose(b, "tensorrt", None, tmp_path / "cache", open_engine)
+    rows = {c["precision"]: c for c in sel["candidates"]}
+    assert rows["int8"]["measured"]["eval"]["n"] == n
+    if n < 64:  # autoselect.MIN_MEASURE_WINDOWS
+        assert engine.precision == "fp32"
+        assert rows["int8"]["why"] == TOO_FEW.format(key="int8_tensorrt",
+                                                     have=f"{n} eval and 8 golden")
+        assert len(sel["notes"]) == 2  # int8 and fp16 both passed over
+    else:
+        assert engine.precision == "int8" and sel["notes"] == []
+        assert rows["int8"]["why"].startswith("int8_tensorrt measured here: drops ")
+        assert f" points on {n} eval windows (limit 5)" in rows["int8"]["why"]

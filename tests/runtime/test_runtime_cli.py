@@ -269,3 +269,31 @@ def test_allow_rollback_loads_an_older_signed_bundle(bundle_path: Path, tmp_path
     if command == "bench":  # the cold-start process loads under the same flag
         [row] = json.loads((tmp_path / "bench.json").read_text())["rows"]
         assert "error" not in row["cold_start"], row["cold_start"]
+
+
+def test_run_auto_says_why_it_kept_the_safer_precision(bundle_path: Path, tmp_path: Path,
+                                                       private_cache: Path) -> None:
+    """int8 not scored at export and only the 8 golden windows to measure it on: fp32 is kept,
+    and `run` prints why."""
+    from edgekd.runtime.integrity import digest_entry
+
+    bundle = tmp_path / "golden-only.edgekd"
+    shutil.copytree(bundle_path, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for key in ("eval", "eval_beside"):
+        manifest.pop(key, None)
+    del manifest["accuracy"]["int8_onnxruntime"]
+    manifest["digest"] = digest_entry(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "rec.npy", RECORDING)
+    for _ in ("measured", "cached"):  # the notes are kept with the cached choice
+        result = invoke("run", bundle, "--input", tmp_path / "rec.npy", "--backend",
+                        "onnxruntime", "--precision", "auto")
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == (
+            "# note: precision auto kept onnxruntime/fp32, not onnxruntime/int8: "
+            "int8_onnxruntime not scored at export, and only 8 golden windows here to measure "
+            "it on: fewer than the 64 needed to accept it, so a safer precision is kept (export "
+            "with labelled eval windows, inside or beside the bundle, to let it compete)")
+        assert lines[1].startswith("# onnxruntime/fp32, 700 samples")

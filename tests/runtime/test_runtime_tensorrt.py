@@ -29,7 +29,13 @@ from edgekd.runtime.cache_seal import CacheSeal, sidecar
 from edgekd.runtime.probe import probe_cuda
 from edgekd.runtime.trt_build import DEFAULT_BUILD, build_engine, build_options
 from edgekd.targets import get_target
-from tests.runtime.trt_standin import DLA_LAYERS, GPU_LAYERS, ONNX, FakeTensorRT
+from tests.runtime.trt_standin import (
+    DLA_LAYERS,
+    FUSED_DLA_ENGINE,
+    GPU_LAYERS,
+    ONNX,
+    FakeTensorRT,
+)
 
 ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda_runtime": "12.6"}
 H100 = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
@@ -642,28 +648,67 @@ def test_dla_core_is_a_target_build_option_with_a_static_profile() -> None:
         build_options({"dla_core": 0, "profiles": {"min": 1, "opt": 8, "max": 128}})
 
 
-def test_dla_build_targets_the_core_and_counts_layers_per_device() -> None:
+def test_dla_build_targets_the_core_and_reads_placement_from_the_built_engine() -> None:
     build = get_target("jetson-agx-orin").tensorrt_build("int8", dla_core=1)
     rec = FakeTensorRT(layers=DLA_LAYERS)
     built = build_engine(rec.module, ONNX, "m.onnx", "int8", build, "input", (3, 128))
     assert ("config", "default_device_type", "DLA") in rec.calls
     assert ("config", "DLA_core", 1) in rec.calls and "GPU_FALLBACK" in rec.flags()
     assert ("set_shape", "input", (8, 3, 128), (8, 3, 128), (8, 3, 128)) in rec.calls
-    # every layer is asked, of the config already pointed at the core, before the build
+    # every layer is asked, of the config already pointed at the core, before the build: a
+    # pre-flight check only
     asked = [i for i, c in enumerate(rec.calls) if c[0] == "can_run_on_DLA"]
     assert [rec.calls[i][1] for i in asked] == ["CONVOLUTION", "ACTIVATION", "SHUFFLE"]
     assert rec.calls.index(("config", "DLA_core", 1)) < asked[0]
     assert asked[-1] < rec.calls.index(("build",))
+    # built with detailed verbosity, deserialized on the core, asked through its inspector
+    build_at = rec.calls.index(("build",))
+    assert rec.calls.index(("config", "profiling_verbosity", "DETAILED")) < build_at
+    assert build_at < rec.calls.index(("runtime", "DLA_core", 1)) \
+        < rec.calls.index(("deserialize", b"PLAN")) < rec.calls.index(("inspect", "JSON"))
     assert built.plan == b"PLAN" and built.layers == {"dla": 2, "gpu": 1}
-    # no inspector, no detailed profiling, no deserialization just to count
-    assert not [c for c in rec.calls if c[0] in ("runtime", "deserialize")
-                or c[1:2] == ("profiling_verbosity",)]
     gpu = FakeTensorRT(layers=DLA_LAYERS)
     plain = build_engine(gpu.module, ONNX, "m.onnx", "int8",
                          get_target("jetson-agx-orin").tensorrt_build("int8"), "input", (3, 128))
-    assert not [c for c in gpu.calls if c[0] in ("config", "runtime", "deserialize",
+    assert not [c for c in gpu.calls if c[0] in ("config", "runtime", "deserialize", "inspect",
                                                  "can_run_on_DLA")]
     assert "GPU_FALLBACK" not in gpu.flags() and plain.layers is None
+
+
+def test_dla_placement_is_what_the_built_engine_says_not_what_the_builder_was_asked() -> None:
+    """can_run_on_DLA says 2 of 3 network layers; TensorRT fused the DLA's part into one layer
+    and runs the copies to and from the DLA's memory on the GPU: the inspector's count it is."""
+    build = get_target("jetson-agx-orin").tensorrt_build("int8", dla_core=1)
+    rec = FakeTensorRT(layers=DLA_LAYERS, engine_layers=FUSED_DLA_ENGINE)
+    built = build_engine(rec.module, ONNX, "m.onnx", "int8", build, "input", (3, 128))
+    assert built.layers == {"dla": 1, "gpu": 4}
+    # every layer capable, yet TensorRT put the whole built engine on the GPU: refused
+    on_gpu = [("input to nvm", "Reformat"), ("/conv/Conv + /relu/Relu", "CaskConvolution"),
+              ("/head/Reshape", "Shuffle")]
+    rec = FakeTensorRT(layers=[("CONVOLUTION", True)], engine_layers=on_gpu)
+    with pytest.raises(BundleError, match=re.escape(
+            "m.onnx: the int8 engine built for DLA core 1 runs none of its 3 layers on the DLA: "
+            "TensorRT placed them all on the GPU (its engine inspector says so); build without "
+            "--dla-core")):
+        build_engine(rec.module, ONNX, "m.onnx", "int8", build, "input", (3, 128))
+    assert ("build",) in rec.calls  # the pre-flight check let it through
+
+
+def test_engine_placement_reads_the_inspector_json_as_tensorrt_writes_it() -> None:
+    from edgekd.runtime.trt_build import engine_placement
+
+    rec = FakeTensorRT(engine_layers=FUSED_DLA_ENGINE)
+    engine = rec.module.Runtime(None).deserialize_cuda_engine(b"PLAN")
+    info = json.loads(engine.create_engine_inspector().get_engine_information("JSON"))
+    assert set(info) == {"Layers", "Bindings"}
+    assert info["Layers"][1]["Name"] == "{ForeignNode[/conv/Conv.../relu/Relu]}"
+    assert info["Layers"][1]["LayerType"] == "DLA"
+    assert engine_placement(rec.module, engine) == {"dla": 1, "gpu": 4}
+    # built without detailed verbosity: layer names only, which say nothing about the device
+    for verbosity in ("LAYER_NAMES_ONLY", "NONE"):
+        rec.built_with = {"verbosity": verbosity, "dla": True}
+        engine = rec.module.Runtime(None).deserialize_cuda_engine(b"PLAN")
+        assert engine_placement(rec.module, engine) is None
 
 
 def test_dla_build_with_every_layer_on_the_gpu_is_an_error() -> None:
@@ -695,18 +740,25 @@ def test_dla_engine_loads_on_its_core_with_a_padded_static_batch(
     out = engine.new_runner()(x)  # 3 windows into an engine that takes exactly 8
     np.testing.assert_array_equal(out, np.stack([x.reshape(3, -1).sum(1),
                                                  x.reshape(3, -1).max(1)], axis=1))
-    # the cached engine is deserialized by a runtime pointed at the core first
+    # the cached engine is deserialized by a runtime pointed at the core first, and where its
+    # layers run is read from it
     rec.calls.clear()
     cached = trt_backend.open(b, "int8", threads=None, cache_dir=cache)
     assert rec.calls.index(("runtime", "DLA_core", 1)) < rec.calls.index(("deserialize", b"PLAN"))
     assert not [c for c in rec.calls if c[0] == "parse"]
-    assert "layers" not in cached.details  # counted at build time, not kept with the cache
-    # so is an engine that came in the bundle, built for this board's DLA core
+    assert cached.details["layers"] == {"dla": 2, "gpu": 1}
+    assert rec.calls.index(("deserialize", b"PLAN")) < rec.calls.index(("inspect", "JSON"))
+    # so is an engine that came in the bundle, built for this board's DLA core: what its
+    # manifest entry claims is not what is reported, the engine's inspector is
     dla_bundle = read_bundle(engine_bundle(tmp_path / "d.edgekd", {**H100, "dla_core": "1"},
                                            plan=b"PLAN", build=build,
                                            layers={"dla": 5, "gpu": 2}))
     rec.calls.clear()
     bundled = trt_backend.open(dla_bundle, "int8", threads=None, cache_dir=cache)
     assert bundled.artifact == str(dla_bundle.root / "tensorrt/model.int8.0.engine")
-    assert bundled.details["layers"] == {"dla": 5, "gpu": 2}  # as the export counted them
+    assert bundled.details["layers"] == {"dla": 2, "gpu": 1}
     assert rec.calls.index(("runtime", "DLA_core", 1)) < rec.calls.index(("deserialize", b"PLAN0"))
+    # an engine whose inspector lists names only (no detailed verbosity): no placement claimed
+    rec.built_with = {"verbosity": "LAYER_NAMES_ONLY", "dla": True}
+    assert "layers" not in trt_backend.open(dla_bundle, "int8", threads=None,
+                                            cache_dir=cache).details

@@ -102,6 +102,44 @@ def test_a_symlink_inside_the_bundle_is_refused(bundle_copy: Path, tmp_path: Pat
         load(bundle_copy, backend=backend, precision=precision, cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("link", [
+    "model.fp32.onnx",  # listed, but not what an int8 load reads
+    "notes.txt",  # not listed at all
+    "openvino/extra.bin",  # inside a real folder
+    "spare",  # a symlinked folder nothing reads
+])
+def test_a_symlink_anywhere_makes_the_whole_bundle_invalid(
+        bundle_copy: Path, tmp_path: Path, private_cache: Path, link: str) -> None:
+    """info, run, bench and rt.load alike, even when the link is not what they would read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if link == "model.fp32.onnx":
+        shutil.move(bundle_copy / link, outside / link)  # the very file, a valid copy
+        (bundle_copy / link).symlink_to(outside / link)
+    elif link == "spare":
+        (bundle_copy / link).symlink_to(outside, target_is_directory=True)
+    else:
+        (outside / "x").write_bytes(b"x")
+        (bundle_copy / link).symlink_to(outside / "x")
+    message = f"{bundle_copy.resolve() / link}: is a symlink; symlinks inside a bundle are refused"
+    for verify in (True, False):
+        with pytest.raises(BundleError) as info:
+            read_bundle(bundle_copy, verify=verify)
+        assert str(info.value).startswith(message)
+    with pytest.raises(BundleError) as info:  # int8: the FP32 ONNX is never opened
+        load(bundle_copy, backend="onnxruntime", precision="int8", cache_dir=tmp_path / "c")
+    assert str(info.value).startswith(message)
+    np.save(tmp_path / "rec.npy", synth.make_recording(300, 2, np.random.default_rng(1)))
+    for command in (["info", bundle_copy], ["info", bundle_copy, "--no-verify"],
+                    ["run", bundle_copy, "--input", tmp_path / "rec.npy", "--backend",
+                     "onnxruntime", "--precision", "int8"],
+                    ["bench", bundle_copy, "--backend", "onnxruntime", "--precision", "int8",
+                     "--batch", "1", "--iterations", "2", "--warmup", "0", "--no-cold"]):
+        result = CliRunner().invoke(app, [str(a) for a in command])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.startswith(f"error: {message}"), (command, result.output)
+
+
 def test_a_symlinked_manifest_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
     shutil.move(bundle_copy / "manifest.json", tmp_path / "manifest.json")
     (bundle_copy / "manifest.json").symlink_to(tmp_path / "manifest.json")
@@ -248,6 +286,65 @@ def test_an_edited_rollback_record_is_not_believed(tmp_path: Path) -> None:
     record.write_text(json.dumps({"version": 1}))  # lower the record by hand: seal breaks
     read_bundle(older, trusted_keys=[public], cache_dir=cache)  # record ignored and rewritten
     assert json.loads(record.read_text())["version"] == _manifest(older)["version"]
+
+
+@pytest.mark.parametrize("broken", ["others can read it", "symlink", "cannot be created"])
+def test_without_a_seal_key_the_rollback_guard_refuses_to_vouch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    from edgekd.runtime.cache_seal import KEY_BYTES, KEY_FILE
+
+    private, public = keygen(tmp_path / "k")
+    signed = _signed_minimal(tmp_path / "b.edgekd", private)
+    cache = tmp_path / "cache"
+    if broken == "cannot be created":
+        cache.write_text("a file where the cache folder should be")
+    else:
+        cache.mkdir()
+        real = tmp_path / "real.key" if broken == "symlink" else cache / KEY_FILE
+        real.write_bytes(os.urandom(KEY_BYTES))
+        real.chmod(0o644 if broken == "others can read it" else 0o600)
+        if broken == "symlink":
+            (cache / KEY_FILE).symlink_to(real)
+
+    def refusal(**kw: object) -> str:
+        with pytest.raises(BundleError) as info:
+            read_bundle(signed, trusted_keys=[public], cache_dir=cache, **kw)
+        return str(info.value)
+
+    for message in (refusal(), refusal(min_version=0)):
+        assert "the rollback guard cannot vouch" in message
+        assert "has no usable seal key: " + {
+            "others can read it": f"its key {cache / KEY_FILE} has mode 0644",
+            "symlink": f"its key {cache / KEY_FILE} cannot be opened safely",
+            "cannot be created": f"cannot create its key {cache / KEY_FILE}: {cache} is not a "
+                                 "folder; choose another cache folder"}[broken] in message
+        assert "CacheSeal.for_cache(cache)" in message  # how the key is made
+        assert message.endswith("turn the guard off on purpose with --allow-rollback "
+                                "(allow_rollback=True)")
+    with pytest.raises(BundleError, match="the rollback guard cannot vouch"):
+        load(signed, backend="onnxruntime", trusted_keys=[public], cache_dir=cache)
+    # the guard turned off on purpose, or no signature to guard: read as before
+    assert read_bundle(signed, trusted_keys=[public], cache_dir=cache,
+                       allow_rollback=True).signer is not None
+    assert read_bundle(signed, trusted_keys=[], cache_dir=cache).signer is None
+    monkeypatch.setenv("EDGEKD_CACHE", str(cache))  # the CLI's default cache
+    result = CliRunner().invoke(app, ["info", str(signed), "--trusted-key", str(public)])
+    assert result.exit_code == 2 and "the rollback guard cannot vouch" in result.output
+    assert "--allow-rollback" in result.output
+    result = CliRunner().invoke(app, ["info", str(signed), "--trusted-key", str(public),
+                                      "--allow-rollback"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_usable_seal_key_keeps_the_rollback_guard_as_it_was(tmp_path: Path) -> None:
+    """A missing key is made at the first read, and the record is kept under it."""
+    private, public = keygen(tmp_path / "k")
+    signed = _signed_minimal(tmp_path / "b.edgekd", private)
+    cache = tmp_path / "cache"
+    signer = read_bundle(signed, trusted_keys=[public], cache_dir=cache).signer
+    assert (cache / "seal.key").is_file()
+    record = json.loads((cache / "rollback" / f"{signer}.json").read_text())
+    assert record == {"version": _manifest(signed)["version"]}
 
 
 def test_min_version(bundle_copy: Path) -> None:

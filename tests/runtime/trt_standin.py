@@ -4,6 +4,7 @@ the runtime's builder/backend tests and the exporter's TensorRT tests."""
 from __future__ import annotations
 
 import ctypes
+import json
 import types
 from typing import Any
 
@@ -13,6 +14,13 @@ import numpy as np
 GPU_LAYERS = [("SHUFFLE", False), ("REDUCE", False)]
 DLA_LAYERS = [("CONVOLUTION", True), ("ACTIVATION", True), ("SHUFFLE", False)]
 ONNX = b"ONNX model bytes"
+# What TensorRT makes of a network on a DLA core: the DLA's part fused into one layer of type DLA,
+# the copies into and out of its memory on the GPU. (engine layer name, LayerType)
+FUSED_DLA_ENGINE = [("Reformatting CopyNode for Input Tensor 0 to input to nvm", "Reformat"),
+                    ("{ForeignNode[/conv/Conv.../relu/Relu]}", "DLA"),
+                    ("input finish", "FinishNvmRegion"),
+                    ("Reformatting CopyNode for Output Tensor 0 from nvm", "Reformat"),
+                    ("/head/Reshape", "Shuffle")]
 
 
 class FakeTensorRT:
@@ -22,14 +30,26 @@ class FakeTensorRT:
     batches profile_min..profile_max, and computes, per input row, logits = (sum, max) on host
     memory. The parsed network has `layers`; `can_run_on_DLA` answers their flag, and only once
     the config's default device is the DLA and its core is set (like TensorRT, whose answer
-    depends on the configuration)."""
+    depends on the configuration).
+
+    A deserialized engine has an engine inspector (`create_engine_inspector`) whose
+    `get_engine_information(LayerInformationFormat.JSON)` answers like TensorRT's: `{"Layers":
+    [...], "Bindings": [...]}`, the layers as names only unless the engine was built with
+    `profiling_verbosity = ProfilingVerbosity.DETAILED`, then as objects with "Name",
+    "LayerType", "Inputs", "Outputs", "TacticValue", "StreamId", "Metadata" (a layer run by the
+    DLA has LayerType "DLA"). The engine's layers are `engine_layers` (name, LayerType) if
+    given; else one per network layer, of type DLA where the build targeted a DLA core and the
+    layer can run there. An engine this stand-in did not build (a bundled one) is taken as built
+    by edgekd for the DLA with detailed verbosity; each build replaces that with its config."""
 
     def __init__(self, *, version: str = "10.3.0", parse_ok: bool = True,
                  plan: bytes | None = b"PLAN", io: tuple[str, ...] = ("x", "y"),
                  out_dtype: str = "FLOAT", lean: bool = False, profile_max: int = 8,
-                 profile_min: int = 1, layers: list[tuple[str, bool]] | None = None) -> None:
+                 profile_min: int = 1, layers: list[tuple[str, bool]] | None = None,
+                 engine_layers: list[tuple[str, str]] | None = None) -> None:
         layers = GPU_LAYERS if layers is None else layers
         self.calls: list[tuple[Any, ...]] = []
+        self.built_with = {"verbosity": "DETAILED", "dla": True}  # of the engines it loads
         rec = self
         mod = types.ModuleType("tensorrt")
         mod.__version__ = version
@@ -44,6 +64,9 @@ class FakeTensorRT:
         mod.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
         mod.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         mod.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
+        mod.ProfilingVerbosity = types.SimpleNamespace(
+            LAYER_NAMES_ONLY="LAYER_NAMES_ONLY", DETAILED="DETAILED", NONE="NONE")
+        mod.LayerInformationFormat = types.SimpleNamespace(ONELINE="ONELINE", JSON="JSON")
 
         class Logger:
             WARNING = "warning"
@@ -118,6 +141,10 @@ class FakeTensorRT:
 
             def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
                 rec.calls.append(("build",))
+                rec.built_with = {
+                    "verbosity": getattr(config, "profiling_verbosity", "LAYER_NAMES_ONLY"),
+                    "dla": (getattr(config, "default_device_type", None) == "DLA"
+                            and getattr(config, "DLA_core", None) is not None)}
                 return plan
 
         class OnnxParser:
@@ -164,8 +191,38 @@ class FakeTensorRT:
                 out[:] = np.stack([rows.sum(1), rows.max(1)], axis=1).ravel()
                 return True
 
+        class Inspector:
+            def __init__(self, built_with: dict[str, Any]) -> None:
+                self.built_with = built_with
+
+            def _layers(self) -> list[tuple[str, str]]:
+                if engine_layers is not None:
+                    return engine_layers
+                return [(f"{kind.lower()}_{i}", "DLA" if self.built_with["dla"] and ok else kind)
+                        for i, (kind, ok) in enumerate(layers)]
+
+            def get_engine_information(self, fmt: str) -> str:
+                rec.calls.append(("inspect", fmt))
+                assert fmt == "JSON", "edgekd reads the JSON format"
+                verbosity = self.built_with["verbosity"]
+                if verbosity == "NONE":
+                    return json.dumps({"Layers": [], "Bindings": list(io)})
+                if verbosity != "DETAILED":  # LAYER_NAMES_ONLY, the default
+                    return json.dumps({"Layers": [name for name, _ in self._layers()],
+                                       "Bindings": list(io)})
+                return json.dumps({"Layers": [
+                    {"Name": name, "LayerType": kind, "Inputs": [], "Outputs": [],
+                     "TacticValue": "0x0000000000000000", "StreamId": 0, "Metadata": ""}
+                    for name, kind in self._layers()], "Bindings": list(io)})
+
         class Engine:
             num_io_tensors = len(io)
+
+            def __init__(self) -> None:
+                self.built_with = dict(rec.built_with)
+
+            def create_engine_inspector(self) -> Inspector:
+                return Inspector(self.built_with)
 
             def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
                 return [(profile_min, 3, 128), (profile_min, 3, 128), (profile_max, 3, 128)]

@@ -19,10 +19,11 @@ driver is present.
 
 DLA (`tensorrt_build.dla_core`): the runtime is pointed at that core (`Runtime.DLA_core`) before
 it deserializes, and the engine has a static batch (smaller calls are zero-padded to it). The
-engine's details have `layers`, `{"dla": n, "gpu": m}` network layers that can run on the DLA
-and that fall back to the GPU, counted when the engine is built (`trt_build.build_engine`): for
-an engine built by this load, or a bundled one whose manifest entry records it (the export
-does); an engine from the cache has none.
+engine's details have `layers`, `{"dla": n, "gpu": m}`: the layers of the engine deserialized
+here (built by this load, cached or bundled) by where they run, read from that engine's
+inspector (`trt_build.engine_placement`), never from what a manifest or a builder claims; absent
+when the inspector gives no per-layer detail (an engine built without detailed profiling
+verbosity).
 
 Inference uses `tensorrt` with `cuda-python` (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device memory and streams; each runner owns an execution context, a CUDA
@@ -48,6 +49,7 @@ from edgekd.runtime.trt_build import (
     build_engine,
     build_options,
     check_version,
+    engine_placement,
     version_problem,
 )
 
@@ -310,10 +312,6 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
     if dla is not None:
         runtime.DLA_core = dla  # a DLA engine runs on the core its runtime names when it loads
     engine = runtime.deserialize_cuda_engine(plan) if plan is not None else None
-    # where a DLA engine's layers run is counted when it is built: by the export for a bundled
-    # engine (its manifest entry), by this load below; a cached engine's count is not kept
-    layers = next((a.extra.get("layers") for a in bundle.artifacts
-                   if engine is not None and str(bundle.root / a.path) == where), None)
     if plan is not None and engine is None:
         log.warning("TensorRT: engine %s does not deserialize on this device; rebuilding", where)
     if engine is None:
@@ -334,12 +332,14 @@ def open(bundle: Bundle, precision: str, *, threads: int | None, cache_dir: Path
         if engine is None:
             raise BundleError(f"{bundle.root}: the {precision} TensorRT engine just built from "
                               f"{source.path} does not deserialize (see the TensorRT log)")
-        where, layers = str(build_to), built.layers
+        where = str(build_to)
     in_name, out_name = io_tensor_names(trt, engine, Path(str(where)))
     prof = build["profiles"]
     k = len(bundle.labels)
     details: dict[str, Any] = {"device": device, "engine": where, "io": [in_name, out_name]}
-    if dla is not None and layers is not None:
+    # where a DLA engine's layers run: asked of the engine that runs, whatever its source
+    layers = engine_placement(trt, engine) if dla is not None else None
+    if layers is not None:
         details["layers"] = layers
 
     def new_runner() -> Runner:
