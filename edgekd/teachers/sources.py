@@ -39,6 +39,12 @@ def _torch_device(card: TeacherCard) -> Any:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
+def _torch_threads() -> int:
+    """torch's intra-op thread count where torch is loaded, else 0 (ONNX Runtime's default)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
+
+
 def _torch_outputs(value: Any) -> Named:
     import torch
 
@@ -78,6 +84,9 @@ class OnnxSource:
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # As many threads as the training process gives torch (`--threads`): ONNX Runtime's own
+        # default, every core, oversubscribes a machine that runs several trainings at once.
+        options.intra_op_num_threads = _torch_threads()
         try:
             self.session = ort.InferenceSession(
                 card.file.read_bytes(), sess_options=options, providers=providers
