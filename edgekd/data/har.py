@@ -18,7 +18,6 @@ import gzip
 import importlib.util
 import io
 import logging
-import os
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.dataset import PairedDataset, Split, finish_dataset
 from edgekd.data.safe_pickle import DataFrameStandIn, restricted_load
+from edgekd.data.split import PairedDataset, Split, finish_dataset
+from edgekd.data.storage import cache_dir
 from edgekd.errors import ConfigError, DataError
 from edgekd.io import atomic_write_bytes
 from edgekd.modalities import ModalitySpec
@@ -83,15 +83,6 @@ class Recordings:
     labels: np.ndarray
     subjects: np.ndarray
     offsets: np.ndarray
-
-
-def cache_dir() -> Path:
-    """`$EDGEKD_CACHE`, else `$XDG_CACHE_HOME/edgekd`, else `~/.cache/edgekd`."""
-    if os.environ.get("EDGEKD_CACHE"):
-        return Path(os.environ["EDGEKD_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "edgekd"
-    return Path.home() / ".cache" / "edgekd"
 
 
 def hapt_source() -> Path:

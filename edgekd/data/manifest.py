@@ -64,8 +64,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgekd.data.dataset import PairedDataset, Split, finish_dataset
 from edgekd.data.readers import image_channels, read_recording
+from edgekd.data.split import PairedDataset, Split, finish_dataset
 from edgekd.data.storage import WindowSpill, stack
 from edgekd.errors import ConfigError, DataError
 from edgekd.modalities import KINDS, ModalitySpec, parse_vectors, raw_shape

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edgekd.data.augment import Policy
-from edgekd.data.dataset import Split
+from edgekd.data.split import Split
 from edgekd.modalities import ModalitySpec, preprocess
 
 EVAL_BATCH = 1024

@@ -35,9 +35,17 @@ _KINDS = ("spill", "split")  # WindowSpill's folders, and stack's (gone once its
 _OWNED = re.compile(rf"^(?:{'|'.join(_KINDS)})-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
 
 
-def spill_root() -> Path:
-    from edgekd.data.har import cache_dir
+def cache_dir() -> Path:
+    """`$EDGEKD_CACHE`, else `$XDG_CACHE_HOME/edgekd`, else `~/.cache/edgekd`: the data cache
+    (the converted HAR recordings, and the window files under `windows/`)."""
+    if os.environ.get("EDGEKD_CACHE"):
+        return Path(os.environ["EDGEKD_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "edgekd"
+    return Path.home() / ".cache" / "edgekd"
 
+
+def spill_root() -> Path:
     root = cache_dir() / "windows"
     root.mkdir(parents=True, exist_ok=True)
     return root

@@ -19,7 +19,9 @@ never.
 
 from edgekd.runtime.backends import BACKENDS, cache_dir
 from edgekd.runtime.bundle import Artifact, Bundle, read_bundle, verify_bundle
-from edgekd.runtime.model import Model, Prediction, load, softmax
+from edgekd.runtime.loader import load
+from edgekd.runtime.model import Model
+from edgekd.runtime.prediction import Prediction, softmax
 from edgekd.runtime.stream import Stream, StreamEvent
 
 __all__ = [

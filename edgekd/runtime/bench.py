@@ -37,9 +37,11 @@ from edgekd.modalities import ModalitySpec, preprocess, raw_shape
 from edgekd.runtime.autoselect import budget, cpu_fields, installed_versions
 from edgekd.runtime.backends import BACKENDS, backend_module
 from edgekd.runtime.bundle import PRECISIONS, Bundle, load_npz, read_bundle
-from edgekd.runtime.integrity import TRUSTED_KEYS_ENV, resolve_trusted_keys
-from edgekd.runtime.model import Model, load, softmax
+from edgekd.runtime.loader import load
+from edgekd.runtime.model import Model
+from edgekd.runtime.prediction import softmax
 from edgekd.runtime.probe import cuda_status
+from edgekd.runtime.signature import TRUSTED_KEYS_ENV, resolve_trusted_keys
 
 MIN_SAMPLES = 10  # timed calls per figure, even when the duration runs out first
 DEFAULT_DURATION_S = 2.0

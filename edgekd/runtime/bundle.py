@@ -36,15 +36,9 @@ from typing import Any, TypeVar
 
 from edgekd.constants import RUNTIME_PRECISIONS
 from edgekd.errors import BundleError
-from edgekd.runtime.integrity import (
-    DIGEST_KEY,
-    SIGNATURE,
-    check_digest,
-    check_rollback,
-    check_signature,
-    resolve_trusted_keys,
-    strict_json,
-)
+from edgekd.runtime.digest import DIGEST_KEY, check_digest, strict_json
+from edgekd.runtime.rollback import check_rollback
+from edgekd.runtime.signature import SIGNATURE, check_signature, resolve_trusted_keys
 
 FORMAT = "edgekd-bundle"
 SCHEMA_VERSION = 3  # 2: manifest digest, held-out windows beside the bundle; 3: version
@@ -547,7 +541,7 @@ def read_bundle(
     refused); its schema; if `verify`, every listed file's size and sha256 (else each file when
     it is read); its version against `min_version`; and, for a signed bundle, against the
     newest version of the same signer this device has read (the rollback record in
-    `cache_dir`, default `edgekd.runtime.cache_dir()`; see `integrity.check_rollback`), unless
+    `cache_dir`, default `edgekd.runtime.cache_dir()`; see `rollback.check_rollback`), unless
     `allow_rollback`. BundleError says which file or field is wrong. Nothing in the bundle
     folder is changed; a publish replacing the folder meanwhile makes it read the new one."""
     keys = resolve_trusted_keys(trusted_keys)

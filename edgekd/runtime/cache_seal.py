@@ -13,7 +13,7 @@ The key is 32 random bytes in `<cache>/seal.key`, created once with mode 0600. A
 is a symlink, not owned by this user, readable by group or others, or of the wrong size is not
 used: the cache is then bypassed (entries are neither read nor written) with a warning, as ssh
 refuses a private key with open permissions. The rollback record of signed bundles cannot be
-bypassed that way: without a usable key the rollback guard refuses (`integrity.check_rollback`,
+bypassed that way: without a usable key the rollback guard refuses (`rollback.check_rollback`,
 via `CacheSeal.open_key`, which says what is wrong with the key and how to fix it).
 
 What a seal does not protect against: anyone who can read the key (this user, root) can forge

@@ -22,13 +22,16 @@ InferRequest), so many streams of one model may run in parallel threads.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from edgekd.errors import InputError
 from edgekd.modalities import ModalitySpec, audio_frames, log_mel_frames, preprocess, raw_shape
-from edgekd.runtime.model import Model, softmax
+from edgekd.runtime.prediction import softmax
+
+if TYPE_CHECKING:  # a stream only reads its model's spec, engine and labels; model.py imports us
+    from edgekd.runtime.model import Model
 
 
 class StreamEvent(NamedTuple):
