@@ -309,9 +309,10 @@ class RunConfig:
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
-    unknown = set(values) - set(known)
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+        close = _suggest(unknown[0], known) if len(unknown) == 1 else ""
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}{close}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         factory = known[name].default_factory
@@ -366,11 +367,36 @@ def build_config(
     if recipe is not None:
         merged["distill"] = to_dict(resolve_recipe(recipe))
         where.append(f"recipe {recipe}")
+    return _layered(RunConfig, merged, where, path, sets, flags)
+
+
+def build_options(
+    cls: type,
+    path: Path | None = None,
+    *,
+    sets: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> Any:
+    """`build_config` for any options dataclass `cls` (e.g. `ExportOptions`): its defaults <
+    the YAML file at `path` (a mapping of its fields) < `sets` (`key=value`, or
+    `section.key=value` for a nested dataclass) < `flags` (None values are not given)."""
+    return _layered(cls, to_dict(cls()), ["defaults"], path, sets, flags)
+
+
+def _layered(
+    cls: type,
+    merged: dict[str, Any],
+    where: list[str],
+    path: Path | None,
+    sets: Sequence[str],
+    flags: Mapping[str, Any] | None,
+) -> Any:
+    """`merged` (the lower layers, as a dict) < the file < `sets` < `flags`, built as `cls`."""
     if path is not None:
-        merged = _deep_merge(merged, _read_yaml(path))
+        merged = _deep_merge(merged, _typed_file(cls, _read_yaml(path), str(path)))
         where.append(str(path))
     for item in sets:
-        keys, value = parse_set(item)
+        keys, value = parse_set(item, cls)
         node = merged
         for part in keys[:-1]:
             node = node.setdefault(part, {})
@@ -383,87 +409,186 @@ def build_config(
         if v is not None
     }
     merged = _deep_merge(merged, given)
-    return _build(RunConfig, merged, " + ".join(where) + (" + options" if sets or given else ""))
+    return _build(cls, merged, " + ".join(where) + (" + options" if sets or given else ""))
+
+
+def _typed_file(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """A config file's `values` checked against the fields of `cls` (nested dataclasses by
+    section) and kept as the fields keep them (ints as floats, lists as tuples); ConfigError
+    naming the file (`where`) and the key, with close matches for an unknown one."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            section = f": {prefix[:-1]}" if prefix else ""
+            raise ConfigError(f"unknown key {name!r} in {where}{section}{_suggest(name, hints)}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} is a section: give it a mapping, got {value!r}")
+            out[name] = _typed_file(hint, value, where, f"{key}.")
+            continue
+        fits, kept = _conform(value, hint)
+        if not fits:
+            raise ConfigError(f"{where}: {key} takes {_type_name(hint)}, got {value!r}")
+        out[name] = kept
+    return out
+
+
+def given_keys(path: Path | None, sets: Sequence[str] = (), cls: type = RunConfig) -> list[str]:
+    """The keys of `cls` a config file and `--set` items give, as `section.key` (or `key` for a
+    field that is no section), in order; checked as `build_config` checks them. For a command
+    that sets some fields itself and must refuse them from the user."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    if path is not None:
+        for name, value in _typed_file(cls, _read_yaml(path), str(path)).items():
+            if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
+                keys += [f"{name}.{key}" for key in value]
+            else:
+                keys.append(name)
+    for item in sets:
+        path_, _ = parse_set(item, cls)
+        keys.append(".".join(path_[:2] if len(path_) > 1 else path_))
+    return list(dict.fromkeys(keys))
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     return f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
 
 
-def _yaml_value(value: str, option: str) -> Any:
-    """`value` (text of --set) parsed as YAML; ConfigError naming `option` if it is not YAML."""
+def _yaml_value(value: str, said: str) -> Any:
+    """`value` (text of --set) parsed as YAML; ConfigError starting with `said` if not YAML."""
     if not value.strip():
         return ""
     try:
         return yaml.safe_load(value)
     except yaml.YAMLError as exc:
         why = getattr(exc, "problem", None) or exc  # the one-line reason, without marks
-        raise ConfigError(f"--set {option}={value}: not a valid value ({why})") from None
+        raise ConfigError(f"{said}: not a valid value ({why})") from None
 
 
-def _typed(value: str, hint: Any, option: str) -> Any:
-    """`value` (text of --set) as the field type `hint`; ConfigError naming `option` if not."""
-    if hint is str:
-        return value  # as typed: "1" stays the string "1", "{" is no YAML error
-    parsed = _yaml_value(value, option)
+def _optional_inner(hint: Any) -> tuple[bool, Any]:
+    """(whether `hint` admits None, the type besides None: `int | None` -> (True, int))."""
     args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional and parsed is None:
-        return None
-    inner = [a for a in args if a is not type(None)] if optional else [hint]
-    target = inner[0] if len(inner) == 1 else hint
+    if type(None) not in args:
+        return False, hint
+    inner = [a for a in args if a is not type(None)]
+    return True, inner[0] if len(inner) == 1 else hint
+
+
+def _type_name(hint: Any) -> str:
+    optional, target = _optional_inner(hint)
+    shown = getattr(target, "__name__", str(target))
+    return f"{shown} or null" if optional else shown
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether the parsed `value` fits the field type `hint`, the value as the field keeps it:
+    an int as a float, a list as a tuple of the item type)."""
+    optional, target = _optional_inner(hint)
+    if value is None:
+        return optional, None
     origin = typing.get_origin(target)
-    ok: Any = None
-    if target is bool and isinstance(parsed, bool):
-        ok = parsed
-    elif target is int and isinstance(parsed, int) and not isinstance(parsed, bool):
-        ok = parsed
-    elif target is float and isinstance(parsed, int | float) and not isinstance(parsed, bool):
-        ok = float(parsed)
-    elif target is str:
-        ok = value  # as typed: "1" stays the string "1"
-    elif origin is tuple:
-        items = parsed if isinstance(parsed, list) else value.split(",")
-        ok = tuple(str(v).strip() for v in items)
-    elif origin is dict and isinstance(parsed, dict):
-        ok = parsed
-    if ok is None:
-        shown = getattr(target, "__name__", str(target))
-        raise ConfigError(f"--set {option}={value}: {option} takes {shown}, got {value!r}")
-    return ok
+    if target is bool:
+        return isinstance(value, bool), value
+    if target is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if target is float:
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+        return fits, float(value) if fits else value
+    if target is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        item = typing.get_args(target)[0]
+        if not isinstance(value, list | tuple) or item is not str:
+            return False, value
+        return True, tuple(str(v).strip() for v in value)
+    if origin is dict:
+        return isinstance(value, dict), value
+    return target is Any, value
 
 
-def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
-    """`section.key=value` (`--set`) as (the key's path in RunConfig, the value typed by its
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _typed(value: str, hint: Any, option: str, said: str | None = None) -> Any:
+    """`value` (text of --set) as the field type `hint`; ConfigError naming `option` if not,
+    after `said` (how the user gave it; default `--set option=value`)."""
+    said = said or f"--set {option}={value}"
+    optional, target = _optional_inner(hint)
+    if target is str and not (optional and value.strip() in _NULLS):
+        return value  # as typed: "1" stays the string "1", "{" is no YAML error
+    parsed = _yaml_value(value, said)
+    if typing.get_origin(target) is tuple and not isinstance(parsed, list) and parsed is not None:
+        parsed = value.split(",")  # a comma list: data.val_subjects=1,3
+    fits, kept = _conform(parsed, hint)
+    if not fits:
+        raise ConfigError(f"{said}: {option} takes {_type_name(hint)}, got {value!r}")
+    return kept
+
+
+def parse_set(
+    item: str, root: type = RunConfig, *, said: str | None = None
+) -> tuple[tuple[str, ...], Any]:
+    """`section.key=value` (`--set`) as (the key's path in `root`, the value typed by its
     field: int, float, bool, str, a comma list for tuples, YAML for dicts, `null` for an
-    optional field). `model.args.NAME=V` and `augment.ops.OP.PARAM=V` reach into those dicts
-    (YAML-typed). ConfigError naming the option, with close matches for an unknown key."""
+    optional field). A field of `root` that is no section is `key=value`. `model.args.NAME=V` and
+    `augment.ops.OP.PARAM=V` reach into those dicts (YAML-typed). ConfigError naming the option
+    (`said`: how the user gave it, default `--set ITEM`), with close matches for an unknown
+    key."""
+    said = said or f"--set {item}"
+    hints = typing.get_type_hints(root)
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=0.001")
+        sections = any(map(dataclasses.is_dataclass, hints.values()))
+        form = "section.key=value" if sections else "key=value"
+        raise ConfigError(f"{said}: expected {form}, e.g. {_example(root)}")
     key, value = item.split("=", 1)
     path = tuple(key.strip().split("."))
-    hints = typing.get_type_hints(RunConfig)
     if path[0] not in hints:
-        raise ConfigError(f"--set {key}: unknown section {path[0]!r}{_suggest(path[0], hints)}")
+        raise ConfigError(f"{said}: unknown {'key' if len(path) == 1 else 'section'} "
+                          f"{path[0]!r}{_suggest_field(path, hints)}")  # fmt: skip
     hint = hints[path[0]]
     if not dataclasses.is_dataclass(hint):
         if len(path) != 1:
-            raise ConfigError(f"--set {key}: {path[0]} is a single value, not a section")
-        return path, _typed(value, hint, key)
+            raise ConfigError(f"{said}: {path[0]} is a single value, not a section")
+        return path, _typed(value, hint, key, said)
     fields_ = typing.get_type_hints(hint)
     if len(path) < 2 or path[1] not in fields_:
         name = path[1] if len(path) > 1 else ""
         raise ConfigError(
-            f"--set {key}: unknown key {name!r} in section {path[0]}{_suggest(name, fields_)}"
+            f"{said}: unknown key {name!r} in section {path[0]}{_suggest(name, fields_)}"
         )
     if len(path) == 2:
-        return path, _typed(value, fields_[path[1]], key)
+        return path, _typed(value, fields_[path[1]], key, said)
     if typing.get_origin(fields_[path[1]]) is not dict:
-        raise ConfigError(f"--set {key}: {path[0]}.{path[1]} has no keys inside it")
-    return path, _yaml_value(value, key)
+        raise ConfigError(f"{said}: {path[0]}.{path[1]} has no keys inside it")
+    return path, _yaml_value(value, said)
+
+
+def _suggest_field(path: tuple[str, ...], hints: Mapping[str, Any]) -> str:
+    """Close matches for an unknown first part of a --set key: a top-level name, or for a bare
+    `key` a section's field of that name (`tau` -> distill.tau)."""
+    if len(path) == 1:
+        inside = [f"{section}.{name}" for section, hint in hints.items()
+                  if dataclasses.is_dataclass(hint)
+                  for name in typing.get_type_hints(hint) if name == path[0]]  # fmt: skip
+        if inside:
+            return f"; did you mean {' or '.join(inside)}?"
+    return _suggest(path[0], hints)
+
+
+def _example(root: type) -> str:
+    """A `--set` example for `root`: its first field with its default."""
+    if root is RunConfig:
+        return "train.lr=0.001"
+    first = fields(root)[0]
+    return f"{first.name}={to_dict(root())[first.name]}"
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

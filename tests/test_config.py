@@ -184,3 +184,66 @@ def test_set_text_fields_take_the_text_as_typed() -> None:
     from edgekd.config import build_config
 
     assert build_config(None, sets=["model.arch={tcn"]).model.arch == "{tcn"  # no YAML
+
+
+def test_a_config_file_is_typed_by_the_fields(tmp_path: Path) -> None:
+    from edgekd.config import build_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  lr: 1\ndata:\n  val_subjects: [1, 3]\n")
+    cfg = build_config(path)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.val_subjects == ("1", "3")
+    for text, message in (
+        ("train:\n  epochs: three\n", "train.epochs takes int or null, got 'three'"),
+        ("train:\n  lrr: 0.1\n", "unknown key 'lrr' in " + f"{path}: train; did you mean lr?"),
+        ("train: 3\n", "train is a section: give it a mapping, got 3"),
+        ("distill:\n  allow_unseen_augment: 1\n", "allow_unseen_augment takes bool, got 1"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_config(path)
+
+
+def test_build_options_layers_any_options_dataclass(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from edgekd.config import build_options, given_keys
+
+    @dataclass(frozen=True)
+    class Options:
+        target: str = "cpu"
+        calib: int | None = None
+        max_drop: float = 1.0
+        allow_float: tuple[str, ...] = ()
+
+    path = tmp_path / "opts.yaml"
+    path.write_text("calib: 64\nmax_drop: 2\ntarget: jetson\n")
+    opts = build_options(Options, path, sets=["max_drop=3", "target=orin", "allow_float=a,b"],
+                         flags={"target": "cpu-ort", "calib": None})  # fmt: skip
+    assert opts == Options(target="cpu-ort", calib=64, max_drop=3.0, allow_float=("a", "b"))
+    assert build_options(Options) == Options()
+    assert build_options(Options, sets=["calib=null"]).calib is None
+    assert given_keys(path, ["max_drop=3"], Options) == ["calib", "max_drop", "target"]
+    with pytest.raises(ConfigError, match=re.escape("--set calb=1: unknown key 'calb'; did you "
+                                                    "mean calib?")):  # fmt: skip
+        build_options(Options, sets=["calb=1"])
+    with pytest.raises(ConfigError, match=re.escape("--set max_drop=x: max_drop takes float")):
+        build_options(Options, sets=["max_drop=x"])
+
+
+def test_given_keys_name_what_the_file_and_set_give(tmp_path: Path) -> None:
+    from edgekd.config import given_keys
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  lr: 0.1\nmodel:\n  args:\n    width: 8\nstudent_modality: acc\n")
+    keys = given_keys(path, ["distill.tau=2", "augment.ops.rotate.max_deg=3", "train.lr=0.2"])
+    assert keys == ["train.lr", "model.args", "student_modality", "distill.tau", "augment.ops"]
+
+
+def test_a_bare_set_key_suggests_its_section() -> None:
+    from edgekd.config import build_config
+
+    said = "--set tau=2: unknown key 'tau'; did you mean distill.tau?"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        build_config(None, sets=["tau=2"])

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
-from plain_teachers import (
+
+from tests.conftest import run_cli
+from tests.plain_teachers import (
     ACC_MEAN,
     ACC_STD,
     TEACHER_LABELS,
@@ -372,7 +373,7 @@ class VoiceTeacher(nn.Module):
 def test_an_image_teacher_for_an_audio_student_runs_online_on_resized_raw_images(
     tmp_path: Path,
 ) -> None:
-    from toy_manifest import make_toy_manifest
+    from tests.toy_manifest import make_toy_manifest
 
     manifest = make_toy_manifest(tmp_path / "av", n_per_class=6)
     folder = tmp_path / "t"

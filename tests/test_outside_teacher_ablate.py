@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
-from plain_teachers import export_onnx, make_imu_manifest, sha256, train_plain_teacher
-from test_outside_teacher import card
+
+from tests.conftest import run_cli
+from tests.plain_teachers import export_onnx, make_imu_manifest, sha256, train_plain_teacher
+from tests.test_outside_teacher import card
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--threads", "1"]
 

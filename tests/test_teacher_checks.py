@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import run_cli
-from plain_teachers import (
+
+from tests.conftest import run_cli
+from tests.plain_teachers import (
     ACC_MEAN,
     ACC_STD,
     TEACHER_LABELS,
@@ -33,7 +34,7 @@ ALL_CHECKS = {
 # Python-source teachers (importable from the card's folder): the plain teacher broken once each.
 ODD_TEACHERS = '''\
 import torch
-from plain_teachers import PlainTeacher
+from tests.plain_teachers import PlainTeacher
 
 
 class BatchCentred(PlainTeacher):

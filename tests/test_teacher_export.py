@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+
+from tests.conftest import run_cli
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

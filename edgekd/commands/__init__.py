@@ -3,7 +3,8 @@
 A core install is the runtime (info, run, bench, keygen, sign). Commands that need an optional
 extra are listed in COMMAND_EXTRAS; `register_all` wraps them so that, when the extra is not
 installed, they exit 2 with one line naming the pip command, instead of an ImportError deep
-inside. `edgekd --help` lists every command either way.
+inside. `edgekd --help` lists every command either way. The options several commands share
+are declared once, in `edgekd.commands.options`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from importlib import import_module
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -32,19 +33,6 @@ COMMAND_EXTRAS: dict[str, str] = {
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Options of the commands that run many trainings (ablate, search) through `edgekd.executor`.
-ExecutorOpt = Annotated[
-    str,
-    typer.Option(
-        help="Where trainings run: local (a process each) | ray (Ray tasks; --out and the "
-        "teacher on a filesystem every node shares)."
-    ),
-]
-AddressOpt = Annotated[
-    str | None, typer.Option(help="Ray cluster address (`ray start --head` prints it).")
-]
-
 
 def require_extra(extra: str, what: str) -> None:
     """MissingExtra naming `pip install 'edgekd[<extra>]'` unless the extra's modules exist.

@@ -7,16 +7,23 @@ from typing import Annotated
 
 import typer
 
-from edgekd.commands import AddressOpt, ExecutorOpt, user_errors
-from edgekd.commands.train import (
+from edgekd.commands import user_errors
+from edgekd.commands.options import (
+    AddressOpt,
     ArchOpt,
     ArgsOpt,
     BatchOpt,
     ConfigOpt,
+    DataOpt,
     EpochsOpt,
+    ExecutorOpt,
     LimitOpt,
     LrOpt,
     SetOpt,
+    TeacherOpt,
+    refuse_given,
+    run_config,
+    training_flags,
 )
 
 
@@ -24,14 +31,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def ablate(
-        teacher: Annotated[
-            Path,
-            typer.Option(
-                help="Teacher: a run folder from `edgekd teacher`, or an outside teacher as "
-                "`edgekd distill` takes it (a teacher.yaml card, a folder holding one such as a "
-                "`teacher cache`, or a .onnx / .pt2 with the card beside it; needs --data)."
-            ),
-        ],
+        teacher: TeacherOpt,
         out: Annotated[
             Path, typer.Option(help="Ablation folder (reused: finished runs are kept).")
         ] = Path("runs/ablate"),
@@ -91,13 +91,7 @@ def register(app: typer.Typer) -> None:
                 "(out of distribution; flagged in the table).",
             ),
         ] = False,
-        data: Annotated[
-            str | None,
-            typer.Option(
-                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
-                "with an edgekd teacher, its data at a new place, checked against it)."
-            ),
-        ] = None,
+        data: DataOpt = None,
         strict: Annotated[
             bool,
             typer.Option(
@@ -107,24 +101,26 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         config: ConfigOpt = None,
+        set_: SetOpt = None,
         epochs: EpochsOpt = None,
         limit: LimitOpt = None,
         batch_size: BatchOpt = None,
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
-        set_: SetOpt = None,
     ) -> None:
-        """Run the distillation ablation and print mean ± s.e., paired gains and the control."""
-        from edgekd.commands.train import _common
+        """Run the distillation ablation and print mean ± s.e., paired gains and the control.
+        --config / --set give the base config of every run, but for its distill section (each
+        run sets its own) and train.seed (--seeds)."""
+        refuse_given(config, set_, "ablate", {
+            "distill": "each ablation run sets its own distill section",
+            "train.seed": "--seeds sets the seeds 0..N-1",
+        })  # fmt: skip
+        flags = training_flags(epochs, None, limit, batch_size, lr, arch, arch_args)
+        base = run_config(config, set_, {**flags, "data.source": data})
         from edgekd.distill.ablate import DEFAULT_RUNS, AblationSpec, format_table
         from edgekd.distill.ablate import ablate as run_ablation
-        from edgekd.errors import ConfigError
 
-        if any(item.strip().startswith("distill.") for item in set_ or []):
-            raise ConfigError("--set distill.*: each ablation run sets its own distill section")
-        base = _common(config, epochs, None, limit, batch_size, lr, arch, arch_args, sets=set_,
-                       flags={"data": {"source": data}})  # fmt: skip
         names = DEFAULT_RUNS
         if runs is not None:
             names = tuple(n.strip() for n in runs.split(",") if n.strip())

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekd.commands import user_errors
+from edgekd.commands.options import ExportConfigOpt, ExportSetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -21,14 +22,15 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--out", "-o", help="Bundle folder to write, e.g. out/har.edgekd.")
         ],
         target: Annotated[
-            str, typer.Option(help="Deployment target (see `edgekd targets`).")
-        ] = "cpu",
+            str | None, typer.Option(help="Deployment target (see `edgekd targets`; default cpu).")
+        ] = None,
         precision: Annotated[
             str | None, typer.Option(help="fp32 | fp16 | int8 (default: the target's).")
         ] = None,
         ptq: Annotated[
-            str, typer.Option(help="PTQ calibration: minmax | percentile | entropy.")
-        ] = "minmax",
+            str | None,
+            typer.Option(help="PTQ calibration: minmax (default) | percentile | entropy."),
+        ] = None,
         calib: Annotated[
             int | None,
             typer.Option(
@@ -37,22 +39,25 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         qat: Annotated[
-            bool, typer.Option("--qat", help="Quantization-aware fine-tuning instead of PTQ.")
-        ] = False,
-        qat_epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 3,
+            bool | None,
+            typer.Option("--qat", help="Quantization-aware fine-tuning instead of PTQ."),
+        ] = None,
+        qat_epochs: Annotated[int | None, typer.Option(help="QAT epochs (default 3).")] = None,
         max_drop: Annotated[
-            float, typer.Option(help="Most accuracy points int8/fp16 may lose vs torch FP32.")
-        ] = 1.0,
+            float | None,
+            typer.Option(help="Most accuracy points int8/fp16 may lose vs torch FP32 (default 1)."),
+        ] = None,
         backend_quantizer: Annotated[
-            str,
+            str | None,
             typer.Option(
-                help="ort (TensorRT-style QDQ everywhere) | nncf (OpenVINO int8 IR by NNCF, "
-                "with accuracy control)."
+                help="ort (default: TensorRT-style QDQ everywhere) | nncf (OpenVINO int8 IR by "
+                "NNCF, with accuracy control)."
             ),
-        ] = "ort",
+        ] = None,
         trt_frontend: Annotated[
-            str, typer.Option(help="onnx (TensorRT ONNX parser) | torch-tensorrt.")
-        ] = "onnx",
+            str | None,
+            typer.Option(help="onnx (default: TensorRT ONNX parser) | torch-tensorrt."),
+        ] = None,
         allow_float: Annotated[
             list[str] | None,
             typer.Option(
@@ -75,8 +80,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         force: Annotated[
-            bool, typer.Option("--force", help="Replace an existing bundle at --out.")
-        ] = False,
+            bool | None, typer.Option("--force", help="Replace an existing bundle at --out.")
+        ] = None,
+        config: ExportConfigOpt = None,
+        set_: ExportSetOpt = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
         with_eval: Annotated[
             bool, typer.Option("--with-eval", help="Keep the held-out windows inside the bundle "
@@ -88,29 +95,25 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Export a trained student to a bundle: ONNX, int8 QDQ, OpenVINO IR, TensorRT engine or
-        its build options, golden/eval windows, and an accuracy report per backend."""
-        from edgekd.export.exporter import export_run
+        its build options, golden/eval windows, and an accuracy report per backend. The export
+        options come from the flags, --set KEY=VALUE and --config FILE (in that precedence)."""
+        from dataclasses import fields
 
+        from edgekd.config import build_options
+        from edgekd.export.exporter import ExportOptions, export_run
+
+        given = {
+            "target": target, "precision": precision, "ptq": ptq, "calib": calib, "qat": qat,
+            "qat_epochs": qat_epochs, "max_drop": max_drop, "force": force,
+            "backend_quantizer": backend_quantizer, "trt_frontend": trt_frontend,
+            "allow_float": None if allow_float is None else tuple(allow_float), "data": data,
+            "dla_core": dla_core,
+        }  # fmt: skip
+        opts = build_options(ExportOptions, config, sets=set_ or (), flags=given)
         result = export_run(
-            run_dir,
-            out,
-            target=target,
-            precision=precision,
-            ptq=ptq,
-            calib=calib,
-            qat=qat,
-            qat_epochs=qat_epochs,
-            max_drop=max_drop,
-            force=force,
-            backend_quantizer=backend_quantizer,
-            trt_frontend=trt_frontend,
-            progress=not quiet,
-            with_eval=with_eval,
-            sign_key=sign_key,
-            allow_float=tuple(allow_float or ()),
-            data=data,
-            dla_core=dla_core,
-        )
+            run_dir, out, **{f.name: getattr(opts, f.name) for f in fields(opts)},
+            progress=not quiet, with_eval=with_eval, sign_key=sign_key,
+        )  # fmt: skip
         total = sum(result.sizes.values())
         typer.echo(
             f"{result.out}: {len(result.manifest['artifacts'])} artifacts, "

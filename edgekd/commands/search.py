@@ -7,21 +7,37 @@ from typing import Annotated
 
 import typer
 
-from edgekd.commands import AddressOpt, ExecutorOpt, require_extra, user_errors
+from edgekd.commands import require_extra, user_errors
+from edgekd.commands.options import (
+    AddressOpt,
+    BatchOpt,
+    ConfigOpt,
+    DataOpt,
+    ExecutorOpt,
+    LimitOpt,
+    SetOpt,
+    TeacherOpt,
+    UnlabelledOpt,
+    refuse_given,
+    run_config,
+)
+
+# What --config / --set may give a search: the base config of its trials, less what it explores
+# per trial (the student, its lr, the recipe); the trials take these fields of it.
+SEARCH_EXPLORES = {
+    "model": "the search draws the student and its arguments (pick students with --archs)",
+    "train.lr": "the search draws each trial's learning rate",
+    "distill": "the search draws each trial's recipe, tau and alpha",
+}
+SEARCH_TAKES = ("data.source", "data.limit", "data.unlabelled", "train.epochs",
+                "train.batch_size", "train.seed")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def search(
-        teacher: Annotated[
-            Path,
-            typer.Option(
-                help="Teacher: a run folder from `edgekd teacher`, or an outside teacher as "
-                "`edgekd distill` takes it (a teacher.yaml card, a folder holding one such as a "
-                "`teacher cache`, or a .onnx / .pt2 with the card beside it; needs --data)."
-            ),
-        ],
+        teacher: TeacherOpt,
         out: Annotated[
             Path, typer.Option(help="Search folder (study.db inside; rerun with it to resume).")
         ],
@@ -35,7 +51,9 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option(help="Most int8 model size (QDQ ONNX, KB = 1000 B).")
         ] = None,
         trials: Annotated[int, typer.Option(help="Trials to train (rejections not counted).")] = 24,
-        epochs: Annotated[int, typer.Option(help="Epochs per trial.")] = 30,
+        epochs: Annotated[
+            int | None, typer.Option(help="Epochs per trial (train.epochs; default 30).")
+        ] = None,
         archs: Annotated[
             str | None,
             typer.Option(help="Comma-separated students to search (default: all for the kind)."),
@@ -46,15 +64,12 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[
             int | None, typer.Option(help="CPU threads for all local jobs together.")
         ] = None,
-        seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
-        limit: Annotated[
-            int | None, typer.Option(help="At most N training windows per trial (quick runs).")
+        seed: Annotated[
+            int | None, typer.Option(help="Sampler and training seed (train.seed; default 0).")
         ] = None,
-        unlabelled: Annotated[
-            bool,
-            typer.Option(help="Add the teacher's unlabelled windows to each trial's training."),
-        ] = True,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per step.")] = 64,
+        limit: LimitOpt = None,
+        unlabelled: UnlabelledOpt = None,
+        batch_size: BatchOpt = None,
         pruner: Annotated[str, typer.Option(help="median | halving | none.")] = "median",
         latency_table: Annotated[
             Path | None,
@@ -71,28 +86,34 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Retrain the chosen student over N seeds, with its recipe and with "
                          "CE only: what the teacher adds at this size (test split)."),
         ] = 0,
-        data: Annotated[
-            str | None,
-            typer.Option(
-                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
-                "with an edgekd teacher, its data at a new place, checked against it)."
-            ),
-        ] = None,
+        data: DataOpt = None,
         no_export: Annotated[
             bool, typer.Option("--no-export", help="Do not export the chosen student.")
         ] = False,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
     ) -> None:
-        """Find the most accurate student within a latency / size budget on a target."""
+        """Find the most accurate student within a latency / size budget on a target.
+        --config / --set give the trials' base config: its data.source, data.limit,
+        data.unlabelled, train.epochs, train.batch_size and train.seed (the student, lr and
+        recipe are what the search draws)."""
         require_extra("export", "`edgekd search`")
+        refuse_given(config, set_, "search", SEARCH_EXPLORES, only=SEARCH_TAKES)
+        base = run_config(config, set_, {
+            "data.source": data, "data.limit": limit, "data.unlabelled": unlabelled,
+            "train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
+        })  # fmt: skip
         from edgekd.search import SearchSpec, run_search
 
         spec = SearchSpec(
             teacher=teacher, out=out, target=target, budget_ms=budget_ms, budget_kb=budget_kb,
-            trials=trials, epochs=epochs, archs=_names(archs), executor=executor,
-            address=address, jobs=jobs, threads=threads, seed=seed, limit=limit,
-            unlabelled=unlabelled, batch_size=batch_size, pruner=pruner,
-            latency_table=latency_table, export=not no_export, max_drop=max_drop,
-            timing_s=timing_s, confirm_seeds=confirm_seeds, data=data,
+            trials=trials, archs=_names(archs), executor=executor, address=address, jobs=jobs,
+            threads=threads, latency_table=latency_table, pruner=pruner,
+            export=not no_export, max_drop=max_drop, timing_s=timing_s,
+            confirm_seeds=confirm_seeds,
+            **({} if base.train.epochs is None else {"epochs": base.train.epochs}),
+            seed=base.train.seed, batch_size=base.train.batch_size, limit=base.data.limit,
+            unlabelled=base.data.unlabelled, data=base.data.source,
         )  # fmt: skip
         run_search(spec, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"wrote {out / 'search.json'}, {out / 'pareto.md'}")

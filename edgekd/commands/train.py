@@ -2,61 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from edgekd.commands import user_errors
-
-if TYPE_CHECKING:
-    from edgekd.config import RunConfig
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML config over the recipe; --set and flags override it."),
-]
-EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
-SeedOpt = Annotated[
-    int | None, typer.Option(help="Random seed (runs are deterministic for a seed).")
-]
-LimitOpt = Annotated[
-    int | None, typer.Option(help="Use at most N training windows (quick trials).")
-]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Windows per step.")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (cosine decay).")]
-ArchOpt = Annotated[
-    str | None, typer.Option("--arch", help="Registered model name (see `edgekd models`).")
-]
-ArgsOpt = Annotated[
-    str | None,
-    typer.Option("--arch-args", help="Model arguments as JSON, e.g. '{\"width\": 16}'."),
-]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")
-]
-AugmentOpt = Annotated[
-    str | None,
-    typer.Option("--augment", help="Augmentation policy: default (safe per kind) | none | custom."),
-]
-MixOpt = Annotated[
-    str | None,
-    typer.Option("--mix", help="none | mixup | cutmix (default: mixup for teachers, else none)."),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="section.key=value for any config field, typed by the field (repeatable), e.g. "
-        "--set train.weight_decay=0 --set augment.ops.rotate.max_deg=30.",
-    ),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option(help="CPU threads for training (default: OMP_NUM_THREADS, else all cores)."),
-]
+from edgekd.commands.options import (
+    ArchOpt,
+    ArgsOpt,
+    AugmentOpt,
+    BatchOpt,
+    ConfigOpt,
+    DataOpt,
+    EpochsOpt,
+    LimitOpt,
+    LrOpt,
+    MixOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    SetOpt,
+    ThreadsOpt,
+    UnlabelledOpt,
+    distill_aliases,
+    run_config,
+    training_flags,
+)
 
 
 def _use_threads(requested: int | None) -> None:
@@ -66,43 +38,6 @@ def _use_threads(requested: int | None) -> None:
     from edgekd.threads import plan_threads
 
     torch.set_num_threads(plan_threads(1, requested).per_job)
-
-
-def _common(
-    config: Path | None,
-    epochs: int | None,
-    seed: int | None,
-    limit: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    arch: str | None,
-    arch_args: str | None,
-    augment: str | None = None,
-    mix: str | None = None,
-    *,
-    recipe: str | None = None,
-    sets: list[str] | None = None,
-    flags: dict[str, Any] | None = None,
-) -> RunConfig:
-    """The run config by `edgekd.config.build_config`: flags > --set > the YAML file > the
-    recipe > defaults. `flags` adds the command's own named options ({section: {key: value}})."""
-    from edgekd.config import build_config
-    from edgekd.errors import ConfigError
-
-    try:
-        args = json.loads(arch_args) if arch_args else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch-args is not valid JSON: {exc}") from exc
-    named: dict[str, Any] = {
-        "train": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr},
-        "data": {"limit": limit},
-        "augment": {"policy": augment, "mix": mix},
-        "model": {"arch": arch, "args": args},
-    }
-    for section, values in (flags or {}).items():
-        merged = {**named.get(section, {}), **values} if isinstance(values, dict) else values
-        named[section] = merged
-    return build_config(config, recipe=recipe, sets=sets or (), flags=named)
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:
@@ -140,6 +75,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="'har' (built-in UCI HAPT) or PATH/manifest.jsonl.")
         ] = None,
         config: ConfigOpt = None,
+        set_: SetOpt = None,
         epochs: EpochsOpt = None,
         seed: SeedOpt = None,
         limit: LimitOpt = None,
@@ -160,7 +96,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
         augment: AugmentOpt = None,
         mix: MixOpt = None,
-        set_: SetOpt = None,
         threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
@@ -175,12 +110,10 @@ def register(app: typer.Typer) -> None:
 
         from edgekd.distill.trainer import train_teacher
 
-        _use_threads(threads)
         subset = tuple(m.strip() for m in modalities.split(",")) if modalities else None
-        cfg = _common(
-            config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,
-            sets=set_, flags={"data": {"source": data, "modalities": subset}},
-        )  # fmt: skip
+        flags = training_flags(epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
+        cfg = run_config(config, set_, {**flags, "data.source": data, "data.modalities": subset})
+        _use_threads(threads)
         if modality_dropout is not None:
             cfg = replace(
                 cfg,
@@ -192,6 +125,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @user_errors
+    @distill_aliases
     def distill(
         teacher: Annotated[
             Path,
@@ -205,14 +139,16 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 help="Loss recipe: default, ce, kd, paper, kd_std, dist, dkd, bkd, fixmatch (no "
-                "teacher: the semi-supervised baseline) (beneath "
-                "--config, --set and flags: a config file's distill.tau edits the recipe)."
+                "teacher: the semi-supervised baseline); the distill section beneath --config, "
+                "--set and flags: --set distill.tau=3 edits it."
             ),
         ] = None,
+        data: DataOpt = None,
         modality: Annotated[
             str | None, typer.Option(help="Student modality (default: the dataset's).")
         ] = None,
         config: ConfigOpt = None,
+        set_: SetOpt = None,
         epochs: EpochsOpt = None,
         seed: SeedOpt = None,
         limit: LimitOpt = None,
@@ -220,45 +156,8 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None,
         arch: ArchOpt = None,
         arch_args: ArgsOpt = None,
-        feature_loss: Annotated[
-            str | None, typer.Option(help="none | hard_l2 | soft_margin")
-        ] = None,
-        distance: Annotated[
-            str | None, typer.Option(help="soft_margin distance: cosine | l2 | l2sq")
-        ] = None,
-        margin: Annotated[float | None, typer.Option(help="Feature hinge margin m.")] = None,
-        classifier_loss: Annotated[
-            str | None, typer.Option(
-                help="none | logit_kd | soft_teacher_head | margin_kd | dist | dkd | bkd | fixmatch"
-            )
-        ] = None,
-        tau: Annotated[float | None, typer.Option(help="KD temperature.")] = None,
-        quality: Annotated[
-            str | None, typer.Option(help="none | teacher_confidence | teacher_norm")
-        ] = None,
-        lambda_task: Annotated[
-            float | None, typer.Option(help="Weight of the cross-entropy term.")
-        ] = None,
-        lambda_feature: Annotated[
-            float | None, typer.Option(help="Weight of the feature term.")
-        ] = None,
-        lambda_classifier: Annotated[
-            float | None, typer.Option(help="Weight of the classifier term.")
-        ] = None,
-        teacher_view: Annotated[
-            str | None, typer.Option(help="all | student (restricted-teacher control).")
-        ] = None,
-        teacher_mode: Annotated[
-            str | None,
-            typer.Option(help="online (teacher runs on each augmented batch) | cached (clean)."),
-        ] = None,
-        data: Annotated[
-            str | None,
-            typer.Option(
-                help="Paired data: 'har' or PATH/manifest.jsonl (needed with an outside teacher; "
-                "with an edgekd teacher, its data at a new place, checked against it)."
-            ),
-        ] = None,
+        augment: AugmentOpt = None,
+        mix: MixOpt = None,
         labelled_share: Annotated[
             float | None,
             typer.Option(
@@ -266,13 +165,7 @@ def register(app: typer.Typer) -> None:
                 "same for every recipe and seed); the rest become unlabelled paired windows."
             ),
         ] = None,
-        unlabelled: Annotated[
-            bool | None,
-            typer.Option(
-                "--unlabelled/--no-unlabelled",
-                help="Add the data's unlabelled training windows (teacher terms only).",
-            ),
-        ] = None,
+        unlabelled: UnlabelledOpt = None,
         allow_unseen_augment: Annotated[
             bool | None,
             typer.Option(
@@ -281,39 +174,25 @@ def register(app: typer.Typer) -> None:
                 "otherwise; the plan records it).",
             ),
         ] = None,
-        augment: AugmentOpt = None,
-        mix: MixOpt = None,
-        set_: SetOpt = None,
         threads: ThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: QuietOpt = False,
+        aliased: dict[str, str] | None = None,  # the hidden alias flags (`distill_aliases`)
     ) -> None:
-        """Distill a single-modality student from a teacher (`none` for all losses = CE-only)."""
+        """Distill a single-modality student from a teacher. The losses come from --recipe and
+        --set distill.KEY=VALUE (feature_loss, classifier_loss, tau, lambda_task, teacher_mode,
+        ...; classifier_loss none and feature_loss none = CE only)."""
+        flags = training_flags(epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix)
+        cfg = run_config(
+            config, set_,
+            {**flags, "data.source": data, "data.unlabelled": unlabelled,
+             "data.labelled_share": labelled_share, "student_modality": modality,
+             "distill.allow_unseen_augment": allow_unseen_augment},
+            recipe=recipe, aliased=aliased,
+        )  # fmt: skip
         from edgekd.distill.trainer import distill as run_distill
 
         _use_threads(threads)
-        distill_flags = {
-            "feature_loss": feature_loss,
-            "distance": distance,
-            "margin": margin,
-            "classifier_loss": classifier_loss,
-            "tau": tau,
-            "quality": quality,
-            "lambda_task": lambda_task,
-            "lambda_feature": lambda_feature,
-            "lambda_classifier": lambda_classifier,
-            "teacher_view": teacher_view,
-            "teacher_mode": teacher_mode,
-            "allow_unseen_augment": allow_unseen_augment,
-        }
-        cfg = _common(
-            config, epochs, seed, limit, batch_size, lr, arch, arch_args, augment, mix,
-            recipe=recipe, sets=set_,
-            flags={"data": {"source": data, "unlabelled": unlabelled,
-                            "labelled_share": labelled_share},
-                   "distill": distill_flags,
-                   "student_modality": modality},
-        )  # fmt: skip
         _print_metrics(run_distill(cfg, teacher, out, resume=resume, progress=not quiet), out)
 
     @app.command()
