@@ -172,7 +172,8 @@ def test_sklearn_onnx_teacher_with_flattened_input_distils(
     info = run_cli(["info", str(out)])
     assert f"sha256={sha256(made['sklearn'])[:12]}" in info.output
     # Logits only: a feature-level recipe is refused, naming those that apply.
-    refused = distill(teacher, made["manifest"], tmp_path / "f", "--feature-loss", "hard_l2")
+    refused = distill(teacher, made["manifest"], tmp_path / "f", "--set",
+                      "distill.feature_loss=hard_l2")
     assert refused.exit_code == 2
     assert "need the teacher's embedding" in refused.output
     assert "Recipes that apply: ce, kd, kd_std, dist, dkd, bkd" in refused.output
@@ -188,9 +189,9 @@ def test_disjoint_teacher_distils_through_the_projection_head_only(
     assert refused.exit_code == 2, refused.output
     said = " ".join(refused.output.split())
     assert "disjoint: true" in said and "Recipes that apply: ce;" in said
-    assert "--classifier-loss none --feature-loss soft_margin" in said
-    ok = distill(teacher, made["manifest"], tmp_path / "feat", "--classifier-loss", "none",
-                 "--feature-loss", "soft_margin")  # fmt: skip
+    assert "--set distill.classifier_loss=none --set distill.feature_loss=soft_margin" in said
+    ok = distill(teacher, made["manifest"], tmp_path / "feat", "--set",
+                 "distill.classifier_loss=none", "--set", "distill.feature_loss=soft_margin")
     assert ok.exit_code == 0, ok.output
     loss = plan_of(tmp_path / "feat")["loss"]
     assert [t["term"] for t in loss] == ["task", "feature"]
@@ -207,7 +208,7 @@ def test_cached_from_card_and_from_teacher_cache_train_the_same_student(
                           "--out", str(cache)])  # fmt: skip
     assert made_cache.exit_code == 0, made_cache.output
     assert {p.name for p in cache.iterdir()} == {"teacher.yaml", "outputs.npz", "fingerprint.json"}
-    cached = ["--teacher-mode", "cached", "--augment", "none"]
+    cached = ["--set", "distill.teacher_mode=cached", "--augment", "none"]
     a = distill(teacher, made["manifest"], tmp_path / "a", *cached)
     assert a.exit_code == 0, a.output
     # A cache knows its data and is cached by nature.

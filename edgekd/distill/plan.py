@@ -498,8 +498,9 @@ def _card_student(
             fits = [n for n, r in RECIPES.items() if r.uses_teacher
                     and card_recipe_problem(r, card, labels) is None]  # fmt: skip
             alone = (
-                "; or the feature terms alone: --classifier-loss none --feature-loss "
-                "soft_margin (or hard_l2), through the learnable projection head that export drops"
+                "; or the feature terms alone: --set distill.classifier_loss=none --set "
+                "distill.feature_loss=soft_margin (or hard_l2), through the learnable projection "
+                "head that export drops"
                 if card.has_embedding
                 else ""
             )
@@ -530,7 +531,8 @@ def _card_student(
         raise ConfigError(
             f"the augmentation masks the features of {', '.join(masked)} ({policy.describe()}), "
             "but an outside teacher reads raw windows and would not see the masks: drop the "
-            "feature-stage ops (--augment custom), or use --teacher-mode cached --augment none"
+            "feature-stage ops (--augment custom), or use --set distill.teacher_mode=cached "
+            "--augment none"
         )
     if uses_teacher and not online and policy.active:
         raise ConfigError(
