@@ -8,7 +8,7 @@ over one held-out subject's whole recording -> `report.md` with PNG plots and a 
 The two students are one comparison: the same config (data, epochs, batch, learning rate, seed,
 hence the same initialisation and batch order, and whatever augmentation the config sets) except
 the distillation losses; the demo checks this on their saved configs. One seed of one pair is an
-illustration, not evidence: the multi-seed table is `edgekd ablate`'s (README, "Measured results").
+illustration, not evidence: the multi-seed table is `edgekd ablate`'s (docs/results.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ STUDENT_RECIPES = {"student (CE only)": "ce", "student (distilled)": "default"}
 # Distillation settings worth naming in the report (the rest keep their defaults in both recipes).
 SHOWN_DISTILL = ("classifier_loss", "feature_loss", "tau", "lambda_task", "lambda_classifier",
                  "lambda_feature", "quality", "logit_standardize")  # fmt: skip
-TABLE_POINTER = 'README.md, "Measured results" -> "Distillation with the defaults, end to end"'
+TABLE_POINTER = 'docs/results.md, "Distillation with the defaults, end to end"'
 
 
 @dataclass(frozen=True)

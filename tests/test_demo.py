@@ -45,7 +45,7 @@ def test_demo_quick_writes_report_and_plots(tmp_path: Path) -> None:
     assert "plan differs from the CE student's in: loss 0.5 cross-entropy + 0.5 logit_kd" in report
     assert "unlabelled windows" in report and "optimizer steps" in report
     assert "| student (distilled) | `default` | logit_kd | none | 2.0 | 0.5 | 0.5 |" in report
-    assert 'README.md, "Measured results"' in report
+    assert 'docs/results.md, "Distillation with the defaults' in report
     assert "students: same settings" in result.output and "; ce vs" in result.output
     # A second run reuses the finished runs and bundle instead of retraining.
     again = run_cli(["demo", "--quick", "--quiet", "--out", str(out)])
