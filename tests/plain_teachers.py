@@ -126,6 +126,27 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# The teacher card of the ONNX / .pt2 plain teacher, as a user writes it (teacher.yaml's keys).
+ACC_INPUT = {"modality": "accel", "normalize": {"mean": list(ACC_MEAN), "std": list(ACC_STD)},
+             "layout": "NCT"}  # fmt: skip
+GYRO_INPUT = {"modality": "gyro", "layout": "NCT"}
+BOTH_OUTPUTS = {"logits": {"name": "logits"}, "embedding": {"name": "emb"}}
+
+
+def card_body(model: Path, **fields: object) -> dict[str, object]:
+    """The card's mapping for `model` (a file beside the card); `fields` replace the defaults."""
+    return {
+        "source": "onnx",
+        "path": Path(model).name,
+        "sha256": sha256(model),
+        "licence": "CC-BY-4.0",
+        "inputs": {"acc": ACC_INPUT, "gyr": GYRO_INPUT},
+        "outputs": BOTH_OUTPUTS,
+        "labels": list(TEACHER_LABELS),
+        **fields,
+    }
+
+
 def export_onnx(model: nn.Module, path: Path) -> Path:
     example = (torch.zeros(2, 3, WINDOW), torch.zeros(2, 3, WINDOW))
     batch = torch.export.Dim("batch")

@@ -15,9 +15,9 @@ import yaml
 
 from tests.conftest import run_cli
 from tests.plain_teachers import (
-    ACC_MEAN,
-    ACC_STD,
+    ACC_INPUT,
     TEACHER_LABELS,
+    card_body,
     export_onnx,
     export_pt2,
     make_imu_manifest,
@@ -27,10 +27,6 @@ from tests.plain_teachers import (
 )
 
 FAST = ["--epochs", "2", "--batch-size", "16", "--seed", "0", "--quiet"]
-ACC_INPUT = {"modality": "accel", "normalize": {"mean": list(ACC_MEAN), "std": list(ACC_STD)},
-             "layout": "NCT"}  # fmt: skip
-GYRO_INPUT = {"modality": "gyro", "layout": "NCT"}
-BOTH_OUTPUTS = {"logits": {"name": "logits"}, "embedding": {"name": "emb"}}
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +54,8 @@ def card(folder: Path, model: Path, **fields: Any) -> Path:
     """A card in `folder` for a copy of `model`; `fields` replace the defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(model, folder / model.name)
-    body = {
-        "source": "onnx",
-        "path": model.name,
-        "sha256": sha256(model),
-        "licence": "CC-BY-4.0",
-        "inputs": {"acc": ACC_INPUT, "gyr": GYRO_INPUT},
-        "outputs": BOTH_OUTPUTS,
-        "labels": list(TEACHER_LABELS),
-        **fields,
-    }
-    (folder / "teacher.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    (folder / "teacher.yaml").write_text(yaml.safe_dump(card_body(model, **fields),
+                                                        sort_keys=False))  # fmt: skip
     return folder / "teacher.yaml"
 
 

@@ -14,18 +14,16 @@ import yaml
 
 from tests.conftest import run_cli
 from tests.plain_teachers import (
-    ACC_MEAN,
-    ACC_STD,
+    ACC_INPUT,
+    GYRO_INPUT,
     TEACHER_LABELS,
+    card_body,
     export_onnx,
     make_imu_manifest,
     sha256,
     train_plain_teacher,
 )
 
-ACC_INPUT = {"modality": "accel", "normalize": {"mean": list(ACC_MEAN), "std": list(ACC_STD)},
-             "layout": "NCT"}  # fmt: skip
-GYRO_INPUT = {"modality": "gyro", "layout": "NCT"}
 ALL_CHECKS = {
     "sha256 and loading", "signature", "batch invariance", "determinism", "label order",
     "normalisation of acc", "normalisation of gyr", "output entropy", "accuracy vs chance",
@@ -75,16 +73,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def write_card(made: dict[str, Path], name: str, **fields: Any) -> Path:
     """`name`.yaml beside the models: the correct ONNX card with `fields` replaced."""
     model = made["state"] if fields.get("source") == "python" else made["onnx"]
-    body = {
-        "source": "onnx",
-        "path": model.name,
-        "sha256": sha256(model),
-        "licence": "CC-BY-4.0",
-        "inputs": {"acc": ACC_INPUT, "gyr": GYRO_INPUT},
-        "outputs": {"logits": {"name": "logits"}, "embedding": {"name": "emb"}},
-        "labels": list(TEACHER_LABELS),
-        **fields,
-    }
+    body = card_body(model, **fields)
     path = made["root"] / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
