@@ -88,19 +88,68 @@ def test_mixup_uses_one_lambda_and_partner_for_every_modality() -> None:
     assert soft.dtype == np.float32 and soft.shape == (b, 4)
 
 
+def _replay_mix(rng: np.random.Generator, b: int) -> tuple[np.ndarray, float, float]:
+    """(partner, lam, start) as `mix_batch` draws them: permutation, beta, apply, cut start."""
+    partner, lam = rng.permutation(b), float(rng.beta(1.0, 1.0))
+    assert rng.random() < 1.0  # prob 1: mixing applies
+    return partner, lam, float(rng.random())
+
+
 def test_cutmix_cuts_the_same_span_in_every_modality() -> None:
-    b = 6
-    x = {"accel": np.zeros((b, 128, 3), np.float32), "gyro": np.zeros((b, 128, 3), np.float32)}
-    x["accel"][1::2] = 1.0
-    x["gyro"][1::2] = 1.0
-    y = np.array([0, 1, 0, 1, 0, 1])
-    out, soft = mix_batch(x, y, SPECS, np.random.default_rng(3), "cutmix", 1.0, 1.0, 2)
-    np.testing.assert_array_equal(out["accel"], out["gyro"])
-    # The label weight of the partner equals the share of time steps taken from it.
+    b, n = 6, 128
+    ids = np.arange(1, b + 1, dtype=np.float32)  # every sample its own value: the source shows
+    x = {"accel": np.broadcast_to(ids[:, None, None], (b, n, 3)).copy(),
+         "gyro": np.broadcast_to(10 * ids[:, None, None], (b, n, 3)).copy()}  # fmt: skip
+    y = np.array([0, 1, 2, 0, 1, 2])
+    out, soft = mix_batch(x, y, SPECS, np.random.default_rng(3), "cutmix", 1.0, 1.0, 3)
+    np.testing.assert_array_equal(out["gyro"], 10 * out["accel"])  # one span, both modalities
+    # By hand: a span of round(n * (1 - lam)) steps at int(start * (n - length)) comes from the
+    # partner; the label weight of the partner is the share of steps taken from it.
+    partner, lam, start = _replay_mix(np.random.default_rng(3), b)
+    length = int(round(n * (1 - lam)))
+    t0 = int(start * (n - length))
+    assert 8 <= length <= n - 8, "the seed must give a real cut"
+    expected = np.broadcast_to(ids[:, None], (b, n)).copy()
+    expected[:, t0 : t0 + length] = ids[partner][:, None]
+    np.testing.assert_array_equal(out["accel"][:, :, 0], expected)
+    kept = 1 - length / n
+    onehot = np.eye(3, dtype=np.float32)[y]
+    np.testing.assert_allclose(soft, kept * onehot + (1 - kept) * onehot[partner], atol=1e-6)
+    moved = partner != np.arange(b)
+    assert moved.sum() >= 3
+    for i in np.flatnonzero(moved & (y != y[partner])):
+        from_partner = float((out["accel"][i, :, 0] == ids[partner[i]]).mean())
+        assert from_partner == pytest.approx(length / n)
+        assert soft[i, y[partner[i]]] == pytest.approx(from_partner, abs=1e-6)
+        assert soft[i, y[i]] == pytest.approx(1 - from_partner, abs=1e-6)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+
+
+def test_cutmix_box_area_is_the_label_weight_for_images() -> None:
+    face = ModalitySpec(name="face", kind="image", rate_hz=0, channels=3, window=0, hop=0,
+                        size=(20, 20))  # fmt: skip
+    b, h, w = 8, 20, 20
+    ids = np.arange(1, b + 1, dtype=np.float32)
+    x = {"face": np.broadcast_to(ids[:, None, None, None], (b, h, w, 3)).copy()}
+    y = np.arange(b)  # one class per sample: a label weight names its source
+    out, soft = mix_batch(x, y, {"face": face}, np.random.default_rng(8), "cutmix", 1.0, 1.0, b)
+    partner, lam, start = _replay_mix(np.random.default_rng(8), b)
+    ch, cw = int(round(h * np.sqrt(1 - lam))), int(round(w * np.sqrt(1 - lam)))
+    r0, c0 = int(start * (h - ch)), int(start * (w - cw))
+    assert 0 < ch * cw < h * w, "the seed must give a real box"
+    box = np.zeros((h, w), bool)
+    box[r0 : r0 + ch, c0 : c0 + cw] = True
+    moved = np.flatnonzero(partner != np.arange(b))
+    assert len(moved) >= 4
     for i in range(b):
-        from_partner = (out["accel"][i, :, 0] != x["accel"][i, :, 0]).mean()
-        if y[i] == 0:
-            np.testing.assert_allclose(soft[i, 1], from_partner * (soft[i, 1] > 0), atol=1e-6)
+        src = out["face"][i, :, :, 0]
+        np.testing.assert_array_equal(out["face"][i], src[:, :, None].repeat(3, 2))
+        np.testing.assert_array_equal(src, np.where(box, ids[partner[i]], ids[i]))
+    for i in moved:
+        area = float((out["face"][i, :, :, 0] == ids[partner[i]]).mean())
+        assert area == pytest.approx(ch * cw / (h * w))
+        assert soft[i, partner[i]] == pytest.approx(area, abs=1e-6)  # box area == label weight
+        assert soft[i, i] == pytest.approx(1 - area, abs=1e-6)
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
 
 
@@ -142,6 +191,141 @@ def test_image_and_audio_ops_keep_shapes_and_ranges() -> None:
         ones, specs, rng
     )
     assert set(np.unique(ones["voice"])) <= {0.0, 1.0} and ones["voice"].min() == 0.0
+
+
+class _Edge:
+    """A stand-in generator that draws every uniform at one end of its range (`high` or low),
+    and ones for standard normals: hand-computable extremes of an op."""
+
+    def __init__(self, high: bool) -> None:
+        self.high = high
+
+    def uniform(self, low: float, high: float, size: int) -> np.ndarray:
+        return np.full(size, high if self.high else low)
+
+    def standard_normal(self, shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
+        return np.ones(shape, dtype)
+
+
+VOICE = ModalitySpec(name="voice", kind="audio", rate_hz=8000, channels=1, window=800, hop=400,
+                     n_fft=200, hop_length=80, n_mels=10)  # fmt: skip
+FACE = ModalitySpec(name="face", kind="image", rate_hz=0, channels=3, window=0, hop=0,
+                    size=(16, 16))  # fmt: skip
+
+
+def test_gain_is_an_amplitude_factor_in_decibels_within_bounds() -> None:
+    from edgekd.data.augment import gain
+
+    x = np.array([[0.5, -0.25, 0.1, 0.0]], np.float32)
+    for high, factor in ((True, 1.9952623), (False, 0.5011872)):  # 10 ** (+-6 / 20)
+        edge = {"voice": x.copy()}
+        gain(edge, {"voice": VOICE}, _Edge(high), max_db=6.0)
+        np.testing.assert_allclose(edge["voice"], x * factor, rtol=1e-6)
+    # A real draw: one factor per sample, 20 * log10 of it within +-max_db, as drawn.
+    specs = {"voice": VOICE}
+    x = {"voice": 0.1 * np.random.default_rng(0).standard_normal((16, 800)).astype(np.float32)}
+    policy = _policy(specs, policy="custom", ops={"gain": {"max_db": 6.0}})
+    out, _ = policy.raw(x, np.zeros(16, dtype=np.int64), specs, np.random.default_rng(11))
+    db = np.random.default_rng(11).uniform(-6.0, 6.0, 16)
+    np.testing.assert_allclose(out["voice"], x["voice"] * (10 ** (db / 20))[:, None], rtol=1e-5)
+    ratio = out["voice"][:, :1] / x["voice"][:, :1]
+    np.testing.assert_allclose(out["voice"], x["voice"] * ratio, rtol=1e-5)  # per sample
+    measured = 20 * np.log10(ratio[:, 0])
+    assert np.all(np.abs(measured) <= 6.0 + 1e-4) and np.ptp(measured) > 6.0
+
+
+def test_noise_std_is_drawn_up_to_its_bound() -> None:
+    from edgekd.data.augment import noise
+
+    x = np.zeros((2, 5), np.float32)
+    edge = {"voice": x.copy()}
+    noise(edge, {"voice": VOICE}, _Edge(True), max_std=0.02)
+    np.testing.assert_allclose(edge["voice"], x + 0.02)  # std at its bound times unit noise
+    specs = {"voice": VOICE}
+    clean = np.random.default_rng(1).uniform(-0.5, 0.5, (8, 4000)).astype(np.float32)
+    policy = _policy(specs, policy="custom", ops={"noise": {"max_std": 0.05}})
+    out, _ = policy.raw({"voice": clean}, np.zeros(8, dtype=np.int64), specs,
+                        np.random.default_rng(5))  # fmt: skip
+    rng = np.random.default_rng(5)
+    std = rng.uniform(0, 0.05, 8).astype(np.float32)
+    added = std[:, None] * rng.standard_normal((8, 4000), dtype=np.float32)
+    np.testing.assert_allclose(out["voice"], clean + added, atol=1e-7)
+    measured = (out["voice"] - clean).std(axis=1)
+    np.testing.assert_allclose(measured, std, rtol=0.06)  # 4000 draws: ~1% error
+    assert measured.max() <= 0.05 * 1.06 and measured.max() > 0.025
+
+
+def test_intensity_brightness_and_contrast_stay_within_bounds() -> None:
+    from edgekd.data.augment import intensity
+
+    img = np.array([0.2, 0.4, 0.6, 0.8], np.float32).reshape(1, 2, 2, 1)  # mean 0.5
+    up = {"face": img.copy()}
+    intensity(up, {"face": FACE}, _Edge(True), brightness=0.1, contrast=0.2)
+    # (x - 0.5) * 1.2 + 0.5 + 0.1
+    np.testing.assert_allclose(up["face"].ravel(), [0.24, 0.48, 0.72, 0.96], atol=1e-6)
+    down = {"face": img.copy()}
+    intensity(down, {"face": FACE}, _Edge(False), brightness=0.1, contrast=0.2)
+    np.testing.assert_allclose(down["face"].ravel(), [0.16, 0.32, 0.48, 0.64], atol=1e-6)
+    full = {"face": np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1)}
+    intensity(full, {"face": FACE}, _Edge(True), brightness=0.1, contrast=0.2)
+    np.testing.assert_allclose(full["face"].ravel(), [0.0, 1.0])  # -0.0 and 1.2: clipped
+    # A real draw on mid-grey images (no clipping): contrast and brightness read back per image.
+    specs = {"face": FACE}
+    x = np.random.default_rng(2).uniform(0.3, 0.7, (12, 16, 16, 3)).astype(np.float32)
+    policy = _policy(specs, policy="custom",
+                     ops={"intensity": {"brightness": 0.1, "contrast": 0.2}})  # fmt: skip
+    out, _ = policy.raw({"face": x}, np.zeros(12, dtype=np.int64), specs,
+                        np.random.default_rng(9))  # fmt: skip
+    rng = np.random.default_rng(9)
+    c = rng.uniform(0.8, 1.2, 12).astype(np.float32)
+    d = rng.uniform(-0.1, 0.1, 12).astype(np.float32)
+    axes = (1, 2, 3)
+    mean = x.mean(axis=axes, keepdims=True)
+    np.testing.assert_allclose(out["face"], (x - mean) * c[:, None, None, None] + mean
+                               + d[:, None, None, None], atol=1e-6)  # fmt: skip
+    contrast = out["face"].std(axis=axes) / x.std(axis=axes)
+    brightness = out["face"].mean(axis=axes) - x.mean(axis=axes)
+    np.testing.assert_allclose(contrast, c, rtol=1e-4)
+    np.testing.assert_allclose(brightness, d, atol=1e-5)
+    assert np.all(np.abs(contrast - 1) <= 0.2 + 1e-5) and np.all(np.abs(brightness) <= 0.1 + 1e-6)
+
+
+def test_time_warp_resamples_monotonically_about_the_centre() -> None:
+    from edgekd.data.augment import time_warp
+
+    n = 11
+    t = np.arange(n, dtype=np.float32)
+    curve = (t**2)[None, :, None]  # monotone, not linear: shows the interpolation
+    for high, src in (
+        (True, np.clip(5 + (t - 5) * 1.2, 0, n - 1)),  # faster: beyond the ends, held at them
+        (False, 5 + (t - 5) * 0.8),  # slower: the middle 80% of the window fills it
+    ):
+        out = {"accel": curve.copy()}
+        time_warp(out, SPECS, _Edge(high), max_stretch=0.2)
+        np.testing.assert_allclose(out["accel"][0, :, 0], np.interp(src, t, t**2), rtol=1e-6)
+        assert np.all(np.diff(out["accel"][0, :, 0]) > 0)  # monotone stays monotone
+    faster = {"accel": curve.copy()}
+    time_warp(faster, SPECS, _Edge(True), max_stretch=0.2)
+    assert faster["accel"][0, 0, 0] == 0.0 and faster["accel"][0, -1, 0] == 100.0  # ends kept
+    # A real draw: one speed per sample, shared by accel and gyro, within 1 +- max_stretch.
+    b, w = 16, 128
+    ramp = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :, None], (b, w, 3)).copy()
+    x = {"accel": ramp, "gyro": 2 * ramp}
+    policy = _policy(policy="custom", ops={"time_warp": {"max_stretch": 0.2}})
+    got, _ = policy.raw(x, np.zeros(b, dtype=np.int64), SPECS, np.random.default_rng(4))
+    speed = np.random.default_rng(4).uniform(0.8, 1.2, b)
+    centre = (w - 1) / 2
+    src = np.clip(centre + (np.arange(w)[None, :] - centre) * speed[:, None], 0, w - 1)
+    np.testing.assert_allclose(got["accel"][:, :, 0], src, atol=1e-4)  # a ramp shows src
+    np.testing.assert_allclose(got["gyro"], 2 * got["accel"], atol=1e-4)
+    assert np.all(np.diff(got["accel"], axis=1) >= 0)
+    assert got["accel"].min() >= 0 and got["accel"].max() <= w - 1  # held, never wrapped
+    measured = got["accel"][:, w // 2, 0] - got["accel"][:, w // 2 - 1, 0]
+    np.testing.assert_allclose(measured, speed, atol=1e-4)
+    assert np.all(np.abs(measured - 1) <= 0.2 + 1e-4) and np.ptp(measured) > 0.2
+    fast = speed > 1
+    assert fast.any() and (~fast).any()
+    np.testing.assert_allclose(got["accel"][fast][:, [0, -1], 0], [[0, w - 1]] * fast.sum())
 
 
 @pytest.mark.parametrize(

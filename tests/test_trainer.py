@@ -86,20 +86,20 @@ def test_same_seed_same_metrics(teacher_run: Path, student_run: Path, tmp_path: 
     assert (out / MODEL_FILE).read_bytes() == (student_run / MODEL_FILE).read_bytes()
 
 
-def test_sigkill_then_resume_matches_uninterrupted(teacher_run: Path, tmp_path: Path) -> None:
-    args = [
-        "--teacher",
-        str(teacher_run),
-        "--recipe",
-        "paper",
-        "--epochs",
-        "6",
-        "--limit",
-        "3000",
-        "--seed",
-        "1",
-        "--quiet",
-    ]
+def saved_state(run: Path) -> dict:
+    """The scalars (epoch, history, best ...) of a run folder's train_state.safetensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(run / "train_state.safetensors"), framework="pt") as fh:
+        return json.loads(fh.metadata()["edgekd"])["scalars"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(
+    teacher_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs = 5
+    args = ["--teacher", str(teacher_run), "--recipe", "paper", "--epochs", str(epochs),
+            "--limit", "1000", "--no-unlabelled", "--seed", "1", "--quiet"]  # fmt: skip
     reference = tmp_path / "reference"
     assert run_cli(["distill", "--out", str(reference), *args]).exit_code == 0
 
@@ -118,11 +118,58 @@ def test_sigkill_then_resume_matches_uninterrupted(teacher_run: Path, tmp_path: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    written = json.loads(history.read_text())  # per-epoch entries, each with its own seconds
+    saved = saved_state(out)  # what --resume must start from (history.json may lag it by one)
+    assert saved["epoch"] in (len(written), len(written) + 1)
+    assert 2 <= saved["epoch"] < epochs
 
+    from edgekd.data.pipeline import Loader
+
+    trained: list[int] = []  # epochs the resumed process trains (0-based)
+    epoch_batches = Loader.epoch
+
+    def counted(self: Loader, epoch: int):  # noqa: ANN202 - the generator of Loader.epoch
+        trained.append(epoch)
+        return epoch_batches(self, epoch)
+
+    monkeypatch.setattr(Loader, "epoch", counted)
     result = run_cli(["distill", "--out", str(out), "--resume", *args])
     assert result.exit_code == 0, result.output
+    # Finished epochs were not trained again: the resumed process trained only the rest, and
+    # the history of the finished ones is the one written before the kill (its timings too).
+    assert trained == list(range(saved["epoch"], epochs)), trained
+    resumed = json.loads(history.read_text())
+    assert [h["epoch"] for h in resumed] == list(range(1, epochs + 1))
+    assert resumed[: len(written)] == written
+    assert resumed[: saved["epoch"]] == saved["history"]
     assert _metrics(out)["test"] == _metrics(reference)["test"]
     assert (out / MODEL_FILE).read_bytes() == (reference / MODEL_FILE).read_bytes()
+
+
+def test_still_improving_is_the_best_epoch_in_the_last_tenth() -> None:
+    from edgekd.distill.loop import still_improving
+
+    def flagged(epochs: int) -> list[int]:
+        return [best for best in range(1, epochs + 1) if still_improving(best, epochs)]
+
+    assert flagged(1) == [1] and flagged(3) == [3] and flagged(10) == [10]  # at least the last
+    assert flagged(11) == [10, 11]  # ceil(1.1) = 2 epochs
+    assert flagged(15) == [14, 15] and flagged(20) == [19, 20]
+    assert flagged(100) == list(range(91, 101))
+    assert not still_improving(-1, 5)  # no epoch scored yet
+
+
+def test_metrics_say_whether_training_was_still_improving(
+    teacher_run: Path, student_run: Path
+) -> None:
+    from edgekd.distill.loop import still_improving
+
+    for run in (teacher_run, student_run):
+        metrics = _metrics(run)
+        epochs = metrics["train"]["epochs"]
+        assert epochs == 3
+        assert metrics["still_improving"] is still_improving(metrics["best_epoch"], epochs)
+        assert metrics["still_improving"] is (metrics["best_epoch"] == 3)
 
 
 def test_ddp_two_processes(teacher_run: Path, tmp_path: Path) -> None:

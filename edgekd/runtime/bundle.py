@@ -115,11 +115,18 @@ def file_record(root: Path, rel: str) -> dict[str, Any]:
 
 def load_npz(data: bytes) -> dict[str, Any]:
     """The arrays of npz bytes (numeric only: `allow_pickle=False`), read from the bytes that
-    were checked, never from the file again."""
+    were checked, never from the file again. BundleError for an array that would need
+    unpickling (an object array) or bytes that are no npz."""
     import numpy as np  # lazily: the writer and the manifest checks need no numpy
 
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(
+            f"a data file of the bundle holds an array that is not plain numbers (object "
+            f"arrays would need unpickling, which a bundle never does), or is no npz: {exc}"
+        ) from exc
 
 
 def _read_fd(fd: int, where: Path, limit: int) -> tuple[bytes, int]:

@@ -36,7 +36,11 @@ def check_rollback(cache: Path, signer: str, version: int | None, where: Path) -
 
     from edgekd.runtime.cache_seal import CacheSeal
 
-    seal, why = CacheSeal.open_key(cache)
+    try:
+        seal, why = CacheSeal.open_key(cache)
+    except OSError as exc:  # e.g. another user's cache folder, unreadable here
+        seal, why = None, (f"it cannot be read here ({exc}); choose a cache folder of this "
+                           "user's ($EDGEKD_CACHE, cache_dir=)")  # fmt: skip
     if seal is None:
         raise BundleError(
             f"{where}: signed by {signer}, but the rollback guard cannot vouch that it is not "
@@ -45,7 +49,14 @@ def check_rollback(cache: Path, signer: str, version: int | None, where: Path) -
             "purpose with --allow-rollback (allow_rollback=True)"
         )
     folder = cache / ROLLBACK_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(
+            f"{where}: signed by {signer}, but the rollback record cannot be kept in {folder} "
+            f"({exc}): choose a cache folder of this user's ($EDGEKD_CACHE, cache_dir=), or turn "
+            "the guard off on purpose with --allow-rollback (allow_rollback=True)"
+        ) from exc
     path = folder / f"{signer}.json"
     with open(folder / ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # concurrent loads: the newest version wins

@@ -26,8 +26,10 @@ def test_each_method_gives_a_clean_accurate_int8_model(
     agree = float((fp32.argmax(1) == int8.argmax(1)).mean())
     acc_fp32 = float((fp32.argmax(1) == har.test_y).mean())
     acc_int8 = float((int8.argmax(1) == har.test_y).mean())
-    assert agree >= 0.95, (method, agree)
-    assert abs(acc_fp32 - acc_int8) <= 0.03, (method, acc_fp32, acc_int8)
+    # ~0.2 points apart on these 512 windows (1 window), >= 99% of predictions the same; the
+    # bounds leave a few windows of margin, not the 3 points that hid a broken quantizer.
+    assert agree >= 0.98, (method, agree)
+    assert abs(acc_fp32 - acc_int8) <= 0.015, (method, acc_fp32, acc_int8)
     assert out.stat().st_size < fp32_onnx.stat().st_size  # int8 weights
 
 

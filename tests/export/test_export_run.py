@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import edgekd.export.exporter as exporter
 import edgekd.runtime as rt
 from edgekd.cli import app
-from edgekd.errors import BackendUnavailable, ConfigError, ExportError
+from edgekd.errors import BackendUnavailable, BundleError, ConfigError, ExportError
 from edgekd.export.exporter import ExportResult, export_run
 from edgekd.export.qdq_lint import lint_qdq
 from edgekd.export.quantize import data_sha256
@@ -20,10 +20,13 @@ from edgekd.targets import get_target
 
 pytestmark = pytest.mark.slow  # each export takes ~10 s on two cores
 CALIB = 256
-# The int8 accuracy drop is the exporting CPU's: ~0 points with VNNI (AVX-512, AMX), 4 points
-# for OpenVINO on AVX2-only CPUs (its u8 x s8 pair sums saturate int16). The fixture's gate
-# allows both; test_accuracy_drop_over_the_limit_writes_nothing tests the gate itself.
-MAX_DROP = 6.0
+# PTQ int8 of this student loses ~0.1-0.3 points against torch FP32 on its 1024 eval windows.
+# The bound is what the export promises at its default gate (--max-drop 1) plus a margin of
+# ~5 windows, on whatever CPU runs it: a bound of several points lets a broken quantizer pass.
+# (Where a CPU loses more, e.g. OpenVINO int8 on AVX2 without VNNI, whose u8 x s8 pair sums can
+# saturate int16, the default gate refuses that export too: a quantizer fix, not a wider bound.)
+# test_accuracy_drop_over_the_limit_writes_nothing tests the gate itself.
+MAX_DROP = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +166,46 @@ def test_teacher_run_is_refused(teacher_run: Path, tmp_path: Path) -> None:
 
 
 # --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_export_signs_with_the_key_and_keeps_eval_inside(
+    student_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekd.runtime.integrity import SIGNATURE, keygen
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))  # signed reads keep a record
+    private, public = keygen(tmp_path / "keys")
+    other_private, other_public = keygen(tmp_path / "other")
+    out = tmp_path / "signed.edgekd"
+    result = _cli(["export", str(student_run), "--out", str(out), "--target", "cpu-ort",
+                   "--calib", "64", "--max-drop", "100", "--sign-key", str(private),
+                   "--with-eval", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # --sign-key: signed by that key over the published manifest; another key is refused.
+    bundle = rt.read_bundle(out, verify=True, trusted_keys=[public])
+    record = json.loads((out / SIGNATURE).read_text())
+    assert bundle.signer == record["key_id"] and record["manifest_sha256"] == bundle.digest
+    with pytest.raises(BundleError, match="not among the trusted keys"):
+        rt.read_bundle(out, trusted_keys=[other_public])
+    # --with-eval: the held-out windows inside the bundle, listed and checked, none beside it.
+    assert bundle.manifest["eval"]["path"] == "eval.npz"
+    assert not (tmp_path / "signed.eval.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "keys", "other", "signed.edgekd"]
+    with np.load(out / "eval.npz") as ev:
+        x, y = ev["x"], ev["y"]
+    acc = bundle.manifest["accuracy"]
+    assert x.shape[1:] == (128, 3) and len(y) == acc["int8_onnxruntime"]["n"] > 0
+    model = rt.load(out, backend="onnxruntime", precision="int8", trusted_keys=[public])
+    assert float((model.predict(x).index == y).mean()) == acc["int8_onnxruntime"]["accuracy"]
+    # Without the flags: unsigned, the windows beside the bundle.
+    plain = tmp_path / "plain.edgekd"
+    result = _cli(["export", str(student_run), "--out", str(plain), "--target", "cpu-ort",
+                   "--calib", "64", "--max-drop", "100", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not (plain / SIGNATURE).exists() and not (plain / "eval.npz").exists()
+    assert (tmp_path / "plain.eval.npz").is_file()
+    with pytest.raises(BundleError, match="unsigned bundle"):
+        rt.read_bundle(plain, trusted_keys=[public])
 
 
 def _cli(args: list[str]) -> object:

@@ -219,13 +219,33 @@ def build_pooled_bundle(out: Path, spec: ModalitySpec, labels: list[str], seed: 
     return out
 
 
-def run_in_threads(work: Callable[[int], None], n: int) -> None:
-    """Run work(0) .. work(n - 1) in n threads at once and wait for all of them."""
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+def run_in_threads(work: Callable[[int], None], n: int, timeout: float = 120.0) -> None:
+    """Run work(0) .. work(n - 1) in n threads released together; re-raise the first worker
+    error (naming every failing thread), and fail rather than hang past `timeout` seconds."""
+    start = threading.Barrier(n)
+    errors: dict[int, BaseException] = {}
+
+    def run(i: int) -> None:
+        try:
+            start.wait(timeout)
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - every worker error goes to the test
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout)
+    stuck = [i for i, t in enumerate(threads) if t.is_alive()]
+    assert not stuck, f"threads {stuck} still running after {timeout:g} s"
+    if errors:
+        first = min(errors)
+        raise AssertionError(
+            f"{len(errors)} of {n} threads failed: "
+            + "; ".join(f"thread {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items()))
+        ) from errors[first]
+
 
 
 # A minimal bundle (no real model) for tests of the writer and reader themselves.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import stat
@@ -17,6 +18,7 @@ from edgekd.cli import app
 from edgekd.errors import BundleError, ConfigError
 from edgekd.export.bundle import BundleWriter
 from edgekd.runtime import load, read_bundle
+from edgekd.runtime.bundle import load_npz
 from edgekd.runtime.integrity import (
     SIGNATURE,
     TRUSTED_KEYS_ENV,
@@ -200,3 +202,57 @@ def test_cli_keygen_sign_and_trusted_key(bundle_copy: Path, tmp_path: Path,
     run = runner.invoke(app, ["run", str(bundle_copy), "-i", str(tmp_path / "rec.npy"),
                               "--backend", "onnxruntime", "--trusted-key", str(public)])
     assert run.exit_code == 0, run.output
+
+
+class _Unpickled:
+    """Unpickling this touches `path`: the proof that a reader unpickled it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def _pickled_npz(marker: Path) -> bytes:
+    """npz bytes whose `probs` is a pickled object array (np.savez pickles object arrays)."""
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 128, 3), np.float32),
+             probs=np.array([_Unpickled(marker)], dtype=object))  # fmt: skip
+    return buf.getvalue()
+
+
+def test_a_pickled_npz_in_a_bundle_is_refused_never_unpickled(
+    bundle_copy: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    data = _pickled_npz(marker)
+    with np.load(io.BytesIO(data), allow_pickle=True) as npz:  # the payload works ...
+        npz["probs"]
+    assert marker.exists()
+    marker.unlink()
+    # ... and a bundle whose golden.npz holds it, sealed as its writer would (sha256, size,
+    # digest), so that only the pickle can stop it.
+    (bundle_copy / "golden.npz").write_bytes(data)
+    manifest = _manifest(bundle_copy)
+    manifest["golden"] = {**manifest["golden"], "sha256": hashlib.sha256(data).hexdigest(),
+                          "size": len(data)}  # fmt: skip
+    manifest["digest"] = digest_entry(manifest)
+    _write(bundle_copy, manifest)
+    bundle = read_bundle(bundle_copy, verify=True, trusted_keys=[])
+    assert bundle.read_data("golden") == data  # intact and listed: the checks pass
+    refused = BundleError
+    with pytest.raises(refused, match="(?i)pickle|object"):
+        load_npz(bundle.read_data("golden"))
+    try:
+        model = load(bundle_copy, backend="onnxruntime")
+    except refused:
+        pass  # refused at load: fine too
+    else:
+        with pytest.raises(refused, match="(?i)pickle|object"):
+            model.self_check()
+    try:  # precision auto times on the golden windows
+        load(bundle_copy, precision="auto", cache_dir=tmp_path / "cache")
+    except refused:
+        pass
+    assert not marker.exists(), "a bundle's npz was unpickled"

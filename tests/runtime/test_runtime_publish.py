@@ -3,16 +3,19 @@ loses neither bundle, force replaces nothing but a bundle, and readers never cha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runtime_synth import leftovers, write_minimal
+from test_runtime_storage import as_ordinary_user
 
 import edgekd.export.bundle as writer_module
 from edgekd.errors import BundleError, ExportError
@@ -39,38 +42,97 @@ def no_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer_module, "exchange_paths", lambda a, b: False)
 
 
-def test_readers_always_find_the_bundle_while_it_is_replaced(tmp_path: Path) -> None:
+PUBLISHERS, READERS, PUBLISHES = 3, 2, 15
+TIMEOUT_S = 60.0
+
+
+def _payloads() -> dict[str, bytes]:
+    """sha256 -> model.fp32.onnx bytes of every bundle any publisher writes."""
+    payloads = [b"v0"] + [f"p{w}-{i}".encode() for w in range(PUBLISHERS)
+                          for i in range(PUBLISHES)]  # fmt: skip
+    return {hashlib.sha256(p).hexdigest(): p for p in payloads}
+
+
+def _publish_many(out: str, worker: int, start: Any, results: Any) -> None:
+    """A publisher process: PUBLISHES forced publishes of `out`; reports its errors."""
+    errors: list[str] = []
+    try:
+        start.wait(TIMEOUT_S)
+        for i in range(PUBLISHES):
+            write_minimal(Path(out), payload=f"p{worker}-{i}".encode(), force=True)
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the test
+        errors.append(f"{type(exc).__name__}: {exc}")
+    results.put(("publisher", worker, 0, errors))
+
+
+def _read_until_stopped(out: str, verify: bool, start: Any, stop: Any, results: Any) -> None:
+    """A reader process: read the bundle until `stop`; each read must be one whole published
+    bundle (its manifest lists the model of one of the publishes)."""
+    reads, failures = 0, []
+    known = _payloads()
+    try:
+        start.wait(TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                bundle = read_bundle(out, verify=verify, trusted_keys=[])
+                sha = {a.path: a.sha256 for a in bundle.artifacts}["model.fp32.onnx"]
+                if sha not in known:
+                    failures.append(f"a model no publisher wrote: sha256 {sha}")
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
+                failures.append(f"{type(exc).__name__}: {exc}")
+            else:
+                reads += 1
+    except BaseException as exc:  # noqa: BLE001 - the reader itself broke
+        failures.append(f"reader died: {type(exc).__name__}: {exc}")
+    results.put(("reader", verify, reads, failures[:10]))
+
+
+def test_readers_always_find_the_bundle_while_processes_replace_it(tmp_path: Path) -> None:
+    """Several processes publish the same bundle at once while others read it: every read
+    finds a whole bundle (verified or not), every publish succeeds, nothing is left behind."""
+    import multiprocessing
+
     out = tmp_path / "m.edgekd"
     write_minimal(out, payload=b"v0")
-    stop = threading.Event()
-    failures: dict[bool, list[str]] = {False: [], True: []}
-    reads = {False: 0, True: 0}
-
-    def reader(verify: bool) -> None:
-        while not stop.is_set():
-            try:
-                read_bundle(out, verify=verify, trusted_keys=[])
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
-                failures[verify].append(f"{type(exc).__name__}: {exc}")
-            else:
-                reads[verify] += 1
-
-    threads = [threading.Thread(target=reader, args=(v,)) for v in (False, True)]
-    for t in threads:
-        t.start()
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no state shared with us
+    start, stop, results = ctx.Barrier(PUBLISHERS + READERS), ctx.Event(), ctx.Queue()
+    publishers = [ctx.Process(target=_publish_many, args=(str(out), w, start, results))
+                  for w in range(PUBLISHERS)]  # fmt: skip
+    readers = [ctx.Process(target=_read_until_stopped,
+                           args=(str(out), verify, start, stop, results))
+               for verify in (False, True)]  # fmt: skip
+    assert len(readers) == READERS
+    procs = publishers + readers
+    for p in procs:
+        p.start()
+    reports = []
     try:
-        for i in range(1, 101):
-            manifest = write_minimal(out, payload=f"v{i}".encode(), force=True)
-            assert (out / "model.fp32.onnx").read_bytes() == f"v{i}".encode()
-            assert read_bundle(out, verify=False).digest == manifest["digest"]["value"]
+        deadline = time.monotonic() + TIMEOUT_S
+        for p in publishers:
+            p.join(max(0.0, deadline - time.monotonic()))
+        assert not any(p.is_alive() for p in publishers), f"publishers hung past {TIMEOUT_S} s"
+        stop.set()
+        for p in readers:
+            p.join(max(0.0, deadline + 30 - time.monotonic()))
+        assert not any(p.is_alive() for p in readers), "readers did not stop"
+        reports = [results.get(timeout=10) for _ in procs]
     finally:
         stop.set()
-        for t in threads:
-            t.join()
-    assert reads[False] > 0 and reads[True] > 0
-    # the reader reads every file through the folder it opened and starts again when a publish
-    # replaced that folder mid-read: whole bundles only, verified or not
-    assert failures == {False: [], True: []}
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    published = {r[1]: r[3] for r in reports if r[0] == "publisher"}
+    assert published == {w: [] for w in range(PUBLISHERS)}  # every publish succeeded
+    reads = {r[1]: (r[2], r[3]) for r in reports if r[0] == "reader"}
+    # whole bundles only, verified or not: the reader starts again when a publish replaced the
+    # folder it opened mid-read
+    assert {v: failures for v, (_, failures) in reads.items()} == {False: [], True: []}
+    assert all(n > 0 for n, _ in reads.values()), reads
+    final = read_bundle(out, verify=True, trusted_keys=[]).read("model.fp32.onnx")
+    assert final in {f"p{w}-{PUBLISHES - 1}".encode() for w in range(PUBLISHERS)}  # a last one
     assert leftovers(tmp_path) == []
 
 
@@ -182,16 +244,16 @@ def test_failed_rollback_keeps_the_new_bundle_and_says_where(
     assert model_bytes(kept[0]) == b"new"
 
 
-def test_reading_never_changes_the_folder(tmp_path: Path) -> None:
-    parent = tmp_path / "ro"
+def _reading_leaves_a_read_only_folder_alone(root: Path, dead: int) -> None:
+    parent = root / "ro"
     parent.mkdir()
     out = parent / "m.edgekd"
     write_minimal(out, payload=b"old")
     # What a writer killed between the two renames leaves: the old bundle moved aside.
-    backup = parent / f".m.edgekd.{dead_pid()}-0123abcd.old"
+    backup = parent / f".m.edgekd.{dead}-0123abcd.old"
     os.rename(out, backup)
     before = listing(parent)
-    parent.chmod(0o555)  # root ignores it, hence the listing check
+    parent.chmod(0o555)  # binds an ordinary user; root ignores it, hence the listing check
     try:
         with pytest.raises(BundleError, match="bundle folder not found"):
             read_bundle(out)
@@ -206,6 +268,16 @@ def test_reading_never_changes_the_folder(tmp_path: Path) -> None:
     finally:
         parent.chmod(0o755)
     assert stat.S_IMODE(parent.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("user", ["this user", "an ordinary user"])
+def test_reading_never_changes_the_folder(tmp_path: Path, user: str) -> None:
+    dead = dead_pid()  # here: an ordinary user forked from root cannot start this interpreter
+    if user == "this user":
+        _reading_leaves_a_read_only_folder_alone(tmp_path, dead)
+    else:  # where the read-only mode binds: a reader that writes, even briefly, fails
+        _reading_leaves_a_read_only_folder_alone(tmp_path, dead)  # imports what the child needs
+        as_ordinary_user(lambda folder: _reading_leaves_a_read_only_folder_alone(folder, dead))
 
 
 def test_next_writer_repairs_dead_writers_only(tmp_path: Path) -> None:

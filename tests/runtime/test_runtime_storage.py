@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
+import signal
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -115,26 +118,38 @@ def test_exchange_paths_swaps_two_folders_atomically(tmp_path: Path) -> None:
         pytest.skip("this kernel or filesystem has no renameat2(RENAME_EXCHANGE)")
     assert ((a / "tag").read_text(), (b / "tag").read_text()) == ("B", "A")
 
-    # Each path names a complete folder at every moment: a reader never finds `a/tag` missing.
-    missing: list[int] = []
+    # Each path names a complete folder at every moment: a reader always finds `a/tag` whole.
+    # Anything else the reader meets (missing, not a file, other content, any error) is kept
+    # and fails the test: a reader that died would otherwise pass it silently.
+    seen: dict[str, int] = {}
+    failures: list[str] = []
     stop = threading.Event()
 
     def read() -> None:
-        while not stop.is_set():
-            try:
-                (a / "tag").read_text()
-            except FileNotFoundError:
-                missing.append(1)
+        try:
+            while not stop.is_set():
+                try:
+                    tag = (a / "tag").read_text()
+                except Exception as exc:  # noqa: BLE001 - every failure is shown
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    seen[tag] = seen.get(tag, 0) + 1
+        except BaseException as exc:  # noqa: BLE001 - the reader itself broke
+            failures.append(f"reader died: {type(exc).__name__}: {exc}")
 
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        for _ in range(2000):
+        for i in range(2000):
             assert exchange_paths(a, b)
+            if i % 500 == 0:
+                assert reader.is_alive(), failures
     finally:
         stop.set()
-        reader.join()
-    assert missing == []
+        reader.join(30)
+    assert not reader.is_alive(), "the reader did not stop"
+    assert failures == [], failures[:5]
+    assert set(seen) <= {"A", "B"} and sum(seen.values()) > 0, seen
     assert ((a / "tag").read_text(), (b / "tag").read_text()) == ("B", "A")  # an even count
 
     with pytest.raises(OSError, match="cannot exchange"):
@@ -142,32 +157,71 @@ def test_exchange_paths_swaps_two_folders_atomically(tmp_path: Path) -> None:
     assert (a / "tag").read_text() == "B"
 
 
-@pytest.mark.skipif(os.geteuid() != 0,
-                    reason="needs root: signs as root, then loads as uid 65534 (nobody)")
-def test_a_bundle_signed_by_root_loads_as_nobody() -> None:
-    # pytest's tmp_path is private to its user: the other user needs a world-readable folder.
+ORDINARY = 65533  # a second unprivileged uid, with no account: setuid needs none
+
+
+def _own_folder(owner: int) -> Path:
+    """A world-readable folder in /tmp owned by uid `owner` (pytest's tmp_path is private to its
+    user, and the other user needs to write here or to read from here)."""
     base = Path(tempfile.mkdtemp(prefix="edgekd-cross-user-", dir="/tmp"))
+    base.chmod(0o755)
+    os.chown(base, owner, owner)
+    return base
+
+
+def _sign_here(base: Path) -> tuple[Path, Path, Path]:
+    """keygen, write and sign a minimal bundle in `base` under umask 022: (private, public, out)."""
+    with umask(0o022):
+        private, public = keygen(base / "keys")
+        out = base / "m.edgekd"
+        write_minimal(out)
+        sign_bundle(out, private)
+    return private, public, out
+
+
+@pytest.mark.parametrize("signer", ["root", "ordinary user"])
+def test_a_signed_bundle_loads_as_another_user(signer: str) -> None:
+    """Signed by root, or by an ordinary user (root's DAC override hides a mode that only its
+    owner could read), the bundle loads as nobody, while the private key stays unreadable."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to a second user needs root (this runs as an ordinary user; "
+                    "the modes others rely on: test_keys_signature_and_bundle_files_are_...)")
+    # Loads every module the check needs here: the children cannot read this interpreter's
+    # install (under /root), so they are forks of this process rather than new ones.
+    warm = _own_folder(0)
     try:
-        base.chmod(0o755)
-        with umask(0o022):
-            private, public = keygen(base / "keys")
-            out = base / "m.edgekd"
-            write_minimal(out)
-            sign_bundle(out, private)
-        # Loads every module the check needs here: the child cannot read this interpreter's
-        # install (under /root), so it is a fork of this process rather than a new one.
+        _, public, out = _sign_here(warm)
         assert read_bundle(out, trusted_keys=[public]).signer is not None
-        answer, code = _as_nobody(lambda: read_bundle(out, verify=True, trusted_keys=[public]))
+    finally:
+        shutil.rmtree(warm)
+    base = _own_folder(0 if signer == "root" else ORDINARY)
+    try:
+        private, public, out = base / "keys" / "edgekd-signing.key", None, base / "m.edgekd"
+        if signer == "root":
+            private, public, out = _sign_here(base)
+        else:
+            answer, code = _as_user(ORDINARY, lambda: _sign_here(base)[1])
+            assert code == 0, answer
+            public = Path(answer)
+            assert {p.stat().st_uid for p in base.rglob("*")} == {ORDINARY}  # really theirs
+        assert read_bundle(out, trusted_keys=[public]).signer is not None
+        cache = _own_folder(NOBODY)  # nobody's own cache: a signed read keeps a rollback record
+        try:
+            answer, code = _as_user(NOBODY, lambda: "signer " + str(read_bundle(
+                out, verify=True, trusted_keys=[public], cache_dir=cache).signer))  # fmt: skip
+        finally:
+            shutil.rmtree(cache)
         assert code == 0, answer
-        assert answer.startswith("signer ")
-        answer, code = _as_nobody(lambda: private.read_bytes())  # the key stays private
+        assert answer.startswith("signer ") and answer != "signer None"
+        answer, code = _as_user(NOBODY, lambda: private.read_bytes())  # the key stays private
         assert code == 1 and answer.startswith("PermissionError"), answer
     finally:
         shutil.rmtree(base)
 
 
-def _as_nobody(action: Callable[[], object]) -> tuple[str, int]:
-    """Run `action` in a forked child as uid/gid 65534; (its result or error, exit code)."""
+def _as_user(uid: int, action: Callable[[], object], timeout: float = 60.0) -> tuple[str, int]:
+    """Run `action` in a forked child as uid and gid `uid` (root only); (str of its result, 0)
+    or (its error, 1). A child that runs past `timeout` seconds is killed: an error, no hang."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
@@ -175,18 +229,46 @@ def _as_nobody(action: Callable[[], object]) -> tuple[str, int]:
         try:
             os.close(read_end)
             os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            os.setgid(uid)
+            os.setuid(uid)
             try:
-                result = action()
-                text, code = f"signer {getattr(result, 'signer', result)}", 0
-            except BaseException as exc:
+                text, code = str(action()), 0
+            except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
                 text = f"{type(exc).__name__}: {exc}"
             os.write(write_end, text.encode())
         finally:
             os._exit(code)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        text = fh.read().decode()
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"the child as uid {uid} ran past {timeout:g} s")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
     _, status = os.waitpid(pid, 0)
-    return text, os.waitstatus_to_exitcode(status)
+    return b"".join(chunks).decode(), os.waitstatus_to_exitcode(status)
+
+
+def as_ordinary_user(action: Callable[[Path], None], timeout: float = 60.0) -> None:
+    """Run `action(folder)` as an unprivileged user in a folder of its own, where permissions
+    are enforced: directly when this process is not root, else in a forked child as nobody
+    (with a writable folder it owns). AssertionError with the child's error if it fails."""
+    if os.geteuid() != 0:
+        with tempfile.TemporaryDirectory() as folder:
+            action(Path(folder))
+        return
+    base = _own_folder(NOBODY)
+    try:
+        answer, code = _as_user(NOBODY, lambda: action(base), timeout)
+        assert code == 0, f"as nobody: {answer}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -467,3 +467,20 @@ def test_a_load_loop_never_fails_while_bundles_are_published(bundle_copy: Path,
         errors.append(exc)
     publisher.join()
     assert not errors, errors[0]
+
+
+def test_an_unreadable_cache_is_a_bundle_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekd.runtime.cache_seal import CacheSeal
+
+    private, public = keygen(tmp_path / "k")
+    signed = _signed_minimal(tmp_path / "b.edgekd", private)
+
+    def denied(cache: Path) -> None:  # what another user's 0700 cache folder gives
+        raise PermissionError(13, "Permission denied", str(cache))
+
+    monkeypatch.setattr(CacheSeal, "open_key", classmethod(lambda cls, cache: denied(cache)))
+    with pytest.raises(BundleError, match="cannot be read here .*Permission denied.*this user's"):
+        read_bundle(signed, trusted_keys=[public], cache_dir=tmp_path / "cache")
+    read_bundle(signed, trusted_keys=[public], cache_dir=tmp_path / "cache", allow_rollback=True)
