@@ -70,27 +70,35 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
     assert table.startswith("| trial | arch | args |") and "(chosen)" in table
     assert "test: scored once, for the Pareto set only" in table
 
+    # the anchor: the default student and recipe, trained first and reported
+    anchor = report["anchor"]
+    assert anchor["trial"] == 0 and anchor["recipe"] == "default" and anchor["lr"] == 0.003
+    assert anchor["state"] == "complete" and "Anchor (the default: tcn_tiny" in (
+        out / "pareto.md").read_text()  # fmt: skip
+
     # the teacher's gain at this size: the chosen student with its recipe vs CE, paired by seed
     confirm = report["confirmation"]
     acc = confirm["accuracy"]
     assert confirm["seeds"] == 2 and acc["chosen"]["n"] == acc["ce"]["n"] == 2
+    runs = confirm["runs"]  # run folders keyed by their plan's digest
+    assert runs["chosen"]["0"] == chosen["folder"]  # seed 0 is the chosen trial's own run
     chosen_run = json.loads((Path(chosen["folder"]) / "metrics.json").read_text())
-    ce_runs = [json.loads((out / "confirm" / "ce" / f"seed{s}" / "metrics.json").read_text())
+    ce_runs = [json.loads((Path(runs["ce"][str(s)]) / "metrics.json").read_text())
                for s in (0, 1)]  # fmt: skip
     assert all(r["test"] for r in ce_runs)
-    ce_cfg = (out / "confirm" / "ce" / "seed1" / "config.yaml").read_text()
+    ce_cfg = (Path(runs["ce"]["1"]) / "config.yaml").read_text()
     assert "classifier_loss: none" in ce_cfg and "seed: 1" in ce_cfg
     gain = acc["teacher_gain"]
     assert gain["n"] == 2 and gain["lo"] <= gain["mean"] <= gain["hi"]
     seed0_gain = 100 * (chosen_run["test"]["accuracy"] - ce_runs[0]["test"]["accuracy"])
-    assert seed0_gain == pytest.approx(2 * gain["mean"] - _seed1_gain(out), abs=1e-6)
+    assert seed0_gain == pytest.approx(2 * gain["mean"] - _seed1_gain(runs), abs=1e-6)
     assert "What the teacher adds at this size" in table
     assert (out / "pareto.png").stat().st_size > 1000
 
 
-def _seed1_gain(out: Path) -> float:
+def _seed1_gain(runs: dict[str, dict[str, str]]) -> float:
     def test_acc(kind: str) -> float:
-        metrics = json.loads((out / "confirm" / kind / "seed1" / "metrics.json").read_text())
+        metrics = json.loads((Path(runs[kind]["1"]) / "metrics.json").read_text())
         return 100 * metrics["test"]["accuracy"]
 
     return test_acc("chosen") - test_acc("ce")
@@ -125,29 +133,36 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
         str(out), "--trials", "3", "--no-export", *TINY, "--epochs", "1",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    first_done = out / "trials" / "0000" / "metrics.json"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + 240
-        while not first_done.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        while (not list(out.glob("runs/*/metrics.json")) and proc.poll() is None
+               and time.monotonic() < deadline):  # fmt: skip
             time.sleep(0.2)
-        assert first_done.is_file(), (tmp_path / "first.log").read_text()
+        done = list(out.glob("runs/*/metrics.json"))
+        assert done, (tmp_path / "first.log").read_text()
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
-    weights = out / "trials" / "0000" / "model.safetensors"
+    first_done = done[0]
+    weights = first_done.parent / "model.safetensors"
     stamp = (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns)
     left_running = [t.number for t in _study(out).trials if t.state.name == "RUNNING"]  # type: ignore[attr-defined]
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = _study(out)
-    states = [t.state.name for t in study.trials]  # type: ignore[attr-defined]
-    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]  # type: ignore[attr-defined]
-    assert sorted(t.number for t in complete) == list(range(3))  # none lost, none repeated
-    assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 3
+    trials = study.trials  # type: ignore[attr-defined]
+    assert "RUNNING" not in [t.state.name for t in trials]
+    trained = [t for t in trials if t.state.name == "COMPLETE" and "repeat_of" not in t.user_attrs]
+    assert len(trained) == 3, [t.state.name for t in trials]
+    # none lost, none trained twice: three plans, three run folders
+    assert len({t.user_attrs["folder"] for t in trained}) == 3
     assert (weights.stat().st_mtime_ns, first_done.stat().st_mtime_ns) == stamp  # not retrained
-    if left_running:  # the kill caught trials in flight: they were re-attached, not redrawn
+    for number in left_running:  # in flight at the kill: failed, then retried with its params
+        assert trials[number].state.name == "FAIL"
+        retry = next(t for t in trials if t.system_attrs.get("failed_trial") == number)
+        assert retry.params == trials[number].params
+    if left_running:
         assert f"resuming {len(left_running)} trial(s)" in rerun.stderr
     report = json.loads((out / "search.json").read_text())
     assert report["counts"]["complete"] == 3 and report["chosen"]["bundle"] is None
@@ -169,6 +184,17 @@ def test_two_trial_search_on_a_local_ray_instance(
     assert report["counts"]["complete"] == 2, "\n".join(lines)
     for t in report["trials"]:
         assert (Path(t["folder"]) / "metrics.json").is_file()
+    # The trials ran as Ray tasks (the executor's `_ray_call`), not in local processes: Ray's
+    # task events (in its GCS; no dashboard needed) list them, each on a Ray worker.
+    tasks: dict[str, str] = {}
+    deadline = time.monotonic() + 30  # task events reach the GCS within a second or so
+    while len(tasks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        tasks = {e["args"]["task_id"]: e["tid"] for e in local_ray.timeline()
+                 if str(e.get("name", "")).endswith("executor._ray_call")
+                 and "task_id" in e.get("args", {})}  # fmt: skip
+    assert len(tasks) >= 2, f"{len(tasks)} Ray task(s) of edgekd.executor._ray_call"
+    assert all(str(tid).startswith("worker:") for tid in tasks.values()), tasks
 
 
 @pytest.mark.parametrize(
@@ -191,7 +217,7 @@ def test_errors_name_the_option(
     result = run_cli(["search", "--teacher", str(teacher_run), "--out", str(out), *args])
     assert result.exit_code == 2
     assert re.search(message, result.output), result.output
-    assert not (out / "settings.json").exists()  # a refused start binds nothing
+    assert not out.exists()  # a refused start leaves nothing behind
 
 
 def test_resume_with_other_settings_is_refused(teacher_run: Path, tmp_path: Path) -> None:

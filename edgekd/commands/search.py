@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
         budget_kb: Annotated[
             float | None, typer.Option(help="Most int8 model size (QDQ ONNX, KB = 1000 B).")
         ] = None,
-        trials: Annotated[int, typer.Option(help="Trials to train (rejections not counted).")] = 24,
+        trials: Annotated[
+            int, typer.Option(help="Trials to train, the default first (rejections not counted).")
+        ] = 24,
         epochs: Annotated[
             int | None, typer.Option(help="Epochs per trial (train.epochs; default 30).")
         ] = None,

@@ -72,6 +72,9 @@ def format_table(report: dict[str, Any]) -> str:
     )
     if chosen is not None and report["chosen"].get("measured_p50_ms") is None:
         lines.append(f"Measured p50: {report['chosen'].get('measured_note', 'not measured')}.")
+    line = anchor_line(report)
+    if line:
+        lines.append(line)
     confirm = report.get("confirmation")
     if confirm:
         # the ablation table's own formatting: mean ± s.e., gain [95% CI]
@@ -89,6 +92,29 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{format_mean_se(c['ce'])}; gain {format_interval(c['teacher_gain'])} "
                          "points")
     return "\n".join(lines)
+
+
+def anchor_line(report: dict[str, Any]) -> str:
+    """The anchor (the default student and recipe, the search's first trial) against the
+    chosen student, in one line; "" for a report without an anchor entry."""
+    anchor = report.get("anchor")
+    if not anchor:
+        return ""
+    if anchor.get("state") == "none":
+        return f"No anchor: {anchor.get('note')}."
+    head = (f"Anchor (the default: {anchor.get('arch')} {_args(anchor.get('args') or {})}, "
+            f"recipe {anchor.get('recipe')}, lr {anchor.get('lr')})")
+    if anchor.get("val_acc") is None:
+        why = anchor.get("error") or "no validation accuracy"
+        return f"{head}: trial {anchor.get('trial', '-')} {anchor.get('state')} ({why})."
+    text = (f"{head}: trial {anchor['trial']}, val acc {anchor['val_acc']:.2f}, predicted p50 "
+            f"{_num(anchor.get('p50_ms'), '.4f')} ms")
+    if anchor.get("over_budget"):
+        text += f", OVER BUDGET ({anchor['over_budget']}): trained and reported, never chosen"
+    gain = (report.get("chosen") or {}).get("over_anchor")
+    if gain is not None:
+        text += f"; the chosen student is {gain:+.2f} points against it (val acc)"
+    return text + "."
 
 
 def plot(report: dict[str, Any], path: Path) -> str:
@@ -113,6 +139,10 @@ def plot(report: dict[str, Any], path: Path) -> str:
                    label="trials (size ~ params)")  # fmt: skip
     front = report["pareto"]
     ax.plot([r["p50_ms"] for r in front], [r["val_acc"] for r in front], "r.-", label="Pareto")
+    anchor = report.get("anchor") or {}
+    if anchor.get("val_acc") is not None and anchor.get("p50_ms") is not None:
+        ax.scatter([anchor["p50_ms"]], [anchor["val_acc"]], marker="x", s=80, color="k",
+                   label="anchor (the default)")  # fmt: skip
     chosen = report.get("chosen")
     if chosen:
         ax.scatter([chosen["p50_ms"]], [chosen["val_acc"]], s=250, facecolors="none",

@@ -2,25 +2,43 @@
 
 Objective and constraints (why single-objective): Optuna prunes (trial.report / should_prune)
 only single-objective studies, and pruning is what makes a search of many 30-epoch trials
-affordable. So the study maximises validation accuracy alone; the budget is a hard constraint
-checked BEFORE training (`edgekd.search.latency`: predicted batch-1 p50 and int8 size of the
-untrained candidate): a candidate over budget is told PRUNED with `rejected` set and is never
-trained (rejections do not count towards `trials`); so is a draw that repeats an earlier
-trial's candidate (training is deterministic for a seed). The accuracy/latency Pareto front is then
-computed from the finished trials (`edgekd.search.report.pareto_front`), not by the sampler.
+affordable. So the study maximises validation accuracy alone and runs as Optuna intends it to,
+`study.optimize` with an objective (`_Search.objective`); the budget is a hard constraint on the
+predicted batch-1 p50 and int8 size of the untrained candidate (`edgekd.search.latency`), stored
+on every trial as the user attr `constraint` (violations, <= 0 within budget) that the sampler's
+`constraints_func` reads. A candidate over budget is never trained: it ends FAIL with its reason
+in the user attr `rejected` (never PRUNED: pruning means "trained and stopped"). The one
+exception is the anchor. Rejections do not count towards `trials`. A draw that repeats an
+earlier trial's candidate (training is deterministic for a seed) is not trained again: the study
+is told the earlier trial's value (or the same pruned curve), as Optuna's FAQ advises. The
+accuracy/latency Pareto front is computed from the finished trials
+(`edgekd.search.report.pareto_front`), not by the sampler.
 
-Selection uses validation accuracy only. Test accuracy is read once, for the Pareto set, and is
-labelled so. The chosen student is the complete trial with the best validation accuracy; it is
-exported to `<out>/chosen.edgekd` by `edgekd.export.export_run` and, for a CPU target, its batch-1
-p50 is measured again on the trained bundle beside the prediction.
+The anchor: the default student (`edgekd.distill.plan.DEFAULT_STUDENT` for the modality kind,
+its constructor defaults), recipe `default` and the default lr are enqueued as the study's first
+trial (`study.enqueue_trial`, user attr `anchor`). It is always trained to the end (never
+pruned, never rejected: over budget it is trained and flagged `over_budget`) and reported as
+search.json's `anchor`: the figure the search has to beat.
+
+Selection uses validation accuracy only, among trained trials within budget. Test accuracy is
+read once, for the Pareto set, and is labelled so. The chosen student is exported to
+`<out>/chosen.edgekd` by `edgekd.export.export_run` and, for a CPU target, its batch-1 p50 is
+measured again on the trained bundle beside the prediction.
+
+Failures: a trial whose training raises ends FAIL with the error in its user attr `error`, and
+the search goes on; MAX_FAILURES_IN_A_ROW failures in a row stop it with a message. A trial whose
+worker was lost (JobLost: killed, out of memory) is retried by Optuna's RetryFailedTrialCallback
+(a WAITING copy with the same parameters), at most MAX_RETRIES times.
 
 Layout of `out`:
-  study.db              the Optuna study (SQLite); reopened with load_if_exists
+  study.db              the Optuna study (SQLite, heartbeat on); reopened with load_if_exists
   settings.json         what the search was made with; a resume must match it
   latency_cache.json    priced candidates (edgekd.search.latency)
-  trials/NNNN/          each trained trial's `distill` run folder
+  runs/<arch>-seed<S>-<digest>/  every `distill` run folder (trials and confirmation), keyed by
+                        the digest of its training config (`plan_digest`): a resumed search can
+                        only ever reuse a run of the very same plan
   search.json           every trial (arch, args, recipe, params, int8 size, predicted p50 and its
-                        source, val acc, state), the Pareto front, the chosen student
+                        source, val acc, state), the anchor, the Pareto front, the chosen student
   pareto.md, pareto.png the front as a table and a plot (the plot needs matplotlib)
   chosen.edgekd         the chosen student's bundle
 
@@ -31,26 +49,32 @@ default student modality, and the recipes it cannot serve (e.g. soft_teacher_hea
 no classifier weights) are left out of the space, as planning each recipe with the card tells;
 its provenance (source, sha256, licence, card) is in settings.json and search.json's `teacher`.
 
-Resume guarantee: a search killed at any point (even SIGKILL) and started again with the same
-`out` and options continues the study: complete and pruned trials are kept and never trained
-again; a trial that was in flight is re-attached with its drawn parameters and its run folder
-is reused (finished: its metrics are read; interrupted after an epoch: training resumes from
-its saved state; before the first epoch: restarted). One search at a time per `out` (a lock).
+Resume guarantee: every option is checked before anything is written, so a refused start leaves
+nothing behind. A search killed at any point (even SIGKILL) and started again with the same `out`
+and options continues the study: complete and pruned trials are kept and never trained again; a
+trial that was in flight (RUNNING: its worker is gone, as the lock proves) is failed and retried
+by RetryFailedTrialCallback with its drawn parameters, so its plan and run folder are the same
+(finished: its metrics are read; interrupted after an epoch: training resumes from its saved
+state; before the first epoch: restarted). One search at a time per `out` (a lock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import threading
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import ConfigError, MissingExtra
+from edgekd.errors import ConfigError, EdgeKDError, MissingExtra
 from edgekd.io import atomic_write_json, atomic_write_text
 from edgekd.search.latency import Estimate
 from edgekd.search.space import Candidate
@@ -59,6 +83,15 @@ STUDY_NAME = "edgekd-search"
 PRUNERS = ("median", "halving", "none")
 POLL_S = 1.0
 REJECTIONS_PER_TRIAL = 20  # untrainable draws allowed per wanted trial before giving up
+MAX_FAILURES_IN_A_ROW = 3  # trials whose training raised, one after another: the search stops
+MAX_RETRIES = 3  # retries of a trial whose worker was lost (RetryFailedTrialCallback)
+HEARTBEAT_S = 60  # the study's heartbeat (RDBStorage): a trial silent for GRACE_S is stale
+GRACE_S = 180
+
+
+class SearchStopped(EdgeKDError):
+    """The search stopped before its trials were done (failures in a row, or nothing left to
+    train within the budget); the study keeps what was done, so a rerun continues."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +125,8 @@ class SearchSpec:
     data: str | None = None  # the paired data: needed with an outside teacher (as distill's)
 
     def check(self) -> None:
-        """ConfigError naming the offending option; nothing is created."""
+        """ConfigError naming the offending option, before anything is created: every option
+        (the trials' training config included, as `edgekd distill` would check it)."""
         from edgekd.targets import get_target
 
         get_target(self.target)
@@ -113,6 +147,16 @@ class SearchSpec:
             raise ConfigError(f"--max-drop must be >= 0 points, got {self.max_drop:g}")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"--pruner {self.pruner!r} is not one of {', '.join(PRUNERS)}")
+        from edgekd.executor import check_executor
+        from edgekd.threads import plan_threads
+
+        check_executor(self.executor, self.address)
+        plan_threads(self.jobs, self.threads)
+        _probe_config(self)  # the trials' TrainConfig checks --seed, --batch-size, --epochs
+        if self.latency_table is not None:
+            from edgekd.search.latency import LatencyTable
+
+            LatencyTable.load(self.latency_table, self.target)
         card = card_of(self.teacher)
         if card is None and not (Path(self.teacher) / "checkpoint.json").is_file():
             raise ConfigError(f"--teacher {self.teacher}: not a finished teacher run folder")
@@ -212,8 +256,99 @@ def import_optuna() -> Any:
         raise MissingExtra(
             f"`edgekd search` needs the 'search' extra ({exc}): pip install 'edgekd[search]'"
         ) from exc
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the search logs each trial's outcome itself (Optuna would log every rejection as a failure)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
+
+
+def retry_callback(optuna: Any, max_retry: int | None = MAX_RETRIES) -> Any:
+    """Optuna's retry of a failed trial (a WAITING copy with the same parameters and user
+    attrs): `RetryFailedTrialCallback`, named RetryHeartbeatStaleTrialCallback since Optuna 4.9."""
+    storages = optuna.storages
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental (and, under its old name, deprecated)
+        if cls is None:
+            cls = storages.RetryFailedTrialCallback
+        return cls(max_retry=max_retry)
+
+
+def retried_numbers(optuna: Any, trials: list[Any]) -> dict[int, int]:
+    """{failed trial number: the number of the trial that retries it}."""
+    cls = type(retry_callback(optuna))
+    out: dict[int, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in trials:
+            history = cls.retry_history(t)
+            if history:
+                out[history[-1]] = t.number
+    return out
+
+
+def open_study(optuna: Any, spec: SearchSpec) -> Any:
+    """The study in `<out>/study.db`: an RDB storage with a heartbeat and Optuna's retry of
+    stale trials, the pruner, and a multivariate TPE sampler whose `constraints_func` reads the
+    budget constraint of each trial (constant liar when trials run in parallel), seeded with the
+    study's history so that a resumed search does not replay the first run's draws."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the heartbeat is experimental
+        storage = optuna.storages.RDBStorage(
+            url=f"sqlite:///{(Path(spec.out) / 'study.db').resolve()}",
+            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            **{_retry_keyword(optuna): retry_callback(optuna)},
+        )  # fmt: skip
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize",
+                                load_if_exists=True)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate, group, constraints_func: experimental
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.seed + len(study.trials), multivariate=True, group=True,
+            constant_liar=spec.jobs > 1, constraints_func=budget_constraints,
+        )  # fmt: skip
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                             pruner=_pruner(optuna, spec.pruner, spec.epochs))  # fmt: skip
+
+
+def _retry_keyword(optuna: Any) -> str:
+    import inspect
+
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    return ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback")  # fmt: skip
+
+
+def budget_constraints(trial: Any) -> tuple[float, float]:
+    """The sampler's `constraints_func`: the trial's stored constraint (p50 over --budget-ms,
+    int8 KB over --budget-kb; <= 0 within budget)."""
+    return tuple(trial.user_attrs.get("constraint", (0.0, 0.0)))  # type: ignore[return-value]
+
+
+def constraint(spec: SearchSpec, est: Estimate) -> list[float]:
+    """[p50 ms - --budget-ms, int8 KB - --budget-kb] (0 without that budget); an unknown p50
+    under a latency budget counts as a violation of 1 ms."""
+    ms = 0.0
+    if spec.budget_ms is not None:
+        ms = 1.0 if est.p50_ms is None else float(est.p50_ms) - spec.budget_ms
+    kb = 0.0 if spec.budget_kb is None else float(est.int8_kb) - spec.budget_kb
+    return [ms, kb]
+
+
+def plan_digest(cfg: Any, teacher: Path) -> str:
+    """A stable hash of a training plan: every field of its run config (student and its
+    arguments, recipe, schedule, seed, data) and the teacher it learns from."""
+    from edgekd.config import to_dict
+
+    blob = json.dumps({"config": to_dict(cfg), "teacher": str(Path(teacher).resolve())},
+                      sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_folder(out: Path, cfg: Any, teacher: Path) -> Path:
+    """The run folder of a training of the search, keyed by its plan's digest: two plans never
+    share a folder, so a resumed search cannot take a run of another plan."""
+    name = f"{cfg.model.arch}-seed{cfg.train.seed}-{plan_digest(cfg, teacher)}"
+    return Path(out) / "runs" / name
 
 
 @contextlib.contextmanager
@@ -249,6 +384,7 @@ class _Running:
     future: Future
     started: float
     reported: int = 0
+    anchor: bool = False  # the anchor is trained to the end: never pruned
 
 
 @dataclass
@@ -266,7 +402,7 @@ class _Progress:
         """The counts of a study so far, so that a resumed search counts on from them."""
         progress = cls(wanted, done=_Search.trained(study))
         for t in study.get_trials(deepcopy=False):
-            if "rejected" in t.user_attrs:
+            if _said(t, "rejected") or _said(t, "repeat_of"):
                 progress.rejected += 1
             elif t.state.name == "PRUNED":
                 progress.pruned += 1
@@ -296,18 +432,6 @@ def _over_budget(spec: SearchSpec, est: Estimate) -> str | None:
         return f"p50 {est.p50_ms:.4f} ms > --budget-ms {spec.budget_ms:g}"
     if spec.budget_kb is not None and est.int8_kb > spec.budget_kb:
         return f"int8 {est.int8_kb:.1f} KB > --budget-kb {spec.budget_kb:g}"
-    return None
-
-
-def _duplicate(study: Any, trial: Any, cand: Candidate) -> str | None:
-    """'duplicate of trial N' when an earlier trial drew the same candidate: training is
-    deterministic for a seed, so it would only repeat that trial."""
-    drawn = cand.to_dict()
-    for t in study.get_trials(deepcopy=False):
-        if t.number != trial.number and "rejected" not in t.user_attrs and (
-            t.user_attrs.get("candidate") == drawn
-        ):
-            return f"duplicate of trial {t.number}"
     return None
 
 
@@ -341,8 +465,31 @@ def _pruner(optuna: Any, name: str, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def _error_text(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"
+
+
+# a trial's outcome, as user attrs; a retried trial inherits its original's, so each trial
+# starts by clearing them (Optuna cannot delete a user attr: None means unsaid)
+OUTCOME_ATTRS = ("rejected", "over_budget", "repeat_of", "error", "lost", "interrupted",
+                 "pruned_at_epoch")  # fmt: skip
+
+
+def _said(trial: Any, key: str) -> bool:
+    return trial.user_attrs.get(key) is not None
+
+
+class _Rejected(Exception):
+    """The candidate is over budget: the trial ends FAIL, untrained (reason: user attr)."""
+
+
+class _Interrupted(Exception):
+    """The search is stopping (Ctrl-C): the trial ends FAIL and is retried by the next run."""
+
+
 class _Search:
-    """One run of the search loop over an open study."""
+    """One run of the search: what is searched, and the study's objective."""
 
     def __init__(self, spec: SearchSpec, log: Callable[[str], None]) -> None:
         from edgekd.checkpoint import read_sidecar
@@ -382,6 +529,40 @@ class _Search:
 
         metrics = read_metrics(Path(spec.teacher)) or {}
         self.teacher_epoch_s = (metrics.get("train") or {}).get("epoch_seconds_mean")
+        self.anchor, self.anchor_params, self.anchor_note = self._anchor()
+        # run-time state (set by `run`)
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._price_lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self.failures: list[str] = []  # errors of the failures in a row so far
+        self.rejections = 0
+        self.stop_reason: str | None = None
+
+    def _anchor(self) -> tuple[Candidate | None, dict[str, Any], str | None]:
+        """(the anchor candidate, its parameters when it lies in the searched space, else {};
+        why there is no anchor, when there is none)."""
+        from edgekd.config import TrainConfig
+        from edgekd.distill.plan import DEFAULT_STUDENT
+        from edgekd.search.latency import resolved_args
+        from edgekd.search.space import LEARNING_RATES, arch_space, enumerate_space
+
+        arch = DEFAULT_STUDENT.get(self.modality.kind)
+        if arch is None:
+            return None, {}, f"no default student for {self.modality.kind} modalities"
+        if "default" not in self.recipes:
+            why = self.not_searched.get("default", "not searched")
+            return None, {}, f"the teacher cannot serve the default recipe ({why})"
+        points = enumerate_space(arch_space(arch))
+        defaults = resolved_args(arch, {}, self.modality, len(self.labels))
+        args = {k: defaults[k] for k in points[0]}
+        lr = TrainConfig().lr
+        cand = Candidate(arch, args, "default", None, None, lr)
+        if arch not in self.archs or args not in points or lr not in LEARNING_RATES:
+            return cand, {}, None  # trained, but outside the space the sampler models
+        params = {"arch": arch, **{f"{arch}.{k}": v for k, v in args.items()},
+                  "recipe": "default", "lr": lr}  # fmt: skip
+        return cand, params, None
 
     def plan(self, study: Any, predictor: Any) -> str:
         from edgekd.search.space import space_size
@@ -403,6 +584,12 @@ class _Search:
             f"{self.spec.epochs} epochs ({trained} already trained, {left} to go), "
             f"{self.spec.pruner} pruner; {self.threads.describe()}"
         )
+        if self.anchor is not None:
+            a = self.anchor
+            line += (f"; anchor (first trial, always trained): the default {a.arch} "
+                     f"{_args_text(a.args)}, recipe default, lr {a.lr:g}")  # fmt: skip
+        else:
+            line += f"; no anchor: {self.anchor_note}"
         if self.card is not None:
             line += (f"; outside teacher {self.card.source} sha256 {self.card.sha256[:12]} on "
                      f"{self.spec.data or self.card.data_source}")  # fmt: skip
@@ -418,138 +605,275 @@ class _Search:
 
     @staticmethod
     def trained(study: Any) -> int:
-        """Trials that count towards --trials: complete, or pruned after training started."""
+        """Trials that count towards --trials: complete, or pruned after training started
+        (a repeat, told an earlier trial's outcome, was not trained)."""
         return sum(
             1 for t in study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE"
-            or (t.state.name == "PRUNED" and "rejected" not in t.user_attrs)
+            if t.state.name in ("COMPLETE", "PRUNED")
+            and not _said(t, "rejected") and not _said(t, "repeat_of")
         )  # fmt: skip
 
+    # --- the run ---------------------------------------------------------------------------
 
-def _stale_trials(optuna: Any, study: Any) -> list[tuple[Any, int]]:
-    """Trials a killed search left RUNNING, re-attached (their drawn parameters are stored, so
-    drawing again returns the same candidate), with how many epochs they had reported."""
-    return [
-        (optuna.trial.Trial(study, t._trial_id), len(t.intermediate_values))
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    ]
+    def run(self, optuna: Any, study: Any, predictor: Any, executor: Any) -> None:
+        """Optimize until `trials` trials are trained; SearchStopped when it cannot go on."""
+        self.optuna, self.study = optuna, study
+        self.predictor, self.executor = predictor, executor
+        self.progress = _Progress.of_study(study, self.spec.trials)
+        self._recover(study)
+        if self.anchor is not None and not any(
+            t.user_attrs.get("anchor") for t in study.get_trials(deepcopy=False)
+        ):
+            study.enqueue_trial(self.anchor_params, user_attrs={"anchor": True})
+        while self.progress.done < self.spec.trials and self.stop_reason is None:
+            left = self.spec.trials - self.progress.done
+            self._optimize_in_thread(study, left)
+        if self.stop_reason is not None:
+            raise SearchStopped(self.stop_reason)
+
+    def _recover(self, study: Any) -> None:
+        """Trials a killed search left RUNNING: their worker is gone (the lock proves it), so
+        they are failed now and retried (RetryFailedTrialCallback: the same parameters, hence
+        the same plan and run folder), without waiting for the heartbeat's grace period."""
+        state = self.optuna.trial.TrialState
+        stale = study.get_trials(deepcopy=False, states=(state.RUNNING,))
+        if not stale:
+            return
+        retry = retry_callback(self.optuna, max_retry=None)
+        for t in stale:
+            frozen = study.tell(t.number, state=state.FAIL, skip_if_finished=True)
+            retry(study, frozen)
+        self.log(f"resuming {len(stale)} trial(s) a stopped search left running: "
+                 + ", ".join(str(t.number) for t in stale))  # fmt: skip
+
+    def _optimize_in_thread(self, study: Any, left: int) -> None:
+        """`study.optimize` for `left` trials, run in a thread so that Ctrl-C here stops the
+        trials (each sees `stopping`, kills its job and ends FAIL, to be retried) instead of
+        waiting for them to finish."""
+        error: list[BaseException] = []
+
+        def optimize() -> None:
+            try:
+                study.optimize(self.objective, n_trials=left, n_jobs=min(self.spec.jobs, left),
+                               catch=(Exception,), callbacks=[self.after_trial])  # fmt: skip
+            except BaseException as exc:  # re-raised in the caller's thread
+                error.append(exc)
+
+        runner = threading.Thread(target=optimize, name="edgekd-search", daemon=True)
+        runner.start()
+        try:
+            while runner.is_alive():
+                runner.join(0.5)
+        except KeyboardInterrupt:
+            self.stopping.set()
+            runner.join()
+            raise
+        if error:
+            raise error[0]
+
+    def objective(self, trial: Any) -> float:
+        """Draw, price, check the budget, then train (or tell a repeat its earlier outcome)."""
+        from edgekd.search.space import draw
+
+        if self.stopping.is_set():
+            trial.set_user_attr("interrupted", "the search was stopped before it drew")
+            raise _Interrupted("the search is stopping")
+        spec, log, progress = self.spec, self.log, self.progress
+        for key in OUTCOME_ATTRS:
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
+        anchor = bool(trial.user_attrs.get("anchor"))
+        if anchor and self.anchor is not None:
+            if self.anchor_params:  # enqueued: every suggest returns the anchor's value
+                draw(trial, self.archs, self.recipes)
+            cand = self.anchor
+        else:
+            cand = draw(trial, self.archs, self.recipes)
+        with self._price_lock:  # one candidate timed at a time, one writer of the cache
+            est = self.predictor.predict(cand.arch, cand.args)
+        cfg = _train_config(spec, cand)
+        folder = run_folder(spec.out, cfg, spec.teacher)
+        trial.set_user_attr("candidate", cand.to_dict())
+        trial.set_user_attr("estimate", est.to_dict())
+        trial.set_user_attr("constraint", constraint(spec, est))
+        trial.set_user_attr("folder", str(folder))
+        why = _over_budget(spec, est)
+        if why is not None and not anchor:
+            trial.set_user_attr("rejected", why)
+            progress.rejected += 1
+            log(f"{progress.head()} trial {trial.number} {cand.arch} {cand.args}: "
+                f"not trained ({why})")  # fmt: skip
+            raise _Rejected(why)
+        if why is not None:
+            trial.set_user_attr("over_budget", why)
+            log(f"trial {trial.number} is the anchor (the default): trained although over "
+                f"budget ({why}), and flagged so")  # fmt: skip
+        earlier = self._claim(trial, str(folder))
+        if earlier is not None:
+            return self._repeat(trial, cand, earlier)
+        try:
+            return self._train(trial, cand, cfg, folder, est, anchor)
+        finally:
+            with self._lock:
+                self._inflight.pop(str(folder)).set()
+
+    def _claim(self, trial: Any, folder: str) -> Any:
+        """The earlier trial of the same plan (same run folder) once it has finished, or None
+        when this trial is to train it (the plan is then marked in flight here)."""
+        state = self.optuna.trial.TrialState
+        while True:
+            with self._lock:
+                busy = self._inflight.get(folder)
+                if busy is None:
+                    for t in self.study.get_trials(deepcopy=False,
+                                                   states=(state.COMPLETE, state.PRUNED)):
+                        if (t.number != trial.number and t.user_attrs.get("folder") == folder
+                                and not _said(t, "repeat_of")):
+                            return t
+                    self._inflight[folder] = threading.Event()
+                    return None
+            busy.wait(POLL_S)  # the same plan is training in another trial: wait for it
+            if self.stopping.is_set():
+                trial.set_user_attr("interrupted", "the search was stopped")
+                raise _Interrupted("the search is stopping")
+
+    def _repeat(self, trial: Any, cand: Candidate, earlier: Any) -> float:
+        """A draw of an earlier trial's plan: training is deterministic, so the study is told
+        the earlier outcome (its value; or its curve, pruned at the same epoch)."""
+        trial.set_user_attr("repeat_of", earlier.number)
+        self.progress.rejected += 1
+        self.log(f"{self.progress.head()} trial {trial.number} {cand.arch} {cand.args}: repeats "
+                 f"trial {earlier.number}, whose outcome it is told (nothing trained)")
+        if earlier.state.name == "COMPLETE":
+            return float(earlier.value)
+        for step, value in sorted(earlier.intermediate_values.items()):
+            trial.report(value, step)
+        trial.set_user_attr("pruned_at_epoch", earlier.user_attrs.get("pruned_at_epoch"))
+        raise self.optuna.TrialPruned(f"repeats trial {earlier.number}, which was pruned")
+
+    def _train(self, trial: Any, cand: Candidate, cfg: Any, folder: Path, est: Estimate,
+               anchor: bool) -> float:  # fmt: skip
+        from edgekd.distill.ablate.jobs import Job, execute
+        from edgekd.executor import JobLost, Resources
+
+        spec, log, progress = self.spec, self.log, self.progress
+        job = Job(f"trial{trial.number}", spec.seed, None, cfg, Path(spec.teacher), folder,
+                  self.threads.per_job)  # fmt: skip
+        future = self.executor.submit(execute, job,
+                                      resources=Resources(cpus=self.threads.per_job))
+        run = _Running(trial, cand, folder, future, time.perf_counter(), anchor=anchor)
+        p50 = "-" if est.p50_ms is None else f"{est.p50_ms:.4f}"
+        log(f"{progress.head()} trial {trial.number} started: {cand.arch} {cand.args}, "
+            f"recipe {cand.recipe} tau {cand.tau} alpha {cand.alpha} lr {cand.lr:g}; "
+            f"predicted p50 {p50} ms, int8 {est.int8_kb:.1f} KB"
+            + (" (the anchor)" if anchor else ""))  # fmt: skip
+        try:
+            while not wait([future], timeout=POLL_S)[0]:
+                if self.stopping.is_set():
+                    trial.set_user_attr("interrupted", "the search was stopped")
+                    raise _Interrupted("the search is stopping")
+                if _prune(run, spec, log, progress):
+                    progress.pruned += 1
+                    progress.done += 1
+                    raise self.optuna.TrialPruned(f"pruned after epoch {run.reported}")
+            _report_epochs(run)
+            try:
+                metrics = future.result()
+            except JobLost as exc:
+                trial.set_user_attr("lost", _error_text(exc))
+                raise
+            except Exception as exc:
+                trial.set_user_attr("error", _error_text(exc))
+                if not isinstance(exc, EdgeKDError):  # a bug, not a user error: its traceback
+                    log("".join(traceback.format_exception(exc)).rstrip())
+                raise
+        finally:
+            if not future.done():
+                self.executor.kill(future)
+        value = float(metrics["val"]["accuracy"])
+        progress.done += 1
+        progress.seconds.append(time.perf_counter() - run.started)
+        log(f"{progress.head()} trial {trial.number} {cand.arch}: val acc "
+            f"{100 * value:.2f} %, {progress.seconds[-1]:.0f} s; "
+            f"{progress.eta(spec.jobs)}")  # fmt: skip
+        return value
+
+    def after_trial(self, study: Any, trial: Any) -> None:
+        """Optuna callback after each trial: retry a lost worker's trial, count failures in a
+        row and untrainable draws, and stop the study when it cannot go on."""
+        attrs = trial.user_attrs
+        if trial.state.name == "FAIL" and _said(trial, "rejected"):
+            self.rejections += 1
+        elif trial.state.name == "FAIL" and _said(trial, "interrupted"):
+            if "candidate" in attrs:  # drawn: the next run trains the same candidate
+                retry_callback(self.optuna, max_retry=None)(study, trial)
+            study.stop()
+        elif trial.state.name == "FAIL":
+            why = attrs.get("error") or attrs.get("lost") or "failed"
+            self.log(f"trial {trial.number} failed ({why})")
+            if _said(trial, "lost"):  # its worker was killed: Optuna's retry, as for a stale trial
+                retry_callback(self.optuna)(study, trial)
+            self.failures.append(f"trial {trial.number}: {why}")
+            if len(self.failures) >= MAX_FAILURES_IN_A_ROW:
+                self.stop_reason = (
+                    f"{len(self.failures)} trials failed in a row ("
+                    + "; ".join(self.failures) + "); the search stopped. Fix the cause and "
+                    "rerun with the same --out: finished trials are kept"
+                )
+                study.stop()
+        elif _said(trial, "repeat_of"):
+            self.rejections += 1
+        else:
+            self.failures.clear()
+        if self.rejections > REJECTIONS_PER_TRIAL * self.spec.trials and not self.stop_reason:
+            last = attrs.get("rejected") or f"repeat of trial {attrs.get('repeat_of')}"
+            self.stop_reason = (
+                f"{self.rejections} drawn candidates could not be trained (last: {last}); "
+                "raise --budget-ms / --budget-kb, or search other --archs"
+            )
+            study.stop()
+
+
+def _args_text(args: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in args.items()) + ")"
 
 
 def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the search in `spec.out`; returns search.json's content."""
+    """Run (or resume) the search in `spec.out`; returns search.json's content. Every option is
+    checked before anything is written: a refused start leaves nothing behind."""
     spec.check()
     optuna = import_optuna()
     from edgekd.executor import make_executor
     from edgekd.search.latency import LatencyPredictor
 
     out = Path(spec.out)
-    with _lock(out):
-        search = _Search(spec, log)
-        executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
-                                 cpus_per_job=search.threads.per_job)  # fmt: skip
-        try:
-            predictor = LatencyPredictor(
-                spec.target, search.modality, len(search.labels), out,
-                table=spec.latency_table, executor=executor, duration_s=spec.timing_s,
-            )  # fmt: skip
+    search = _Search(spec, log)
+    executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
+                             cpus_per_job=search.threads.per_job)  # fmt: skip
+    try:
+        predictor = LatencyPredictor(
+            spec.target, search.modality, len(search.labels), out,
+            table=spec.latency_table, executor=executor, duration_s=spec.timing_s,
+        )  # fmt: skip
+        with _lock(out):
             # recorded only once every option is known to work: a refused start binds nothing
             _check_settings(out, spec.settings())
-            study = optuna.create_study(
-                storage=f"sqlite:///{(out / 'study.db').resolve()}", study_name=STUDY_NAME,
-                direction="maximize", load_if_exists=True,
-                pruner=_pruner(optuna, spec.pruner, spec.epochs),
-            )  # fmt: skip
-            # offset by the history: a resumed search must not replay the first run's draws
-            study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
+            study = open_study(optuna, spec)
             log(search.plan(study, predictor))
-            _loop(optuna, study, search, predictor, executor)
+            search.run(optuna, study, predictor, executor)
             report = _report(study, search, predictor)
             if spec.confirm_seeds and report["chosen"]:
                 report["confirmation"] = _confirm(report["chosen"], search, executor)
-        finally:
-            executor.close()
-        atomic_write_json(out / "search.json", report)
-        from edgekd.search.report import format_table, plot
+            atomic_write_json(out / "search.json", report)
+            from edgekd.search.report import format_table, plot
 
-        table = format_table(report)
-        atomic_write_text(out / "pareto.md", table + "\n")
-        log(table)
-        log(plot(report, out / "pareto.png"))
+            table = format_table(report)
+            atomic_write_text(out / "pareto.md", table + "\n")
+            log(table)
+            log(plot(report, out / "pareto.png"))
+    finally:
+        executor.close()
     return report
-
-
-def _loop(optuna: Any, study: Any, search: _Search, predictor: Any, executor: Any) -> None:
-    from edgekd.distill.ablate.jobs import Job, execute
-    from edgekd.executor import JobLost, Resources
-    from edgekd.search.space import draw
-
-    spec, log = search.spec, search.log
-    state = optuna.trial.TrialState
-    progress = _Progress.of_study(study, spec.trials)
-    stale = _stale_trials(optuna, study)
-    if stale:
-        log(f"resuming {len(stale)} trial(s) a stopped search left running: "
-            + ", ".join(str(t.number) for t, _ in stale))  # fmt: skip
-    running: dict[Future, _Running] = {}
-    rejections = 0
-    while progress.done + len(running) < spec.trials or running:
-        while len(running) < spec.jobs and progress.done + len(running) < spec.trials:
-            trial, reported = stale.pop(0) if stale else (study.ask(), 0)
-            cand = draw(trial, search.archs, search.recipes)
-            est = predictor.predict(cand.arch, cand.args)
-            trial.set_user_attr("candidate", cand.to_dict())
-            trial.set_user_attr("estimate", est.to_dict())
-            why = _duplicate(study, trial, cand) or _over_budget(spec, est)
-            if why is not None:
-                trial.set_user_attr("rejected", why)
-                study.tell(trial, state=state.PRUNED)
-                progress.rejected += 1
-                rejections += 1
-                log(f"{progress.head()} trial {trial.number} {cand.arch} {cand.args}: "
-                    f"not trained ({why})")  # fmt: skip
-                if rejections > REJECTIONS_PER_TRIAL * spec.trials:
-                    raise ConfigError(
-                        f"{rejections} drawn candidates could not be trained (last: {why}); "
-                        "raise --budget-ms / --budget-kb, or search other --archs"
-                    )
-                continue
-            folder = Path(spec.out) / "trials" / f"{trial.number:04d}"
-            job = Job(f"trial{trial.number}", spec.seed, None, _train_config(spec, cand),
-                      Path(spec.teacher), folder, search.threads.per_job)  # fmt: skip
-            future = executor.submit(execute, job,
-                                     resources=Resources(cpus=search.threads.per_job))
-            running[future] = _Running(trial, cand, folder, future, time.perf_counter(),
-                                       reported)  # fmt: skip
-            log(f"{progress.head()} trial {trial.number} started: {cand.arch} {cand.args}, "
-                f"recipe {cand.recipe} tau {cand.tau} alpha {cand.alpha} lr {cand.lr:g}; "
-                f"predicted p50 {est.p50_ms:.4f} ms, int8 {est.int8_kb:.1f} KB")
-        finished, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
-        for future, run in list(running.items()):
-            if future not in finished and _prune(run, spec, log, progress):
-                executor.kill(future)
-                study.tell(run.trial, state=state.PRUNED)
-                progress.pruned += 1
-                progress.done += 1
-                del running[future]
-        for future in finished:
-            run = running.pop(future, None)
-            if run is None:
-                continue
-            try:
-                metrics = future.result()
-            except JobLost:  # not killed by us: left RUNNING, so a rerun resumes it
-                raise
-            except Exception:
-                study.tell(run.trial, state=state.FAIL)
-                raise
-            _report_epochs(run)
-            value = float(metrics["val"]["accuracy"])
-            study.tell(run.trial, value)
-            progress.done += 1
-            progress.seconds.append(time.perf_counter() - run.started)
-            log(f"{progress.head()} trial {run.trial.number} {run.candidate.arch}: val acc "
-                f"{100 * value:.2f} %, {progress.seconds[-1]:.0f} s; "
-                f"{progress.eta(spec.jobs)}")  # fmt: skip
 
 
 def _report_epochs(run: _Running) -> list[float]:
@@ -562,10 +886,10 @@ def _report_epochs(run: _Running) -> list[float]:
 
 def _prune(run: _Running, spec: SearchSpec, log: Callable[[str], None],
            progress: _Progress) -> bool:
-    """Report newly finished epochs; True when the pruner stops the trial."""
+    """Report newly finished epochs; True when the pruner stops the trial (never the anchor)."""
     before = run.reported
     history = _report_epochs(run)
-    if len(history) == before or len(history) >= spec.epochs:
+    if len(history) == before or len(history) >= spec.epochs or run.anchor:
         return False
     if not run.trial.should_prune():
         return False
@@ -575,30 +899,59 @@ def _prune(run: _Running, spec: SearchSpec, log: Callable[[str], None],
     return True
 
 
-def _row(t: Any, out: Path) -> dict[str, Any]:
-    cand = t.user_attrs.get("candidate") or {}
-    est = t.user_attrs.get("estimate") or {}
+STATES = ("complete", "pruned", "rejected", "repeat", "fail", "retried", "interrupted", "running",
+          "waiting")  # fmt: skip
+
+
+def _row(t: Any, retried: dict[int, int]) -> dict[str, Any]:
+    attrs = t.user_attrs
+    cand = attrs.get("candidate") or {}
+    est = attrs.get("estimate") or {}
     state = t.state.name.lower()
-    if "rejected" in t.user_attrs:
+    if _said(t, "rejected"):
         state = "rejected"
+    elif _said(t, "repeat_of") and state in ("complete", "pruned"):
+        state = "repeat"
+    elif state == "fail" and t.number in retried:
+        state = "retried"
+    elif state == "fail" and _said(t, "interrupted"):
+        state = "interrupted"
+    trained = state in ("complete", "pruned", "repeat")
     return {
         "trial": t.number, "state": state, **cand,
         "params": est.get("params"), "int8_kb": est.get("int8_kb"), "p50_ms": est.get("p50_ms"),
         "p50_source": est.get("source"), "signature": est.get("signature"),
         "val_acc": None if t.value is None else 100 * t.value,
-        "rejected": t.user_attrs.get("rejected"),
-        "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-        "folder": str(out / "trials" / f"{t.number:04d}") if state == "complete" else None,
+        "anchor": bool(attrs.get("anchor")),
+        "over_budget": attrs.get("over_budget"),
+        "rejected": attrs.get("rejected"),
+        "repeat_of": attrs.get("repeat_of"),
+        "error": attrs.get("error") or attrs.get("lost"),
+        "retried_by": retried.get(t.number),
+        "pruned_at_epoch": attrs.get("pruned_at_epoch"),
+        "folder": attrs.get("folder") if trained else None,
     }  # fmt: skip
+
+
+def _anchor_report(rows: list[dict[str, Any]], search: _Search) -> dict[str, Any]:
+    """The anchor's row (the default student and recipe), or why there is none."""
+    mine = [r for r in rows if r["anchor"] and r["state"] not in ("retried", "waiting")]
+    if search.anchor is None:
+        return {"state": "none", "note": search.anchor_note}
+    if not mine:
+        return {"state": "not run", **search.anchor.to_dict()}
+    return mine[-1]
 
 
 def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
     from edgekd.search.report import choose, pareto_front, read_metrics
 
     spec = search.spec
-    out = Path(spec.out)
-    rows = [_row(t, out) for t in study.get_trials(deepcopy=False)]
-    complete = [r for r in rows if r["state"] == "complete"]
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(search.optuna, trials)
+    rows = [_row(t, retried) for t in trials]
+    # trained within budget: the over-budget anchor is reported, never chosen nor on the front
+    complete = [r for r in rows if r["state"] == "complete" and not r["over_budget"]]
     front = pareto_front(complete)
     for row in front:  # test: scored once by the trainer, read here for the front only
         metrics = read_metrics(Path(row["folder"])) or {}
@@ -619,15 +972,18 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
         "spec": {**asdict(spec), "teacher": str(spec.teacher), "out": str(spec.out),
                  "latency_table": None if spec.latency_table is None
                  else str(spec.latency_table)},  # fmt: skip
-        "counts": {s: sum(1 for r in rows if r["state"] == s)
-                   for s in ("complete", "pruned", "rejected", "fail", "running")},
+        "counts": {s: sum(1 for r in rows if r["state"] == s) for s in STATES},
         "trials": rows,
+        "anchor": _anchor_report(rows, search),
         "pareto": front,
         "chosen": None,
     }
     if complete:
         best = choose(complete)
         report["chosen"] = {**best, **_deliver(best, search, predictor)}
+    anchor = report["anchor"]
+    if report["chosen"] and anchor.get("val_acc") is not None:
+        report["chosen"]["over_anchor"] = report["chosen"]["val_acc"] - anchor["val_acc"]
     return report
 
 
@@ -672,15 +1028,17 @@ def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str
     base, ce, told = confirm_configs(spec, cand)
     plans = {"chosen": base, "ce": ce}
     futures = {}
+    runs: dict[str, dict[int, str]] = {"chosen": {}, "ce": {}}
     for kind, cfg in plans.items():
         for i in range(spec.confirm_seeds):
             seed = spec.seed + i
-            folder = Path(spec.out) / "confirm" / kind / f"seed{seed}"
-            if kind == "chosen" and i == 0:
-                folder = Path(chosen["folder"])
-            job = Job(f"confirm-{kind}", seed, None,
-                      replace(cfg, train=replace(cfg.train, seed=seed)), Path(spec.teacher),
-                      folder, search.threads.per_job)  # fmt: skip
+            seeded = replace(cfg, train=replace(cfg.train, seed=seed))
+            # keyed by the plan's digest: the chosen trial's own run for its seed, and never a
+            # run of another student's plan (a resumed search may choose another one)
+            folder = run_folder(spec.out, seeded, spec.teacher)
+            runs[kind][seed] = str(folder)
+            job = Job(f"confirm-{kind}", seed, None, seeded, Path(spec.teacher), folder,
+                      search.threads.per_job)  # fmt: skip
             futures[kind, seed] = executor.submit(
                 execute, job, resources=Resources(cpus=search.threads.per_job)
             )
@@ -696,7 +1054,7 @@ def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str
             test[kind].setdefault(metric, {})[seed] = 100 * metrics[metric]
     out: dict[str, Any] = {"seeds": spec.confirm_seeds, "split": "test", "unit": "percent",
                            "epochs": {"chosen": base.train.epochs, "ce": ce.train.epochs},
-                           "differences": told}  # fmt: skip
+                           "differences": told, "runs": runs}  # fmt: skip
     for metric in ("accuracy", "macro_f1"):
         out[metric] = {
             "chosen": summarize(list(test["chosen"][metric].values())),

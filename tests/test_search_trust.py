@@ -1,0 +1,491 @@
+"""A search answer you can trust: the default as the anchor, resume keyed by plan digests with
+every option checked before anything is written, and Optuna used as its authors intend
+(constraints, repeats told their earlier value, failures recorded, lost workers retried).
+
+The trainer, the executor and the latency predictor are replaced by fakes (these tests are
+about the search's bookkeeping, not about training): a fake training writes the run folder's
+history.json, metrics.json and the config it was given, at once."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli
+
+LABELS = [f"c{i}" for i in range(6)]
+
+
+@pytest.fixture
+def fake_teacher(tmp_path: Path) -> Path:
+    """A folder that reads as a finished edgekd teacher run (its sidecar only)."""
+    from edgekd.modalities import ModalitySpec
+
+    spec = ModalitySpec(name="acc", kind="timeseries", rate_hz=50.0, channels=3, window=64, hop=32)
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    sidecar = {"role": "teacher", "specs": {"acc": spec.to_dict()}, "default_student": "acc",
+               "labels": LABELS}  # fmt: skip
+    (folder / "checkpoint.json").write_text(json.dumps(sidecar))
+    return folder
+
+
+class Fakes:
+    """What the fakes saw, and how they behave (set by each test)."""
+
+    def __init__(self) -> None:
+        self.trained: list[dict[str, Any]] = []  # each fake training's config
+        self.score: Callable[[dict[str, Any]], float] = lambda cfg: 0.5
+        self.fail: Callable[[dict[str, Any], int], BaseException | None] = lambda cfg, n: None
+        self.p50: Callable[[str, dict[str, Any]], float] = lambda arch, args: 0.01
+        self.lock = threading.Lock()
+
+
+def _fake_execute(fakes: Fakes) -> Callable[[Any], dict[str, Any]]:
+    from edgekd.config import to_dict
+
+    def execute(job: Any) -> dict[str, Any]:
+        done = job.out / "metrics.json"
+        if done.is_file():  # as the real one: a finished run folder is read, not trained
+            return json.loads(done.read_text())
+        cfg = to_dict(job.cfg)
+        with fakes.lock:
+            fakes.trained.append(cfg)
+            error = fakes.fail(cfg, len(fakes.trained))
+        if error is not None:
+            raise error
+        acc = fakes.score(cfg)
+        job.out.mkdir(parents=True, exist_ok=True)
+        epochs = job.cfg.train.epochs
+        history = [{"epoch": e + 1, "seconds": 0.01, "val": {"accuracy": acc}}
+                   for e in range(epochs)]  # fmt: skip
+        (job.out / "history.json").write_text(json.dumps(history))
+        (job.out / "trained.json").write_text(json.dumps(cfg))
+        metrics = {"val": {"accuracy": acc}, "test": {"accuracy": acc, "macro_f1": acc}}
+        done.write_text(json.dumps(metrics))
+        return metrics
+
+    return execute
+
+
+class _InThreadExecutor:
+    name = "local"
+
+    def has_resource(self, name: str) -> bool:
+        return False
+
+    def submit(self, fn: Callable[..., Any], *args: Any, resources: Any = None) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return future
+
+    def kill(self, future: Future) -> None:
+        future.cancel()
+
+    def close(self) -> None:
+        pass
+
+
+def _fake_predictor(fakes: Fakes) -> type:
+    from edgekd.search.latency import Estimate
+
+    class Predictor:
+        source = "table"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def describe(self) -> str:
+            return "fake latency"
+
+        def predict(self, arch: str, args: dict[str, Any]) -> Estimate:
+            width = int(args.get("width", 32))
+            signature = arch + json.dumps(args, sort_keys=True)
+            return Estimate(signature, 100 * width, 1000 * width, fakes.p50(arch, args), "table",
+                            "fake")  # fmt: skip
+
+    return Predictor
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    import edgekd.distill.ablate.jobs as jobs
+    import edgekd.executor
+    import edgekd.search.latency
+    import edgekd.search.run
+
+    found = Fakes()
+    monkeypatch.setattr(jobs, "execute", _fake_execute(found))
+    monkeypatch.setattr(edgekd.executor, "make_executor", lambda *a, **k: _InThreadExecutor())
+    monkeypatch.setattr(edgekd.search.latency, "LatencyPredictor", _fake_predictor(found))
+
+    def confirm_configs(spec: Any, cand: Any) -> tuple[Any, Any, list[str]]:
+        from edgekd.config import resolve_recipe
+
+        chosen = edgekd.search.run._train_config(spec, cand)
+        return chosen, replace(chosen, distill=resolve_recipe("ce")), []
+
+    monkeypatch.setattr(edgekd.search.run, "confirm_configs", confirm_configs)
+    return found
+
+
+def _spec(teacher: Path, out: Path, **kw: Any) -> Any:
+    from edgekd.search import SearchSpec
+
+    base = {"trials": 2, "epochs": 2, "archs": ("tcn_tiny",), "export": False, "pruner": "none"}
+    return SearchSpec(teacher=teacher, out=out, **{**base, **kw})
+
+
+def _study(out: Path) -> Any:
+    import optuna
+
+    from edgekd.search.run import STUDY_NAME
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+
+
+DEFAULT_ANCHOR = {"arch": "tcn_tiny", "args": {"width": 32, "levels": 4, "kernel_size": 5},
+                  "recipe": "default", "tau": None, "alpha": None, "lr": 0.003}  # fmt: skip
+
+
+# --- 1. the default is the anchor ------------------------------------------------------------
+
+
+def test_the_default_is_the_first_trial_and_is_reported(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    report = run_search(_spec(fake_teacher, out, trials=2), log=lambda line: None)
+    first = _study(out).trials[0]
+    assert first.user_attrs["anchor"] is True  # enqueued first, as the default
+    assert first.user_attrs["candidate"] == DEFAULT_ANCHOR
+    assert first.params["arch"] == "tcn_tiny" and first.params["recipe"] == "default"
+    assert first.state.name == "COMPLETE"
+    assert fakes.trained[0]["model"] == {"arch": "tcn_tiny", "args": DEFAULT_ANCHOR["args"]}
+    anchor = json.loads((out / "search.json").read_text())["anchor"]
+    assert anchor == report["anchor"]
+    assert anchor["trial"] == 0 and anchor["state"] == "complete" and anchor["val_acc"] == 50.0
+    assert not anchor["over_budget"]
+    assert "Anchor (the default: tcn_tiny" in (out / "pareto.md").read_text()
+
+
+def test_an_anchor_over_budget_is_trained_flagged_and_never_chosen(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+    from edgekd.search.run import budget_constraints
+
+    out = tmp_path / "s"
+    fakes.p50 = lambda arch, args: args["width"] / 10  # the default width 32: 3.2 ms
+    fakes.score = lambda cfg: 0.9 if cfg["model"]["args"]["width"] == 32 else 0.6
+    lines: list[str] = []
+    report = run_search(_spec(fake_teacher, out, trials=3, budget_ms=2.5), log=lines.append)
+    anchor = report["anchor"]
+    assert anchor["trial"] == 0 and anchor["state"] == "complete" and anchor["val_acc"] == 90.0
+    assert anchor["over_budget"] == "p50 3.2000 ms > --budget-ms 2.5"
+    assert fakes.trained[0]["model"]["args"]["width"] == 32  # trained although over budget
+    assert any("trained although over budget" in line for line in lines)
+    assert budget_constraints(_study(out).trials[0])[0] == pytest.approx(0.7)  # infeasible
+    chosen = report["chosen"]
+    assert chosen is None or (chosen["trial"] != 0 and chosen["p50_ms"] <= 2.5)
+    assert all(r["trial"] != 0 for r in report["pareto"])
+    assert "OVER BUDGET" in (out / "pareto.md").read_text()
+
+
+# --- 2. correct resume ---------------------------------------------------------------------------
+
+
+def test_run_folders_are_keyed_by_the_plan_digest(fake_teacher: Path, tmp_path: Path) -> None:
+    from edgekd.search.run import _train_config, plan_digest, run_folder
+    from edgekd.search.space import Candidate
+
+    spec = _spec(fake_teacher, tmp_path, seed=3)
+    a = _train_config(spec, Candidate("tcn_tiny", {"width": 8}, "kd", 2.0, 0.5, 0.003))
+    b = _train_config(spec, Candidate("tcn_tiny", {"width": 16}, "kd", 2.0, 0.5, 0.003))
+    assert a.train.seed == b.train.seed == 3
+    assert plan_digest(a, fake_teacher) == plan_digest(replace(a), fake_teacher)  # stable
+    assert run_folder(tmp_path, a, fake_teacher) != run_folder(tmp_path, b, fake_teacher)
+    c = replace(a, train=replace(a.train, seed=4))
+    assert run_folder(tmp_path, a, fake_teacher) != run_folder(tmp_path, c, fake_teacher)
+
+
+def test_a_resumed_search_never_takes_a_run_of_another_plan(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    """The confirmation's runs for seeds 0 and 1: a resumed search with more trials chooses
+    another student; its seed-1 and CE runs must be trained for it, not read from the first
+    search's runs of the same seeds."""
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    counter = iter(range(1000))
+    scores: dict[str, float] = {}
+
+    def score(cfg: dict[str, Any]) -> float:  # each new student scores higher than the last
+        key = json.dumps(cfg["model"], sort_keys=True)
+        if key not in scores:
+            scores[key] = 0.5 + next(counter) / 100
+        return scores[key] + (0.0 if cfg["distill"]["classifier_loss"] == "none" else 0.001)
+
+    fakes.score = score
+    first = run_search(_spec(fake_teacher, out, trials=1, confirm_seeds=2), log=lambda x: None)
+    assert first["chosen"]["trial"] == 0  # the anchor
+    second = run_search(_spec(fake_teacher, out, trials=2, confirm_seeds=2), log=lambda x: None)
+    chosen = second["chosen"]
+    assert chosen["trial"] != first["chosen"]["trial"]
+    model = {"arch": chosen["arch"], "args": chosen["args"]}
+    # every confirmation run of the second search is a run of its chosen student
+    expected = scores[json.dumps(model, sort_keys=True)]
+    acc = second["confirmation"]["accuracy"]
+    assert acc["ce"]["mean"] == pytest.approx(100 * expected)
+    assert acc["chosen"]["mean"] == pytest.approx(100 * (expected + 0.001))
+    for runs in second["confirmation"]["runs"].values():
+        for folder in runs.values():
+            trained = json.loads((Path(folder) / "trained.json").read_text())
+            assert trained["model"] == model
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-1"], r"train.seed \(--seed\) must be between 0 and"),
+        (["--batch-size", "1"], r"train.batch_size \(--batch-size\) must be >= 2"),
+        (["--epochs", "0"], r"train.epochs \(--epochs\) must be >= 1"),
+        (["--budget-ms", "-1"], "--budget-ms must be > 0"),
+        (["--budget-kb", "nan"], "--budget-kb must be > 0"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--archs", "nope"], "--archs nope: not a registered student"),
+        (["--address", "x:1"], "--address names a Ray cluster"),
+        (["--latency-table", "missing.json"], "--latency-table missing.json: file not found"),
+    ],
+)
+def test_a_refused_start_leaves_nothing_behind_and_the_corrected_rerun_works(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes, args: list[str], message: str
+) -> None:
+    out = tmp_path / "s"
+    base = ["search", "--teacher", str(fake_teacher), "--out", str(out), "--archs", "tcn_tiny",
+            "--trials", "1", "--epochs", "1", "--no-export"]  # fmt: skip
+    refused = run_cli([*base, *args])
+    assert refused.exit_code == 2, refused.output
+    assert re.search(message, refused.output), refused.output
+    assert not out.exists()  # no settings.json, no study.db, not even the folder
+    rerun = run_cli(base)
+    assert rerun.exit_code == 0, rerun.output
+    assert (out / "search.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": -1}, r"train.seed \(--seed\) must be between 0 and"),
+        ({"batch_size": 1}, r"train.batch_size \(--batch-size\) must be >= 2"),
+        ({"budget_ms": 0.0}, "--budget-ms must be > 0"),
+        ({"archs": ("nope",)}, "--archs nope: not a registered student"),
+        ({"executor": "dask"}, "--executor 'dask' is not one of"),
+    ],
+)
+def test_the_api_checks_every_option_before_writing(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes, options: dict[str, Any], message: str
+) -> None:
+    """`run_search` itself (the Python API takes no CLI checks) refuses before writing."""
+    from edgekd.errors import ConfigError
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    with pytest.raises(ConfigError, match=message):
+        run_search(_spec(fake_teacher, out, trials=1, **options), log=lambda x: None)
+    assert not out.exists()
+    report = run_search(_spec(fake_teacher, out, trials=1), log=lambda x: None)
+    assert report["counts"]["complete"] == 1
+
+
+# --- 3. Optuna as its authors intend -------------------------------------------------------------
+
+
+def test_the_sampler_is_multivariate_tpe_with_constraints_and_constant_liar_in_parallel(
+    fake_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from edgekd.search.run import budget_constraints, open_study
+
+    made: list[dict[str, Any]] = []
+    real = optuna.samplers.TPESampler
+
+    def recording(**kw: Any) -> Any:
+        if kw:  # create_study's own default sampler takes no arguments
+            made.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(optuna.samplers, "TPESampler", recording)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    open_study(optuna, _spec(fake_teacher, tmp_path / "a", jobs=2))
+    open_study(optuna, _spec(fake_teacher, tmp_path / "b", jobs=1))
+    assert made[0]["multivariate"] is True and made[0]["constant_liar"] is True
+    assert made[1]["constant_liar"] is False
+    assert made[0]["constraints_func"] is budget_constraints
+
+
+def test_trials_in_parallel_are_each_trained_once(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    report = run_search(_spec(fake_teacher, out, trials=4, jobs=2), log=lambda x: None)
+    trained = [r for r in report["trials"] if r["state"] == "complete"]
+    assert len(trained) == 4 and report["anchor"]["trial"] == 0
+    assert len({r["folder"] for r in trained}) == len(fakes.trained) == 4
+
+
+def test_over_budget_draws_fail_with_their_reason_and_constraints_reach_the_sampler(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.p50 = lambda arch, args: args["width"] / 10
+    report = run_search(_spec(fake_teacher, out, trials=4, budget_ms=2.5), log=lambda x: None)
+    trials = _study(out).trials
+    rejected = [t for t in trials if "rejected" in t.user_attrs]
+    assert rejected, "the space has widths over budget: some draws must have been rejected"
+    for t in rejected:
+        assert t.state.name == "FAIL" and t.user_attrs["rejected"].startswith("p50 ")
+        assert t.user_attrs["constraint"][0] > 0
+    assert not any(t.state.name == "PRUNED" for t in trials)
+    for t in trials:
+        if t.state.name == "COMPLETE":  # Optuna stored what constraints_func returned
+            assert list(t.system_attrs["constraints"]) == t.user_attrs["constraint"]
+    assert report["counts"]["rejected"] == len(rejected)
+    assert len(fakes.trained) == 4
+
+
+def test_a_repeated_candidate_is_told_the_earlier_value(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    import optuna
+
+    from edgekd.search import run_search
+    from edgekd.search.run import open_study
+
+    out = tmp_path / "s"
+    out.mkdir()
+    spec = _spec(fake_teacher, out, trials=3)
+    study = open_study(optuna, spec)
+    params = {"arch": "tcn_tiny", "tcn_tiny.width": 8, "tcn_tiny.levels": 2,
+              "tcn_tiny.kernel_size": 3, "recipe": "kd", "tau": 2.0, "alpha": 0.5, "lr": 0.01}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)  # the same candidate again
+    fakes.score = lambda cfg: 0.77 if cfg["model"]["args"]["width"] == 8 else 0.5
+    report = run_search(spec, log=lambda x: None)
+    first, again = _study(out).trials[:2]
+    assert first.state.name == again.state.name == "COMPLETE"
+    assert again.value == first.value == 0.77 and again.user_attrs["repeat_of"] == 0
+    widths = [cfg["model"]["args"]["width"] for cfg in fakes.trained]
+    assert widths.count(8) == 1  # trained once
+    assert report["counts"]["repeat"] == 1 and report["counts"]["complete"] == 3
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.fail = lambda cfg, n: RuntimeError("boom: out of cheese") if n == 2 else None
+    report = run_search(_spec(fake_teacher, out, trials=3), log=lambda x: None)
+    failed = [t for t in _study(out).trials if t.state.name == "FAIL"]
+    assert len(failed) == 1
+    assert failed[0].user_attrs["error"] == "RuntimeError: boom: out of cheese"
+    assert report["counts"]["complete"] == 3 and report["counts"]["fail"] == 1
+    row = next(r for r in report["trials"] if r["state"] == "fail")
+    assert row["error"] == "RuntimeError: boom: out of cheese"
+
+
+def test_failures_in_a_row_stop_the_search_with_a_clear_message(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+    from edgekd.search.run import MAX_FAILURES_IN_A_ROW, SearchStopped
+
+    out = tmp_path / "s"
+    fakes.fail = lambda cfg, n: ValueError(f"bad {n}") if n > 1 else None
+    with pytest.raises(SearchStopped, match=rf"{MAX_FAILURES_IN_A_ROW} trials failed in a row"):
+        run_search(_spec(fake_teacher, out, trials=6), log=lambda x: None)
+    states = [t.state.name for t in _study(out).trials]
+    assert states == ["COMPLETE"] + ["FAIL"] * MAX_FAILURES_IN_A_ROW
+
+
+def test_a_lost_worker_is_retried_with_the_same_candidate(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.executor import JobLost
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.fail = lambda cfg, n: JobLost("job lost: its process exited with code -9") if n == 2 \
+        else None  # fmt: skip
+    report = run_search(_spec(fake_teacher, out, trials=2), log=lambda x: None)
+    trials = _study(out).trials
+    lost = next(t for t in trials if t.state.name == "FAIL")
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == lost.number)
+    assert retry.state.name == "COMPLETE" and retry.params == lost.params
+    assert retry.user_attrs["folder"] == lost.user_attrs["folder"]
+    assert report["counts"]["retried"] == 1 and report["counts"]["complete"] == 2
+
+
+def test_a_trial_a_killed_search_left_running_is_retried_by_optuna(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    """As SIGKILL leaves it: a RUNNING trial with its drawn parameters. The rerun fails it and
+    Optuna's retry callback re-enqueues the same parameters (public API only; no Trial rebuilt
+    from a private trial id), so the same plan and run folder are used."""
+    import warnings
+
+    import optuna
+
+    from edgekd.search import run_search
+    from edgekd.search.run import _check_settings, open_study
+
+    out = tmp_path / "s"
+    out.mkdir()
+    spec = _spec(fake_teacher, out, trials=2)
+    _check_settings(out, spec.settings())
+    study = open_study(optuna, spec)
+    params = {"arch": "tcn_tiny", "tcn_tiny.width": 16, "tcn_tiny.levels": 3,
+              "tcn_tiny.kernel_size": 7, "recipe": "kd", "tau": 4.0, "alpha": 0.9, "lr": 0.001}
+    study.enqueue_trial(params, user_attrs={"anchor": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask() outside optimize with a heartbeat: a warning
+        killed = study.ask()
+    from edgekd.search.space import draw
+
+    draw(killed, ["tcn_tiny"])
+    lines: list[str] = []
+    run_search(spec, log=lines.append)
+    trials = _study(out).trials
+    assert trials[0].state.name == "FAIL"  # the killed one: failed, then retried
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state.name == "COMPLETE" and retry.params == params
+    assert "resuming 1 trial(s) a stopped search left running: 0" in lines
+    source = "".join(p.read_text() for p in Path("edgekd/search").glob("*.py"))
+    assert "_trial_id" not in source
