@@ -122,29 +122,32 @@ def test_over_budget_candidates_are_rejected_without_training(
     from edgekd.search import SearchSpec, run, run_search
 
     priced: list[str] = []
+    trained: list[object] = []
 
     def slow(self: LatencyPredictor, arch: str, args: dict) -> Estimate:
         priced.append(arch)
         return Estimate(f"{arch}{args}", 1000, 2000, 9.0, "local", "stub timing")
 
     def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("an over-budget candidate was trained")
+        trained.append(args)
+        raise AssertionError("a candidate was trained")
 
     monkeypatch.setattr(LatencyPredictor, "predict", slow)
     monkeypatch.setattr(LocalExecutor, "submit", no_training)
     spec = SearchSpec(teacher=teacher_run, out=tmp_path / "s", budget_ms=0.5, trials=1,
                       archs=("tcn_tiny",))  # fmt: skip
-    with pytest.raises(ConfigError, match="candidates could not be trained.*--budget-ms"):
+    with pytest.raises(run.SearchStopped, match="candidates could not be trained.*--budget-ms"):
         run_search(spec, log=lambda _line: None)
-    assert len(priced) == run.REJECTIONS_PER_TRIAL + 1
-    assert not (tmp_path / "s" / "trials").exists()
+    assert len(priced) == run.REJECTIONS_PER_TRIAL + 2  # the anchor, then the drawn ones
     import optuna
 
     study = optuna.load_study(study_name=run.STUDY_NAME,
                               storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")  # fmt: skip
-    assert {t.state.name for t in study.trials} == {"PRUNED"}
-    assert all("p50 9.0000 ms > --budget-ms 0.5" in t.user_attrs["rejected"]
-               for t in study.trials)  # fmt: skip
+    anchor, *drawn = study.trials
+    # The anchor (the default student) is trained even over budget; nothing drawn is.
+    assert anchor.user_attrs.get("anchor") is True and len(trained) == 1
+    assert {t.state.name for t in drawn} == {"FAIL"}  # rejected, never PRUNED
+    assert all("p50 9.0000 ms > --budget-ms 0.5" in t.user_attrs["rejected"] for t in drawn)
 
 
 @pytest.mark.parametrize("name", list_students())

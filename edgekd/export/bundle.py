@@ -115,13 +115,28 @@ def check_replaceable(out: Path) -> None:
     elif not out.is_dir():
         why = "it is not a folder"
     else:
-        why = _not_a_bundle(out)
+        why = _judged_in_place(out)
     if why is not None:
         raise ExportError(
             f"refusing to replace {out}: {why}; force (--force) only replaces an edgekd bundle "
             f"(a folder whose {MANIFEST} says \"format\": \"{FORMAT}\"). Nothing was deleted; "
             "choose another output path or remove it yourself"
         )
+
+
+def _judged_in_place(out: Path, tries: int = 5) -> str | None:
+    """`_not_a_bundle(out)`, judged again when another publisher swapped `out` while it was being
+    read (the folder read is then the old bundle, on its way to deletion)."""
+    why = None
+    for _ in range(tries):
+        try:
+            before = os.lstat(out).st_ino
+            why = _not_a_bundle(out)
+            if why is None or os.lstat(out).st_ino == before:
+                return why
+        except FileNotFoundError as exc:
+            why = f"it vanished while being checked ({exc})"
+    return why
 
 
 def _not_a_bundle(out: Path) -> str | None:
