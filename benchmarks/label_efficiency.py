@@ -19,7 +19,8 @@ t-intervals, plus the plan differences of each row from `default`.
     .venv/bin/python benchmarks/label_efficiency.py [--out runs/label_efficiency]
         [--shares 0.1,0.05,0.25,1] [--seeds 5] [--jobs 2] [--teacher-run DIR] [--epochs N]
 
-Cost on a 2-core AMD EPYC with `--jobs 2`: see docs/teachers.md (about 35 min per share).
+Cost on a 2-core AMD EPYC with `--jobs 2`: about 70 min per share (2026-12-06, beside other
+work; docs/teachers.md has the 10 % table).
 """
 
 from __future__ import annotations
