@@ -91,6 +91,7 @@ def _loader(
     aug_specs: Any,
     policy: Policy,
     keep_raw: tuple[str, ...] = (),
+    keep_clean: bool = False,
 ) -> Loader:
     """The training loader of a run: batch size and seed from the plan, this rank's shard."""
     return Loader(
@@ -104,6 +105,7 @@ def _loader(
         world=d.world,
         device=d.device,
         keep_raw=keep_raw,
+        keep_clean=keep_clean,
     )
 
 
@@ -303,6 +305,7 @@ def distill(
     views: dict[str, Mapping[str, ModalitySpec]] = {"student": {modality: spec}}
     feed: TeacherFeed | None = None
     classifier = None
+    self_training = cfg.distill.classifier_loss == "fixmatch"  # its feed needs clean views
     if isinstance(tref, TeacherCard):
         from edgekd.distill.outside import outside_feed
 
@@ -310,7 +313,8 @@ def distill(
         if tplan is not None:
             feed, teacher_dim = outside_feed(tref, ds, windows, online, d.device)
         loader = _loader(plan, d, windows, views, aug_specs, policy,
-                         keep_raw=tplan.reads if online and tplan else ())  # fmt: skip
+                         keep_raw=tplan.reads if online and tplan else (),
+                         keep_clean=self_training)  # fmt: skip
         teacher_info = {"teacher": tref.provenance(), "teacher_metrics": {}}
     else:
         teacher = load_run(teacher_dir, expect_role="teacher").model.to(d.device)
@@ -320,7 +324,7 @@ def distill(
         teacher_specs = tref.specs
         if online:
             views["teacher"] = {m: teacher_specs[m] for m in reads}
-        loader = _loader(plan, d, windows, views, aug_specs, policy)
+        loader = _loader(plan, d, windows, views, aug_specs, policy, keep_clean=self_training)
         view = TeacherView.of(cfg.distill, list(teacher_specs), modality)
         if tplan is not None:
             feed = (
@@ -336,9 +340,8 @@ def distill(
             "teacher": {"source": "edgekd", "dir": str(Path(teacher_dir).resolve())},
             "teacher_metrics": tref.sidecar.get("metrics", {}),
         }
-    if cfg.distill.classifier_loss == "fixmatch":
+    if self_training:
         feed = SelfFeed(student, modality)
-        loader.keep_clean = True
     criterion = _criterion(cfg, student.embed_dim, teacher_dim, counts).to(d.device)
     source = StudentSteps(loader, modality, feed, classifier)
     sidecar = {

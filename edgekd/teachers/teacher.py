@@ -21,7 +21,7 @@ from edgekd.errors import ConfigError
 from edgekd.modalities import ModalitySpec
 from edgekd.teachers.card import TeacherCard, read_card
 from edgekd.teachers.inputs import prepare
-from edgekd.teachers.sources import OutputsSource, open_source
+from edgekd.teachers.sources import OnnxSource, OutputsSource, open_source
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,16 @@ class OutsideTeacher:
         self.specs = {m: specs[m] for m in card.modalities}
         self.source: Any = open_source(card)
         self.precomputed = isinstance(self.source, OutputsSource)
-        if not self.precomputed:
-            names = getattr(self.source, "input_names", [])
-            expected = [i.name for i in card.inputs]
+        if isinstance(self.source, OnnxSource):  # torch sources take the card's inputs as given
+            names, expected = self.source.input_names, [i.name for i in card.inputs]
             absent = [n for n in names if n not in expected]
-            if absent and card.source == "onnx":
+            if absent:
                 raise ConfigError(
                     f"the model needs input(s) {', '.join(absent)} that the card does not feed "
                     f"(card inputs: {', '.join(expected)})"
                 )
-            unknown = [n for n in expected if names and n not in names]
-            if unknown and card.source == "onnx":
+            unknown = [n for n in expected if n not in names]
+            if unknown:
                 raise ConfigError(
                     f"the card feeds input(s) {', '.join(unknown)} the model does not have "
                     f"(model inputs: {', '.join(names)})"
