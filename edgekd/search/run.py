@@ -627,7 +627,10 @@ class _Search:
             study.enqueue_trial(self.anchor_params, user_attrs={"anchor": True})
         while self.progress.done < self.spec.trials and self.stop_reason is None:
             left = self.spec.trials - self.progress.done
-            self._optimize_in_thread(study, left)
+            # Enqueued trials (the anchor, retries) run one at a time: two of optimize's threads
+            # can pop the same waiting trial, and the second tell then fails on a finished one.
+            waiting = any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False))
+            self._optimize_in_thread(study, 1 if waiting else left, 1 if waiting else None)
         if self.stop_reason is not None:
             raise SearchStopped(self.stop_reason)
 
@@ -646,7 +649,7 @@ class _Search:
         self.log(f"resuming {len(stale)} trial(s) a stopped search left running: "
                  + ", ".join(str(t.number) for t in stale))  # fmt: skip
 
-    def _optimize_in_thread(self, study: Any, left: int) -> None:
+    def _optimize_in_thread(self, study: Any, left: int, jobs: int | None = None) -> None:
         """`study.optimize` for `left` trials, run in a thread so that Ctrl-C here stops the
         trials (each sees `stopping`, kills its job and ends FAIL, to be retried) instead of
         waiting for them to finish."""
@@ -654,7 +657,8 @@ class _Search:
 
         def optimize() -> None:
             try:
-                study.optimize(self.objective, n_trials=left, n_jobs=min(self.spec.jobs, left),
+                study.optimize(self.objective, n_trials=left,
+                               n_jobs=min(jobs or self.spec.jobs, left),
                                catch=(Exception,), callbacks=[self.after_trial])  # fmt: skip
             except BaseException as exc:  # re-raised in the caller's thread
                 error.append(exc)
