@@ -7,12 +7,13 @@ table, the wall time and how many trials were pruned or not trained (over budget
 
     .venv/bin/python benchmarks/search_har.py [--teacher DIR] [--out runs/search_har]
         [--trials 24] [--epochs 30] [--budget-ms 0.25] [--jobs 1] [--limit N]
-        [--confirm-seeds N]
+        [--finalists 3] [--final-seeds 3] [--final-epochs N]
 
-A quick check that it runs (2 trials x 2 epochs, about 2 min on 2 cores):
+A quick check that it runs (2 trials x 2 epochs, 1 finalist + the anchor x 1 seed x 2 epochs):
 
     .venv/bin/python benchmarks/search_har.py --trials 2 --epochs 2 --limit 1500 \
-        --teacher-epochs 3 --out /tmp/search_har_check
+        --teacher-epochs 3 --finalists 1 --final-seeds 1 --final-epochs 2 \
+        --out /tmp/search_har_check
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--teacher-epochs", type=int, default=None)  # None: the teacher default
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--confirm-seeds", type=int, default=0)
+    parser.add_argument("--finalists", type=int, default=3)
+    parser.add_argument("--final-seeds", type=int, default=3)
+    parser.add_argument("--final-epochs", type=int, default=None)
     args = parser.parse_args()
 
     from edgekd.config import DataConfig, RunConfig, TrainConfig
@@ -59,7 +62,7 @@ def main() -> None:
     spec = SearchSpec(
         teacher=teacher, out=args.out / "search", target=args.target, budget_ms=args.budget_ms,
         trials=args.trials, epochs=args.epochs, jobs=args.jobs, limit=args.limit, seed=args.seed,
-        confirm_seeds=args.confirm_seeds,
+        finalists=args.finalists, final_seeds=args.final_seeds, final_epochs=args.final_epochs,
     )  # fmt: skip
     report = run_search(spec, log=lambda line: print(line, flush=True))
     wall = time.perf_counter() - t0
@@ -67,8 +70,8 @@ def main() -> None:
     command = (f"edgekd search --teacher {teacher} --out {spec.out} --target {spec.target} "
                f"--budget-ms {spec.budget_ms:g} --trials {spec.trials} --epochs {spec.epochs}"
                + (f" --limit {spec.limit}" if spec.limit else "")
-               + (f" --confirm-seeds {spec.confirm_seeds}"
-                  if spec.confirm_seeds else ""))  # fmt: skip
+               + f" --finalists {spec.finalists} --final-seeds {spec.final_seeds}"
+               + (f" --final-epochs {spec.final_epochs}" if spec.final_epochs else ""))  # fmt: skip
     print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
     print(f"`{shlex.join(command.split())}`\n")
     print(format_table(report))

@@ -136,7 +136,8 @@ def test_row_plans_read_the_card_as_distill_does(made: dict[str, Path], tmp_path
 # --- search -------------------------------------------------------------------------------
 
 TINY_SEARCH = ["--epochs", "1", "--batch-size", "16", "--no-unlabelled", "--timing-s", "0.05",
-               "--archs", "tcn_tiny", "--seed", "0", "--threads", "1", "--no-export"]  # fmt: skip
+               "--archs", "tcn_tiny", "--seed", "0", "--threads", "1", "--no-export",
+               "--finalists", "1", "--final-seeds", "1", "--final-epochs", "1"]  # fmt: skip
 
 
 def test_search_with_a_card_trains_its_trials_on_the_data(
@@ -146,8 +147,8 @@ def test_search_with_a_card_trains_its_trials_on_the_data(
     out = tmp_path / "search"
     digest = sha256(made["onnx"])
     result = run_cli(["search", "--teacher", str(made["card"]), "--data", str(made["manifest"]),
-                      "--out", str(out), "--trials", "2", "--confirm-seeds", "2",
-                      *TINY_SEARCH])  # fmt: skip
+                      "--out", str(out), "--trials", "2", *TINY_SEARCH,
+                      "--final-seeds", "2"])  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "search.json").read_text())
     assert report["teacher"]["sha256"] == digest and report["modality"] == "accel"
@@ -164,11 +165,12 @@ def test_search_with_a_card_trains_its_trials_on_the_data(
     settings = json.loads((out / "settings.json").read_text())
     assert settings["teacher_card"]["sha256"] == digest
     assert settings["data"] == str(made["manifest"])
-    # the confirmation planned and trained CE with the card too; with no unlabelled windows the
-    # chosen run differs from CE in its losses and teacher alone (the teacher-only gyroscope's
-    # augmentation is the teacher's, not another difference)
-    confirm = report["confirmation"]
-    assert confirm["seeds"] == 2 and confirm["differences"] == [], confirm["differences"]
+    # the final stage planned and trained CE with the card too; with no unlabelled windows a
+    # finalist's run differs from CE in its losses and teacher alone (the teacher-only
+    # gyroscope's augmentation is the teacher's, not another difference)
+    for entry in report["finalists"]:
+        assert entry["differences_from_ce"] == [], entry["differences_from_ce"]
+        assert entry["val"]["accuracy"]["kd_minus_ce"]["n"] == 2
 
 
 def test_search_with_a_card_needs_data(made: dict[str, Path], tmp_path: Path) -> None:

@@ -17,10 +17,12 @@ import pytest
 
 from tests.conftest import run_cli
 
-# 2-epoch trials on 1500 labelled windows, the small TCN space, short timing.
+# 2-epoch trials on 1500 labelled windows, the small TCN space, short timing; a final stage of
+# the best trial and the anchor, 2 epochs, 1 seed.
 TINY = [
     "--epochs", "2", "--limit", "1500", "--no-unlabelled", "--timing-s", "0.2",
     "--archs", "tcn_tiny", "--seed", "0", "--budget-ms", "5",
+    "--finalists", "1", "--final-seeds", "1", "--final-epochs", "2",
 ]  # fmt: skip
 
 
@@ -37,7 +39,7 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
 
     out = tmp_path / "search"
     args = ["search", "--teacher", str(teacher_run), "--out", str(out), "--target", "cpu"]
-    result = run_cli([*args, "--trials", "2", "--max-drop", "100", "--confirm-seeds", "2", *TINY])
+    result = run_cli([*args, "--trials", "2", "--max-drop", "100", *TINY, "--final-seeds", "2"])
     assert result.exit_code == 0, result.output
     assert re.search(r"search: [\d,]+ points .* 2 trials of 2 epochs", result.output)
     assert "eta" in result.output
@@ -58,62 +60,62 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
         assert not any(
             o["val_acc"] >= r["val_acc"] and o["p50_ms"] < r["p50_ms"] for o in trained
         )
-        assert 0 < r["test"]["accuracy"] <= 100 and 0 < r["test"]["macro_f1"] <= 100
+        assert "test" not in r  # the exploration never reads test
+
+    # the final stage: the best trial and the anchor (trial 0), 2 seeds each, each with CE
+    finalists = report["finalists"]
+    best = max(trained, key=lambda t: t["val_acc"])
+    assert {e["trial"] for e in finalists} == {best["trial"], 0}
+    assert report["final"]["seeds"] == [0, 1]
     chosen = report["chosen"]
-    assert chosen["val_acc"] == max(t["val_acc"] for t in trained)
-    assert chosen["trial"] in {r["trial"] for r in front}  # the most accurate is never dominated
-    assert chosen["measured_p50_ms"] > 0
-    model = rt.load(chosen["bundle"], backend="openvino", precision="int8")
+    assert chosen["trial"] in {e["trial"] for e in finalists}
+    means = {e["trial"]: e["val"]["accuracy"]["kd"]["mean"] for e in finalists}
+    assert means[chosen["trial"]] == max(means.values())  # chosen on validation
+    measured = chosen["measured"]
+    assert measured["p50_ms"] > 0 and measured["rss_mb"] > 0
+    assert Path(chosen["bundle"]).parent.name == "finalists"
+    assert chosen["shipped"] == str(out / "chosen.edgekd")
+    model = rt.load(chosen["shipped"], backend="openvino", precision="int8")
     assert model.bundle.manifest["model"]["arch_args"]["width"] == chosen["args"]["width"]
+    # what ships is the chosen finalist's first-seed final run, never its capped trial
+    shipped_from = model.bundle.manifest["provenance"]["run_dir"]
+    assert shipped_from == str(Path(chosen["runs"]["kd"]["0"]).resolve())
 
     table = (out / "pareto.md").read_text()
-    assert table.startswith("| trial | arch | args |") and "(chosen)" in table
-    assert "test: scored once, for the Pareto set only" in table
+    assert table.startswith("Exploration: Pareto front") and "(chosen" in table
+    assert "Final stage: " in table and "**Verdict:** " in table
 
-    # the anchor: the default student and recipe, trained first and reported
+    # the anchor: the default student and recipe, trained first and a finalist
     anchor = report["anchor"]
     assert anchor["trial"] == 0 and anchor["recipe"] == "default" and anchor["lr"] == 0.003
-    assert anchor["state"] == "complete" and "Anchor (the default: tcn_tiny" in (
-        out / "pareto.md").read_text()  # fmt: skip
+    assert "Anchor (the default: tcn_tiny" in table
 
-    # the teacher's gain at this size: the chosen student with its recipe vs CE, paired by seed
-    confirm = report["confirmation"]
-    acc = confirm["accuracy"]
-    assert confirm["seeds"] == 2 and acc["chosen"]["n"] == acc["ce"]["n"] == 2
-    runs = confirm["runs"]  # run folders keyed by their plan's digest
-    assert runs["chosen"]["0"] == chosen["folder"]  # seed 0 is the chosen trial's own run
-    chosen_run = json.loads((Path(chosen["folder"]) / "metrics.json").read_text())
-    ce_runs = [json.loads((Path(runs["ce"][str(s)]) / "metrics.json").read_text())
-               for s in (0, 1)]  # fmt: skip
-    assert all(r["test"] for r in ce_runs)
+    # the teacher's gain at this size: each finalist with its recipe vs CE, paired by seed
+    runs = chosen["runs"]  # run folders keyed by their plan's digest
+    kd_runs, ce_runs = ([json.loads((Path(runs[k][str(s)]) / "metrics.json").read_text())
+                         for s in (0, 1)] for k in ("kd", "ce"))  # fmt: skip
     ce_cfg = (Path(runs["ce"]["1"]) / "config.yaml").read_text()
     assert "classifier_loss: none" in ce_cfg and "seed: 1" in ce_cfg
-    gain = acc["teacher_gain"]
+    gain = chosen["test"]["accuracy"]["kd_minus_ce"]
     assert gain["n"] == 2 and gain["lo"] <= gain["mean"] <= gain["hi"]
-    seed0_gain = 100 * (chosen_run["test"]["accuracy"] - ce_runs[0]["test"]["accuracy"])
-    assert seed0_gain == pytest.approx(2 * gain["mean"] - _seed1_gain(runs), abs=1e-6)
-    assert "What the teacher adds at this size" in table
+    diffs = [100 * (k["test"]["accuracy"] - c["test"]["accuracy"])
+             for k, c in zip(kd_runs, ce_runs, strict=True)]  # fmt: skip
+    assert gain["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-6)
     assert (out / "pareto.png").stat().st_size > 1000
 
 
-def _seed1_gain(runs: dict[str, dict[str, str]]) -> float:
-    def test_acc(kind: str) -> float:
-        metrics = json.loads((Path(runs[kind]["1"]) / "metrics.json").read_text())
-        return 100 * metrics["test"]["accuracy"]
-
-    return test_acc("chosen") - test_acc("ce")
-
-
-def test_confirmation_ce_matches_the_optimizer_steps_and_names_what_else_differs(
+def test_the_ce_pair_matches_the_optimizer_steps_and_names_what_else_differs(
     teacher_run: Path, tmp_path: Path
 ) -> None:
     from edgekd.distill.plan import TeacherRun, load_data, resolve_plan
-    from edgekd.search.run import SearchSpec, confirm_configs
+    from edgekd.search.plans import paired_ce_config, train_config
+    from edgekd.search.run import SearchSpec
     from edgekd.search.space import Candidate
 
     spec = SearchSpec(teacher=teacher_run, out=tmp_path, epochs=6, limit=1500)
     cand = Candidate("tcn_tiny", {"width": 16}, "kd", 4.0, 0.5, 0.003)
-    chosen, ce, told = confirm_configs(spec, cand)
+    chosen = train_config(spec, cand, epochs=6)
+    ce, told = paired_ce_config(chosen, teacher_run)
     teacher = TeacherRun.read(teacher_run)
     data = load_data(chosen, teacher, None)
     mine, theirs = resolve_plan(chosen, data, teacher), resolve_plan(ce, data, teacher)
@@ -177,7 +179,7 @@ def test_two_trial_search_on_a_local_ray_instance(
     spec = SearchSpec(
         teacher=teacher_run, out=tmp_path / "ray", trials=2, epochs=2, limit=1500,
         unlabelled=False, archs=("tcn_tiny",), executor="ray", jobs=2, budget_ms=5,
-        timing_s=0.2, export=False,
+        timing_s=0.2, export=False, finalists=1, final_seeds=1, final_epochs=2,
     )  # fmt: skip
     report = run_search(spec, log=lines.append)
     assert local_ray.is_initialized()  # the search used the running instance and left it running
@@ -287,7 +289,8 @@ def test_a_resumed_search_counts_on_from_the_study() -> None:
 
 
 def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekd.search.report import choose, pareto_front, plot
+    from edgekd.search.finals import pick_finalists
+    from edgekd.search.report import pareto_front, plot
 
     rows = [
         {"trial": 0, "val_acc": 90.0, "p50_ms": 0.10},
@@ -298,10 +301,19 @@ def test_pareto_front_and_plot_fallback(tmp_path: Path, monkeypatch: pytest.Monk
         {"trial": 5, "val_acc": 85.0, "p50_ms": 0.05},  # ties trial 1: neither dominates
     ]
     assert [r["trial"] for r in pareto_front(rows)] == [1, 5, 0]
-    # the best validation accuracy wins; a tie goes to the faster, then the smaller, student
-    assert choose([rows[3], rows[1], rows[0]])["trial"] == 0  # trial 3 is as accurate, slower
-    small = {"trial": 6, "val_acc": 85.0, "p50_ms": 0.05, "params": 900}
-    assert choose([{**rows[1], "params": 1000}, small])["trial"] == 6
+    # finalists: the best validation accuracy first; a tie goes to the faster, then the
+    # smaller student; a candidate drawn twice is one finalist; the anchor joins at the end
+    def row(trial: int, val: float, p50: float, params: int, width: int, anchor: bool = False
+            ) -> dict[str, Any]:  # fmt: skip
+        return {"trial": trial, "state": "complete", "over_budget": None, "val_acc": val,
+                "p50_ms": p50, "params": params, "anchor": anchor, "arch": "tcn_tiny",
+                "args": {"width": width}, "recipe": "kd", "tau": 4.0, "alpha": 0.5, "lr": 3e-3}
+    rows2 = [row(0, 80.0, 0.1, 500, 32, anchor=True), row(1, 90.0, 0.12, 800, 16),
+             row(2, 90.0, 0.10, 900, 24), row(3, 90.0, 0.10, 700, 20),
+             row(4, 90.0, 0.10, 700, 20), row(5, 95.0, 0.3, 100, 64)]  # fmt: skip
+    rows2[5]["over_budget"] = "p50 0.3000 ms > --budget-ms 0.25"
+    assert [r["trial"] for r in pick_finalists(rows2, 2)] == [3, 2, 0]
+    assert [r["trial"] for r in pick_finalists(rows2, 9)] == [3, 2, 1, 0]
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     note = plot({"trials": [], "pareto": [], "budget": {}}, tmp_path / "p.png")
     assert note.startswith("no Pareto plot: matplotlib is not installed")

@@ -42,7 +42,8 @@ class Fakes:
     """What the fakes saw, and how they behave (set by each test)."""
 
     def __init__(self) -> None:
-        self.trained: list[dict[str, Any]] = []  # each fake training's config
+        self.trained: list[dict[str, Any]] = []  # each fake trial training's config
+        self.finals: list[dict[str, Any]] = []  # each fake final-stage training's config
         self.score: Callable[[dict[str, Any]], float] = lambda cfg: 0.5
         self.fail: Callable[[dict[str, Any], int], BaseException | None] = lambda cfg, n: None
         self.p50: Callable[[str, dict[str, Any]], float] = lambda arch, args: 0.01
@@ -58,8 +59,12 @@ def _fake_execute(fakes: Fakes) -> Callable[[Any], dict[str, Any]]:
             return json.loads(done.read_text())
         cfg = to_dict(job.cfg)
         with fakes.lock:
-            fakes.trained.append(cfg)
-            error = fakes.fail(cfg, len(fakes.trained))
+            if job.run.startswith("final-"):
+                fakes.finals.append(cfg)
+                error = None
+            else:
+                fakes.trained.append(cfg)
+                error = fakes.fail(cfg, len(fakes.trained))
         if error is not None:
             raise error
         acc = fakes.score(cfg)
@@ -69,7 +74,9 @@ def _fake_execute(fakes: Fakes) -> Callable[[Any], dict[str, Any]]:
                    for e in range(epochs)]  # fmt: skip
         (job.out / "history.json").write_text(json.dumps(history))
         (job.out / "trained.json").write_text(json.dumps(cfg))
-        metrics = {"val": {"accuracy": acc}, "test": {"accuracy": acc, "macro_f1": acc}}
+        # test is the validation figure minus 0.1: it tells which split a report read
+        metrics = {"val": {"accuracy": acc, "macro_f1": acc},
+                   "test": {"accuracy": acc - 0.1, "macro_f1": acc - 0.1}}  # fmt: skip
         done.write_text(json.dumps(metrics))
         return metrics
 
@@ -127,27 +134,28 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     import edgekd.distill.ablate.jobs as jobs
     import edgekd.executor
     import edgekd.search.latency
-    import edgekd.search.run
+    import edgekd.search.plans
 
     found = Fakes()
     monkeypatch.setattr(jobs, "execute", _fake_execute(found))
     monkeypatch.setattr(edgekd.executor, "make_executor", lambda *a, **k: _InThreadExecutor())
     monkeypatch.setattr(edgekd.search.latency, "LatencyPredictor", _fake_predictor(found))
 
-    def confirm_configs(spec: Any, cand: Any) -> tuple[Any, Any, list[str]]:
+    def paired_ce_config(cfg: Any, teacher: Path) -> tuple[Any, list[str]]:
         from edgekd.config import resolve_recipe
 
-        chosen = edgekd.search.run._train_config(spec, cand)
-        return chosen, replace(chosen, distill=resolve_recipe("ce")), []
+        return replace(cfg, distill=resolve_recipe("ce")), []
 
-    monkeypatch.setattr(edgekd.search.run, "confirm_configs", confirm_configs)
+    # the real one plans with the data; the fake teacher is only a sidecar
+    monkeypatch.setattr(edgekd.search.plans, "paired_ce_config", paired_ce_config)
     return found
 
 
 def _spec(teacher: Path, out: Path, **kw: Any) -> Any:
     from edgekd.search import SearchSpec
 
-    base = {"trials": 2, "epochs": 2, "archs": ("tcn_tiny",), "export": False, "pruner": "none"}
+    base = {"trials": 2, "epochs": 2, "archs": ("tcn_tiny",), "export": False, "pruner": "none",
+            "finalists": 1, "final_seeds": 1, "final_epochs": 3}  # fmt: skip
     return SearchSpec(teacher=teacher, out=out, **{**base, **kw})
 
 
@@ -181,8 +189,9 @@ def test_the_default_is_the_first_trial_and_is_reported(
     assert fakes.trained[0]["model"] == {"arch": "tcn_tiny", "args": DEFAULT_ANCHOR["args"]}
     anchor = json.loads((out / "search.json").read_text())["anchor"]
     assert anchor == report["anchor"]
-    assert anchor["trial"] == 0 and anchor["state"] == "complete" and anchor["val_acc"] == 50.0
-    assert not anchor["over_budget"]
+    # the anchor's final-stage entry, beside its trial's figure
+    assert anchor["trial"] == 0 and anchor["anchor"] and anchor["trial_val_acc"] == 50.0
+    assert anchor["val"]["accuracy"]["kd"]["mean"] == 50.0 and not anchor["over_budget"]
     assert "Anchor (the default: tcn_tiny" in (out / "pareto.md").read_text()
 
 
@@ -198,13 +207,16 @@ def test_an_anchor_over_budget_is_trained_flagged_and_never_chosen(
     lines: list[str] = []
     report = run_search(_spec(fake_teacher, out, trials=3, budget_ms=2.5), log=lines.append)
     anchor = report["anchor"]
-    assert anchor["trial"] == 0 and anchor["state"] == "complete" and anchor["val_acc"] == 90.0
-    assert anchor["over_budget"] == "p50 3.2000 ms > --budget-ms 2.5"
+    assert anchor["trial"] == 0 and anchor["trial_val_acc"] == 90.0
+    assert anchor["trial_over_budget"] == anchor["over_budget"] == "p50 3.2000 ms > --budget-ms 2.5"
     assert fakes.trained[0]["model"]["args"]["width"] == 32  # trained although over budget
     assert any("trained although over budget" in line for line in lines)
     assert budget_constraints(_study(out).trials[0])[0] == pytest.approx(0.7)  # infeasible
+    # the best on validation, in the final stage too, but over budget: never chosen
+    assert anchor["val"]["accuracy"]["kd"]["mean"] == 90.0
     chosen = report["chosen"]
-    assert chosen is None or (chosen["trial"] != 0 and chosen["p50_ms"] <= 2.5)
+    assert chosen is not None and chosen["trial"] != 0 and chosen["predicted_p50_ms"] <= 2.5
+    assert "the default is over budget" in report["verdict"]
     assert all(r["trial"] != 0 for r in report["pareto"])
     assert "OVER BUDGET" in (out / "pareto.md").read_text()
 
@@ -213,12 +225,12 @@ def test_an_anchor_over_budget_is_trained_flagged_and_never_chosen(
 
 
 def test_run_folders_are_keyed_by_the_plan_digest(fake_teacher: Path, tmp_path: Path) -> None:
-    from edgekd.search.run import _train_config, plan_digest, run_folder
+    from edgekd.search.plans import plan_digest, run_folder, train_config
     from edgekd.search.space import Candidate
 
     spec = _spec(fake_teacher, tmp_path, seed=3)
-    a = _train_config(spec, Candidate("tcn_tiny", {"width": 8}, "kd", 2.0, 0.5, 0.003))
-    b = _train_config(spec, Candidate("tcn_tiny", {"width": 16}, "kd", 2.0, 0.5, 0.003))
+    a = train_config(spec, Candidate("tcn_tiny", {"width": 8}, "kd", 2.0, 0.5, 0.003), epochs=2)
+    b = train_config(spec, Candidate("tcn_tiny", {"width": 16}, "kd", 2.0, 0.5, 0.003), epochs=2)
     assert a.train.seed == b.train.seed == 3
     assert plan_digest(a, fake_teacher) == plan_digest(replace(a), fake_teacher)  # stable
     assert run_folder(tmp_path, a, fake_teacher) != run_folder(tmp_path, b, fake_teacher)
@@ -229,9 +241,9 @@ def test_run_folders_are_keyed_by_the_plan_digest(fake_teacher: Path, tmp_path: 
 def test_a_resumed_search_never_takes_a_run_of_another_plan(
     fake_teacher: Path, tmp_path: Path, fakes: Fakes
 ) -> None:
-    """The confirmation's runs for seeds 0 and 1: a resumed search with more trials chooses
-    another student; its seed-1 and CE runs must be trained for it, not read from the first
-    search's runs of the same seeds."""
+    """The final runs for seeds 0 and 1: a resumed search with more trials has another finalist;
+    its final and CE runs must be trained for it, not read from the first search's runs of the
+    same seeds."""
     from edgekd.search import run_search
 
     out = tmp_path / "s"
@@ -245,18 +257,19 @@ def test_a_resumed_search_never_takes_a_run_of_another_plan(
         return scores[key] + (0.0 if cfg["distill"]["classifier_loss"] == "none" else 0.001)
 
     fakes.score = score
-    first = run_search(_spec(fake_teacher, out, trials=1, confirm_seeds=2), log=lambda x: None)
+    first = run_search(_spec(fake_teacher, out, trials=1, final_seeds=2), log=lambda x: None)
     assert first["chosen"]["trial"] == 0  # the anchor
-    second = run_search(_spec(fake_teacher, out, trials=2, confirm_seeds=2), log=lambda x: None)
+    second = run_search(_spec(fake_teacher, out, trials=2, final_seeds=2), log=lambda x: None)
     chosen = second["chosen"]
     assert chosen["trial"] != first["chosen"]["trial"]
     model = {"arch": chosen["arch"], "args": chosen["args"]}
-    # every confirmation run of the second search is a run of its chosen student
+    # every final run of the second search's chosen finalist is a run of its student
     expected = scores[json.dumps(model, sort_keys=True)]
-    acc = second["confirmation"]["accuracy"]
+    acc = chosen["val"]["accuracy"]
     assert acc["ce"]["mean"] == pytest.approx(100 * expected)
-    assert acc["chosen"]["mean"] == pytest.approx(100 * (expected + 0.001))
-    for runs in second["confirmation"]["runs"].values():
+    assert acc["kd"]["mean"] == pytest.approx(100 * (expected + 0.001))
+    for runs in chosen["runs"].values():
+        assert sorted(runs) == ["0", "1"]
         for folder in runs.values():
             trained = json.loads((Path(folder) / "trained.json").read_text())
             assert trained["model"] == model
@@ -489,3 +502,140 @@ def test_a_trial_a_killed_search_left_running_is_retried_by_optuna(
     assert "resuming 1 trial(s) a stopped search left running: 0" in lines
     source = "".join(p.read_text() for p in Path("edgekd/search").glob("*.py"))
     assert "_trial_id" not in source
+
+
+# --- 4. two stages: finalists retrained in full, chosen on validation, test read after ---------
+
+
+def _width(cfg: dict[str, Any]) -> int:
+    return int(cfg["model"]["args"]["width"])
+
+
+def test_finalists_and_the_anchor_are_retrained_in_full_on_fixed_seeds_with_ce_pairs(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.score = lambda cfg: _width(cfg) / 100 + (
+        0.0 if cfg["distill"]["classifier_loss"] == "none" else 0.005
+    )
+    lines: list[str] = []
+    spec = _spec(fake_teacher, out, trials=4, finalists=2, final_seeds=2, final_epochs=5, seed=7)
+    report = run_search(spec, log=lines.append)
+    trials = [r for r in report["trials"] if r["state"] == "complete"]
+    best = sorted({_width({"model": r}) for r in trials if not r["anchor"]}, reverse=True)
+    finalists = report["finalists"]
+    assert report["final"]["seeds"] == [7, 8]
+    assert sum(e["anchor"] for e in finalists) == 1  # the anchor is always a finalist
+    # every finalist: its recipe and CE, each on both seeds, on the full schedule (5 epochs)
+    assert len(fakes.finals) == 2 * 2 * len(finalists)
+    assert all(cfg["train"]["epochs"] == 5 for cfg in fakes.finals)
+    assert sorted(cfg["train"]["seed"] for cfg in fakes.finals) == sorted([7, 8] * 2 * len(
+        finalists))  # fmt: skip
+    for e in finalists:
+        assert sorted(e["runs"]["kd"]) == sorted(e["runs"]["ce"]) == ["7", "8"]
+        gain = e["val"]["accuracy"]["kd_minus_ce"]
+        assert gain["mean"] == pytest.approx(0.5) and gain["n"] == 2  # 0.005 as percent
+        assert e["test"]["accuracy"]["kd"]["mean"] == pytest.approx(e["val"]["accuracy"]["kd"][
+            "mean"] - 10)  # fmt: skip
+    chosen = report["chosen"]
+    assert chosen["arch"] == "tcn_tiny" and chosen["args"]["width"] == max(
+        [*best, 32]
+    )  # the widest is best here
+    assert any(line.startswith("final stage: ") and "trainings" in line for line in lines)
+    assert "Final stage:" in (out / "pareto.md").read_text()
+
+
+def test_the_default_stays_when_no_finalist_beats_it_in_full(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    """Short trials rank fast starters first: a student that leads after 2 epochs but is
+    behind the default on the full schedule must not ship."""
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+
+    def score(cfg: dict[str, Any]) -> float:
+        default = _width(cfg) == 32 and cfg["model"]["args"]["levels"] == 4
+        if cfg["train"]["epochs"] == 2:  # the exploration: the default starts slow
+            return 0.5 if default else 0.8
+        return 0.9 if default else 0.85
+
+    fakes.score = score
+    report = run_search(_spec(fake_teacher, out, trials=3, finalists=2, final_seeds=2),
+                        log=lambda x: None)  # fmt: skip
+    assert report["anchor"]["trial_val_acc"] == 50.0  # last of the trials
+    assert report["chosen"]["trial"] == 0 and report["chosen"]["anchor"]
+    assert report["verdict"].startswith("the default stays")
+    assert "**Verdict:** the default stays" in (out / "pareto.md").read_text()
+
+
+def test_the_choice_uses_validation_and_test_is_read_only_for_finalists_after_it(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgekd.search.finals as finals
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.score = lambda cfg: _width(cfg) / 100
+    order: list[str] = []
+    real_choose, real_scores = finals.choose_finalist, finals._scores
+
+    def choose(entries: list[dict[str, Any]]) -> Any:
+        assert all(e["test"] is None for e in entries)  # not read yet
+        order.append("choose")
+        return real_choose(entries)
+
+    def scores(final: Any, results: Any, split: str) -> Any:
+        order.append(split)
+        return real_scores(final, results, split)
+
+    monkeypatch.setattr(finals, "choose_finalist", choose)
+    monkeypatch.setattr(finals, "_scores", scores)
+    report = run_search(_spec(fake_teacher, out, trials=3, finalists=1), log=lambda x: None)
+    assert order.index("choose") < order.index("test")
+    assert order.count("test") == len(report["finalists"])  # once per finalist
+    assert all("test" not in row for row in (*report["trials"], *report["pareto"]))
+    assert "test acc" not in (out / "pareto.md").read_text().split("Final stage:")[0]
+
+
+def test_a_finalist_whose_final_run_fails_is_out_and_the_others_are_judged(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgekd.distill.ablate.jobs as jobs
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+
+    def default(model: dict[str, Any]) -> bool:
+        return model["args"] == DEFAULT_ANCHOR["args"]
+
+    fakes.score = lambda cfg: 0.5 if default(cfg["model"]) else 0.9  # the anchor is not best
+    real = jobs.execute
+
+    def execute(job: Any) -> Any:
+        if job.run.startswith("final-") and not default({"args": job.cfg.model.args}):
+            raise RuntimeError("out of cheese")
+        return real(job)
+
+    monkeypatch.setattr(jobs, "execute", execute)
+    report = run_search(_spec(fake_teacher, out, trials=3, finalists=1), log=lambda x: None)
+    failed = [e for e in report["finalists"] if e["error"]]
+    assert failed and all("out of cheese" in e["error"] for e in failed)
+    assert report["chosen"]["anchor"]  # the one finalist whose runs finished
+    assert "failed: " in (out / "pareto.md").read_text()
+
+
+def test_final_stage_options_are_checked_before_anything_is_written(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    out = tmp_path / "s"
+    base = ["search", "--teacher", str(fake_teacher), "--out", str(out), "--archs", "tcn_tiny",
+            "--trials", "1", "--epochs", "1", "--no-export"]  # fmt: skip
+    for flag, message in (("--finalists", "--finalists must be at least 1"),
+                          ("--final-seeds", "--final-seeds must be at least 1"),
+                          ("--final-epochs", "--final-epochs must be at least 1")):  # fmt: skip
+        refused = run_cli([*base, flag, "0"])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+        assert not out.exists()

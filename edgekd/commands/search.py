@@ -83,11 +83,17 @@ def register(app: typer.Typer) -> None:
         timing_s: Annotated[
             float, typer.Option(help="Seconds of batch-1 timing per measured candidate.")
         ] = 1.0,
-        confirm_seeds: Annotated[
+        finalists: Annotated[
             int,
-            typer.Option(help="Retrain the chosen student over N seeds, with its recipe and with "
-                         "CE only: what the teacher adds at this size (test split)."),
-        ] = 0,
+            typer.Option(help="Best trials within budget retrained in full (plus the default)."),
+        ] = 3,
+        final_seeds: Annotated[
+            int, typer.Option(help="Seeds of each finalist's full run, each paired with CE.")
+        ] = 3,
+        final_epochs: Annotated[
+            int | None,
+            typer.Option(help="Epochs of a finalist's full run (default: distill's schedule)."),
+        ] = None,
         data: DataOpt = None,
         no_export: Annotated[
             bool, typer.Option("--no-export", help="Do not export the chosen student.")
@@ -95,7 +101,9 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
-        """Find the most accurate student within a latency / size budget on a target.
+        """Find the most accurate student within a latency / size budget on a target: short
+        trials rank candidates, then the best --finalists and the default are retrained in full
+        over --final-seeds seeds (each paired with CE) and the best on validation ships.
         --config / --set give the trials' base config: its data.source, data.limit,
         data.unlabelled, train.epochs, train.batch_size and train.seed (the student, lr and
         recipe are what the search draws)."""
@@ -112,7 +120,7 @@ def register(app: typer.Typer) -> None:
             trials=trials, archs=_names(archs), executor=executor, address=address, jobs=jobs,
             threads=threads, latency_table=latency_table, pruner=pruner,
             export=not no_export, max_drop=max_drop, timing_s=timing_s,
-            confirm_seeds=confirm_seeds,
+            finalists=finalists, final_seeds=final_seeds, final_epochs=final_epochs,
             **({} if base.train.epochs is None else {"epochs": base.train.epochs}),
             seed=base.train.seed, batch_size=base.train.batch_size, limit=base.data.limit,
             unlabelled=base.data.unlabelled, data=base.data.source,

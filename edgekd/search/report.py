@@ -26,14 +26,6 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda r: (r["p50_ms"], -r["val_acc"]))
 
 
-def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The chosen student among trained `rows`: the best validation accuracy; ties go to the
-    lower predicted p50, then to fewer parameters, so the choice is always on the Pareto front
-    (a tie at 100 % must not ship a slower model than an equal one)."""
-    return max(rows, key=lambda r: (r["val_acc"], -(r.get("p50_ms") or float("inf")),
-                                    -(r.get("params") or 0)))  # fmt: skip
-
-
 def _args(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(args.items()))
 
@@ -42,61 +34,78 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _recipe(row: dict[str, Any]) -> str:
+    extras = [f"tau {row['tau']:g}" if row.get("tau") else "",
+              f"alpha {row['alpha']:g}" if row.get("alpha") else "", f"lr {row['lr']:g}"]
+    return f"{row['recipe']} (" + ", ".join(e for e in extras if e) + ")"
+
+
+def _final_cells(entry: dict[str, Any]) -> list[str]:
+    """Mean ± s.e. of val/test accuracy and test macro-F1, and KD - CE on test, or why not."""
+    from edgekd.distill.ablate.stats import format_interval, format_mean_se
+
+    if entry["error"] is not None:
+        return [f"failed: {entry['error']}", "-", "-", "-", "-"]
+    val, test = entry["val"], entry["test"]
+    return [format_mean_se(val["accuracy"]["kd"]), format_mean_se(test["accuracy"]["kd"]),
+            format_mean_se(test["macro_f1"]["kd"]),
+            format_interval(test["accuracy"]["kd_minus_ce"]),
+            format_interval(test["macro_f1"]["kd_minus_ce"])]  # fmt: skip
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown: the Pareto front (the chosen student marked), test figures labelled as scored
-    once on the front only, and where the p50 figures come from."""
-    head = [
-        "trial", "arch", "args", "recipe", "params", "int8 KB", "predicted p50 ms",
-        "measured p50 ms", "val acc", "test acc*", "test macro-F1*",
-    ]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    chosen = (report.get("chosen") or {}).get("trial")
+    """Markdown: the exploration's Pareto front (validation only), the final stage's finalists
+    (mean ± s.e. over seeds; test read once, after the choice; KD - CE paired by seed with its
+    95% interval), the anchor, and the verdict."""
+    head = ["trial", "arch", "args", "recipe", "params", "int8 KB", "predicted p50 ms",
+            "val acc"]  # fmt: skip
+    epochs = report["spec"]["epochs"]
+    lines = [f"Exploration: Pareto front of the trials ({epochs} epochs, one seed, validation "
+             "only)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for row in report["pareto"]:
-        recipe = row["recipe"]
-        extras = [f"tau {row['tau']:g}" if row.get("tau") else "",
-                  f"alpha {row['alpha']:g}" if row.get("alpha") else "", f"lr {row['lr']:g}"]
-        recipe += " (" + ", ".join(e for e in extras if e) + ")"
-        measured = report["chosen"].get("measured_p50_ms") if row["trial"] == chosen else None
-        test = row.get("test") or {}
-        cells = [
-            f"{row['trial']}" + (" (chosen)" if row["trial"] == chosen else ""),
-            row["arch"], _args(row["args"]), recipe, f"{row['params']:,}",
-            f"{row['int8_kb']:.1f}", _num(row["p50_ms"], ".4f"), _num(measured, ".4f"),
-            f"{row['val_acc']:.2f}", _num(test.get("accuracy"), ".2f"),
-            _num(test.get("macro_f1"), ".2f"),
-        ]  # fmt: skip
+        cells = [f"{row['trial']}" + (" (anchor)" if row["anchor"] else ""), row["arch"],
+                 _args(row["args"]), _recipe(row), f"{row['params']:,}", f"{row['int8_kb']:.1f}",
+                 _num(row["p50_ms"], ".4f"), f"{row['val_acc']:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(
-        "\n*test: scored once, for the Pareto set only; selection used validation accuracy. "
-        f"Predicted p50: {report['latency_source']}."
-    )
-    if chosen is not None and report["chosen"].get("measured_p50_ms") is None:
-        lines.append(f"Measured p50: {report['chosen'].get('measured_note', 'not measured')}.")
+    lines.append(f"\nPredicted p50: {report['latency_source']}.")
+    final = report.get("final") or {}
+    finalists = report.get("finalists") or []
+    if finalists:
+        chosen = (report.get("chosen") or {}).get("trial")
+        lines += [
+            "", f"Final stage: {len(finalists)} finalists retrained for "
+            f"{finalists[0]['epochs']['kd'] or 'the default'} epochs on seeds {final['seeds']}, "
+            "each paired with CE over as many optimizer steps (mean ± s.e. over seeds; test read "
+            "once, after the choice; KD − CE paired by seed, [95% CI])", "",
+        ]  # fmt: skip
+        head = ["trial", "arch", "args", "recipe", "predicted p50 ms", "measured p50 ms",
+                "peak RSS MB", "val acc", "test acc", "test macro-F1", "KD − CE test acc",
+                "KD − CE test macro-F1"]  # fmt: skip
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for e in finalists:
+            measured = e.get("measured") or {}
+            marks = [m for m, on in (("chosen", e["trial"] == chosen), ("anchor", e["anchor"]),
+                                     ("over budget", e["over_budget"])) if on]  # fmt: skip
+            cells = [f"{e['trial']}" + (f" ({', '.join(marks)})" if marks else ""), e["arch"],
+                     _args(e["args"]), _recipe(e), _num(e["predicted_p50_ms"], ".4f"),
+                     _num(measured.get("p50_ms"), ".4f"), _num(measured.get("rss_mb"), ".1f"),
+                     *_final_cells(e)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = sorted({e["measured_note"] for e in finalists if e.get("measured_note")})
+        lines += [f"Measured: {note}." for note in notes]
+        lines += [f"Trial {e['trial']} over budget: {e['over_budget']}." for e in finalists
+                  if e["over_budget"]]  # fmt: skip
     line = anchor_line(report)
     if line:
         lines.append(line)
-    confirm = report.get("confirmation")
-    if confirm:
-        # the ablation table's own formatting: mean ± s.e., gain [95% CI]
-        from edgekd.distill.ablate.stats import format_interval, format_mean_se
-
-        lines.append(f"\nWhat the teacher adds at this size (trial {chosen}'s student, its recipe "
-                     f"vs CE only, {confirm['seeds']} seeds, test split, mean ± s.e., gain "
-                     "[95% CI] paired by seed; CE trained for as many optimizer steps"
-                     + (f"; besides its losses the chosen run differs from CE in: "
-                        f"{'; '.join(confirm['differences'])}"
-                        if confirm.get("differences") else "") + "):")
-        for metric, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-            c = confirm[metric]
-            lines.append(f"- {name}: {format_mean_se(c['chosen'])} vs CE "
-                         f"{format_mean_se(c['ce'])}; gain {format_interval(c['teacher_gain'])} "
-                         "points")
+    if report.get("verdict"):
+        lines.append(f"\n**Verdict:** {report['verdict']}.")
     return "\n".join(lines)
 
 
 def anchor_line(report: dict[str, Any]) -> str:
-    """The anchor (the default student and recipe, the search's first trial) against the
-    chosen student, in one line; "" for a report without an anchor entry."""
+    """The anchor (the default student and recipe, the search's first trial) in one line;
+    "" for a report without an anchor entry."""
     anchor = report.get("anchor")
     if not anchor:
         return ""
@@ -104,23 +113,23 @@ def anchor_line(report: dict[str, Any]) -> str:
         return f"No anchor: {anchor.get('note')}."
     head = (f"Anchor (the default: {anchor.get('arch')} {_args(anchor.get('args') or {})}, "
             f"recipe {anchor.get('recipe')}, lr {anchor.get('lr')})")
-    if anchor.get("val_acc") is None:
+    if "seeds" in anchor:  # its final-stage entry
+        text = f"{head}: trial {anchor['trial']}, a finalist"
+    elif anchor.get("val_acc") is None:
         why = anchor.get("error") or "no validation accuracy"
         return f"{head}: trial {anchor.get('trial', '-')} {anchor.get('state')} ({why})."
-    text = (f"{head}: trial {anchor['trial']}, val acc {anchor['val_acc']:.2f}, predicted p50 "
-            f"{_num(anchor.get('p50_ms'), '.4f')} ms")
-    if anchor.get("over_budget"):
-        text += f", OVER BUDGET ({anchor['over_budget']}): trained and reported, never chosen"
-    gain = (report.get("chosen") or {}).get("over_anchor")
-    if gain is not None:
-        text += f"; the chosen student is {gain:+.2f} points against it (val acc)"
+    else:
+        text = f"{head}: trial {anchor['trial']}, val acc {anchor['val_acc']:.2f}"
+    over = anchor.get("over_budget") or anchor.get("trial_over_budget")
+    if over:
+        text += f", OVER BUDGET ({over}): trained and reported, never chosen"
     return text + "."
 
 
 def plot(report: dict[str, Any], path: Path) -> str:
-    """accuracy vs predicted p50 (point size ~ params; the front joined, the chosen student
-    ringed) as a PNG at `path`; without matplotlib, a one-line note instead. Returns the line
-    to print."""
+    """The exploration's validation accuracy vs predicted p50 (point size ~ params; the front
+    joined, the anchor crossed, the chosen student ringed at its trial) as a PNG at `path`;
+    without matplotlib, a one-line note instead. Returns the line to print."""
     try:
         import matplotlib
     except ImportError:
@@ -139,14 +148,14 @@ def plot(report: dict[str, Any], path: Path) -> str:
                    label="trials (size ~ params)")  # fmt: skip
     front = report["pareto"]
     ax.plot([r["p50_ms"] for r in front], [r["val_acc"] for r in front], "r.-", label="Pareto")
-    anchor = report.get("anchor") or {}
-    if anchor.get("val_acc") is not None and anchor.get("p50_ms") is not None:
-        ax.scatter([anchor["p50_ms"]], [anchor["val_acc"]], marker="x", s=80, color="k",
+    anchor = [r for r in done if r["anchor"]]
+    if anchor:
+        ax.scatter([anchor[0]["p50_ms"]], [anchor[0]["val_acc"]], marker="x", s=80, color="k",
                    label="anchor (the default)")  # fmt: skip
-    chosen = report.get("chosen")
-    if chosen:
-        ax.scatter([chosen["p50_ms"]], [chosen["val_acc"]], s=250, facecolors="none",
-                   edgecolors="k", label="chosen")  # fmt: skip
+    chosen = [r for r in done if r["trial"] == (report.get("chosen") or {}).get("trial")]
+    if chosen:  # at its trial's point: the plot is of the exploration
+        ax.scatter([chosen[0]["p50_ms"]], [chosen[0]["val_acc"]], s=250, facecolors="none",
+                   edgecolors="k", label="chosen (final stage)")  # fmt: skip
     if report["budget"].get("ms") is not None:
         ax.axvline(report["budget"]["ms"], ls="--", color="gray", label="budget")
     ax.set_xlabel("predicted p50 at batch 1 (ms)")

@@ -20,10 +20,14 @@ trial (`study.enqueue_trial`, user attr `anchor`). It is always trained to the e
 pruned, never rejected: over budget it is trained and flagged `over_budget`) and reported as
 search.json's `anchor`: the figure the search has to beat.
 
-Selection uses validation accuracy only, among trained trials within budget. Test accuracy is
-read once, for the Pareto set, and is labelled so. The chosen student is exported to
-`<out>/chosen.edgekd` by `edgekd.export.export_run` and, for a CPU target, its batch-1 p50 is
-measured again on the trained bundle beside the prediction.
+Two stages. This module is the exploration: short trials (`--epochs`, pruned), one seed,
+validation only; they rank candidates. The final stage (`edgekd.search.finals`) retrains the
+best `--finalists` trials within budget plus the anchor on the full `distill` schedule over
+`--final-seeds` seeds, each paired with CE; chooses on mean validation accuracy (the anchor wins
+ties), judges the budget on each finalist's measured bundle, and only then reads the test split,
+for the finalists only. What ships (`<out>/chosen.edgekd`) is a final-stage run, never a capped
+trial. (Every `distill` run scores its test split when it ends, as `edgekd distill` does; the
+search never reads a trial's test score.)
 
 Failures: a trial whose training raises ends FAIL with the error in its user attr `error`, and
 the search goes on; MAX_FAILURES_IN_A_ROW failures in a row stop it with a message. A trial whose
@@ -34,13 +38,15 @@ Layout of `out`:
   study.db              the Optuna study (SQLite, heartbeat on); reopened with load_if_exists
   settings.json         what the search was made with; a resume must match it
   latency_cache.json    priced candidates (edgekd.search.latency)
-  runs/<arch>-seed<S>-<digest>/  every `distill` run folder (trials and confirmation), keyed by
-                        the digest of its training config (`plan_digest`): a resumed search can
-                        only ever reuse a run of the very same plan
+  runs/<arch>-seed<S>-<digest>/  every `distill` run folder (trials and final runs), keyed by
+                        the digest of its training config (`plans.plan_digest`): a resumed search
+                        can only ever reuse a run of the very same plan
   search.json           every trial (arch, args, recipe, params, int8 size, predicted p50 and its
-                        source, val acc, state), the anchor, the Pareto front, the chosen student
-  pareto.md, pareto.png the front as a table and a plot (the plot needs matplotlib)
-  chosen.edgekd         the chosen student's bundle
+                        source, val acc, state), the Pareto front of the exploration, the final
+                        stage's `finalists`, `anchor` and `chosen`, and the `verdict`
+  pareto.md, pareto.png the report as tables and the front as a plot (needs matplotlib)
+  finalists/trial<N>.edgekd  each finalist's bundle (its first-seed final run), measured
+  chosen.edgekd         the chosen finalist's bundle: what ships
 
 Teacher: an edgekd teacher run folder, or an outside teacher as `edgekd distill` takes it (a
 teacher.yaml card, a folder holding one such as a `teacher cache`, or a .onnx/.pt2 with the card
@@ -62,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import threading
 import time
@@ -77,6 +82,7 @@ from typing import Any
 from edgekd.errors import ConfigError, EdgeKDError, MissingExtra
 from edgekd.io import atomic_write_json, atomic_write_text
 from edgekd.search.latency import Estimate
+from edgekd.search.plans import read_teacher, run_folder, train_config
 from edgekd.search.space import Candidate
 
 STUDY_NAME = "edgekd-search"
@@ -121,7 +127,9 @@ class SearchSpec:
     export: bool = True
     max_drop: float = 1.0  # export: the most int8 may lose against FP32 (points)
     timing_s: float = 1.0  # timing per candidate when latency is measured (s)
-    confirm_seeds: int = 0  # retrain the chosen student with N seeds, and with CE only
+    finalists: int = 3  # the best trials within budget retrained in full (plus the anchor)
+    final_seeds: int = 3  # seeds of each final run: the search's seed and the next ones
+    final_epochs: int | None = None  # epochs of a final run (None: `distill`'s default)
     data: str | None = None  # the paired data: needed with an outside teacher (as distill's)
 
     def check(self) -> None:
@@ -139,8 +147,11 @@ class SearchSpec:
                 raise ConfigError(f"{flag} must be at least 1, got {count}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive number of windows, got {self.limit}")
-        if self.confirm_seeds < 0:
-            raise ConfigError(f"--confirm-seeds must be >= 0, got {self.confirm_seeds}")
+        for flag, count in (("--finalists", self.finalists), ("--final-seeds", self.final_seeds)):
+            if count < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {count}")
+        if self.final_epochs is not None and self.final_epochs < 1:
+            raise ConfigError(f"--final-epochs must be at least 1, got {self.final_epochs}")
         if not self.timing_s > 0:
             raise ConfigError(f"--timing-s must be > 0, got {self.timing_s:g}")
         if self.max_drop < 0:
@@ -199,15 +210,6 @@ def _probe_config(spec: SearchSpec, recipe: str = "ce") -> Any:
         train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed),
         distill=distill_config(recipe, None, None),
     )
-
-
-def read_teacher(teacher: Path, cfg: Any) -> tuple[Any, Any, Any]:
-    """(plan, data, teacher) of a trial of `cfg`, read as `edgekd distill` reads them
-    (`plan_distill`: an edgekd teacher run, or an outside teacher's card, whose cache must still
-    match the data); nothing is trained or written."""
-    from edgekd.distill.trainer import plan_distill
-
-    return plan_distill(cfg, Path(teacher))
 
 
 def card_recipes(spec: SearchSpec, data: Any, card: Any) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -334,23 +336,6 @@ def constraint(spec: SearchSpec, est: Estimate) -> list[float]:
     return [ms, kb]
 
 
-def plan_digest(cfg: Any, teacher: Path) -> str:
-    """A stable hash of a training plan: every field of its run config (student and its
-    arguments, recipe, schedule, seed, data) and the teacher it learns from."""
-    from edgekd.config import to_dict
-
-    blob = json.dumps({"config": to_dict(cfg), "teacher": str(Path(teacher).resolve())},
-                      sort_keys=True, default=str)  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def run_folder(out: Path, cfg: Any, teacher: Path) -> Path:
-    """The run folder of a training of the search, keyed by its plan's digest: two plans never
-    share a folder, so a resumed search cannot take a run of another plan."""
-    name = f"{cfg.model.arch}-seed{cfg.train.seed}-{plan_digest(cfg, teacher)}"
-    return Path(out) / "runs" / name
-
-
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
     """One search per folder: a second one would tell the same trials twice."""
@@ -426,26 +411,11 @@ def _duration(seconds: float) -> str:
 
 
 def _over_budget(spec: SearchSpec, est: Estimate) -> str | None:
+    from edgekd.search.finals import budget_breach
+
     if est.p50_ms is None:
         return f"no latency ({est.detail})"
-    if spec.budget_ms is not None and est.p50_ms > spec.budget_ms:
-        return f"p50 {est.p50_ms:.4f} ms > --budget-ms {spec.budget_ms:g}"
-    if spec.budget_kb is not None and est.int8_kb > spec.budget_kb:
-        return f"int8 {est.int8_kb:.1f} KB > --budget-kb {spec.budget_kb:g}"
-    return None
-
-
-def _train_config(spec: SearchSpec, cand: Candidate) -> Any:
-    from edgekd.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from edgekd.search.space import distill_config
-
-    return RunConfig(
-        data=DataConfig(source=spec.data, limit=spec.limit, unlabelled=spec.unlabelled),
-        train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=cand.lr,
-                          seed=spec.seed),
-        model=ModelConfig(arch=cand.arch, args=dict(cand.args)),
-        distill=distill_config(cand.recipe, cand.tau, cand.alpha),
-    )  # fmt: skip
+    return budget_breach(spec, est.p50_ms, est.int8_kb)
 
 
 def _val_history(folder: Path) -> list[float]:
@@ -695,7 +665,7 @@ class _Search:
             cand = draw(trial, self.archs, self.recipes)
         with self._price_lock:  # one candidate timed at a time, one writer of the cache
             est = self.predictor.predict(cand.arch, cand.args)
-        cfg = _train_config(spec, cand)
+        cfg = train_config(spec, cand, epochs=spec.epochs)
         folder = run_folder(spec.out, cfg, spec.teacher)
         trial.set_user_attr("candidate", cand.to_dict())
         trial.set_user_attr("estimate", est.to_dict())
@@ -758,13 +728,14 @@ class _Search:
     def _train(self, trial: Any, cand: Candidate, cfg: Any, folder: Path, est: Estimate,
                anchor: bool) -> float:  # fmt: skip
         from edgekd.distill.ablate.jobs import Job, execute
-        from edgekd.executor import JobLost, Resources
+        from edgekd.executor import JobLost, training_resources
 
         spec, log, progress = self.spec, self.log, self.progress
         job = Job(f"trial{trial.number}", spec.seed, None, cfg, Path(spec.teacher), folder,
                   self.threads.per_job)  # fmt: skip
-        future = self.executor.submit(execute, job,
-                                      resources=Resources(cpus=self.threads.per_job))
+        future = self.executor.submit(
+            execute, job, resources=training_resources(self.executor, self.threads.per_job)
+        )
         run = _Running(trial, cand, folder, future, time.perf_counter(), anchor=anchor)
         p50 = "-" if est.p50_ms is None else f"{est.p50_ms:.4f}"
         log(f"{progress.head()} trial {trial.number} started: {cand.arch} {cand.args}, "
@@ -853,7 +824,7 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
     out = Path(spec.out)
     search = _Search(spec, log)
     executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
-                             cpus_per_job=search.threads.per_job)  # fmt: skip
+                             cpus_per_job=search.threads.per_job, shared=out)  # fmt: skip
     try:
         predictor = LatencyPredictor(
             spec.target, search.modality, len(search.labels), out,
@@ -866,8 +837,6 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
             log(search.plan(study, predictor))
             search.run(optuna, study, predictor, executor)
             report = _report(study, search, predictor)
-            if spec.confirm_seeds and report["chosen"]:
-                report["confirmation"] = _confirm(report["chosen"], search, executor)
             atomic_write_json(out / "search.json", report)
             from edgekd.search.report import format_table, plot
 
@@ -948,7 +917,10 @@ def _anchor_report(rows: list[dict[str, Any]], search: _Search) -> dict[str, Any
 
 
 def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
-    from edgekd.search.report import choose, pareto_front, read_metrics
+    """search.json: every trial, the validation Pareto front of the exploration, then the
+    final stage (`edgekd.search.finals`): the finalists, the anchor and the chosen student."""
+    from edgekd.search.finals import run_final_stage
+    from edgekd.search.report import pareto_front
 
     spec = search.spec
     trials = study.get_trials(deepcopy=False)
@@ -956,15 +928,13 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
     rows = [_row(t, retried) for t in trials]
     # trained within budget: the over-budget anchor is reported, never chosen nor on the front
     complete = [r for r in rows if r["state"] == "complete" and not r["over_budget"]]
-    front = pareto_front(complete)
-    for row in front:  # test: scored once by the trainer, read here for the front only
-        metrics = read_metrics(Path(row["folder"])) or {}
-        test = metrics.get("test") or {}
-        row["test"] = {k: 100 * test[k] for k in ("accuracy", "macro_f1") if k in test}
-    report: dict[str, Any] = {
-        "unit": {"accuracy": "percent", "latency": "ms at batch 1", "size": "KB (1000 bytes)"},
+    final = run_final_stage(search, rows)
+    return {
+        "unit": {"accuracy": "percent", "latency": "ms at batch 1", "size": "KB (1000 bytes)",
+                 "memory": "MB (10^6 bytes)"},
         "target": spec.target,
-        "budget": {"ms": spec.budget_ms, "kb": spec.budget_kb},
+        "budget": {"ms": spec.budget_ms, "kb": spec.budget_kb,
+                   "rss_mb": getattr(spec, "budget_rss_mb", None)},
         "latency_source": predictor.describe(),
         "modality": search.modality.name,
         "archs": search.archs,
@@ -978,119 +948,11 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
                  else str(spec.latency_table)},  # fmt: skip
         "counts": {s: sum(1 for r in rows if r["state"] == s) for s in STATES},
         "trials": rows,
-        "anchor": _anchor_report(rows, search),
-        "pareto": front,
-        "chosen": None,
-    }
-    if complete:
-        best = choose(complete)
-        report["chosen"] = {**best, **_deliver(best, search, predictor)}
-    anchor = report["anchor"]
-    if report["chosen"] and anchor.get("val_acc") is not None:
-        report["chosen"]["over_anchor"] = report["chosen"]["val_acc"] - anchor["val_acc"]
-    return report
-
-
-def confirm_configs(spec: SearchSpec, cand: Candidate) -> tuple[Any, Any, list[str]]:
-    """The confirmation's two trainings: `cand` with its recipe, and the same student with CE
-    only (no teacher, same lr) trained for as many optimizer steps (the epochs that come
-    closest: the learning-rate schedule is per step, so both follow the same shape). Returns
-    (chosen config, CE config, what else still differs between their plans, as
-    `edgekd.distill.plan.differences` words it, e.g. "+3,661 unlabelled windows"): a
-    comparison says everything it differs in, like `edgekd ablate`'s `ce_steps` row."""
-    from dataclasses import replace
-
-    from edgekd.config import resolve_recipe
-    from edgekd.distill.ablate.rows import LOSS_CHANGE
-    from edgekd.distill.plan import differences, resolve_plan, with_steps
-
-    chosen = _train_config(spec, cand)
-    mine, data, teacher = read_teacher(spec.teacher, chosen)
-    ce = with_steps(replace(chosen, distill=resolve_recipe("ce")), mine.total_steps, data, teacher)
-    told = [d.text for d in differences(mine, resolve_plan(ce, data, teacher))
-            if d.aspect not in (*LOSS_CHANGE, "epochs")]  # fmt: skip
-    return chosen, ce, told
-
-
-def _confirm(chosen: dict[str, Any], search: _Search, executor: Any) -> dict[str, Any]:
-    """How much the teacher adds at the chosen size: the chosen candidate and the same student
-    with CE only over as many optimizer steps (`confirm_configs`), each over `confirm_seeds`
-    seeds (the first is the search's own seed: the chosen trial's run is reused), compared on
-    the test split by the ablation's paired statistics (`edgekd.distill.ablate.stats`; percent;
-    a 95% t-interval over seeds). The test split was not used to choose: this is the report's
-    confirmation, not a selection."""
-    from dataclasses import replace
-
-    from edgekd.distill.ablate.jobs import Job, execute
-    from edgekd.distill.ablate.stats import paired_interval, summarize
-    from edgekd.executor import Resources
-    from edgekd.search.space import Candidate
-
-    spec = search.spec
-    keys = ("arch", "args", "recipe", "tau", "alpha", "lr")
-    cand = Candidate(**{k: chosen[k] for k in keys})
-    base, ce, told = confirm_configs(spec, cand)
-    plans = {"chosen": base, "ce": ce}
-    futures = {}
-    runs: dict[str, dict[int, str]] = {"chosen": {}, "ce": {}}
-    for kind, cfg in plans.items():
-        for i in range(spec.confirm_seeds):
-            seed = spec.seed + i
-            seeded = replace(cfg, train=replace(cfg.train, seed=seed))
-            # keyed by the plan's digest: the chosen trial's own run for its seed, and never a
-            # run of another student's plan (a resumed search may choose another one)
-            folder = run_folder(spec.out, seeded, spec.teacher)
-            runs[kind][seed] = str(folder)
-            job = Job(f"confirm-{kind}", seed, None, seeded, Path(spec.teacher), folder,
-                      search.threads.per_job)  # fmt: skip
-            futures[kind, seed] = executor.submit(
-                execute, job, resources=Resources(cpus=search.threads.per_job)
-            )
-    search.log(f"confirmation: trial {chosen['trial']}'s student with its recipe "
-               f"({base.train.epochs} epochs) and with CE only ({ce.train.epochs} epochs, as many "
-               f"optimizer steps), {spec.confirm_seeds} seeds each ({len(futures)} trainings)"
-               + (f"; besides its losses the chosen run differs from CE in: {'; '.join(told)}"
-                  if told else ""))  # fmt: skip
-    test: dict[str, dict[str, dict[int, float]]] = {"chosen": {}, "ce": {}}
-    for (kind, seed), future in futures.items():
-        metrics = future.result()["test"]
-        for metric in ("accuracy", "macro_f1"):
-            test[kind].setdefault(metric, {})[seed] = 100 * metrics[metric]
-    out: dict[str, Any] = {"seeds": spec.confirm_seeds, "split": "test", "unit": "percent",
-                           "epochs": {"chosen": base.train.epochs, "ce": ce.train.epochs},
-                           "differences": told, "runs": runs}  # fmt: skip
-    for metric in ("accuracy", "macro_f1"):
-        out[metric] = {
-            "chosen": summarize(list(test["chosen"][metric].values())),
-            "ce": summarize(list(test["ce"][metric].values())),
-            "teacher_gain": paired_interval(test["chosen"][metric], test["ce"][metric]),
-        }
-    return out
-
-
-def _deliver(best: dict[str, Any], search: _Search, predictor: Any) -> dict[str, Any]:
-    """Export the chosen trial's bundle; measure its p50 here when the target is this CPU."""
-    spec = search.spec
-    if not spec.export:
-        return {"bundle": None, "measured_p50_ms": None, "measured_note": "export skipped"}
-    from edgekd.errors import ExportError
-    from edgekd.export.exporter import export_run
-    from edgekd.search.latency import time_bundle
-    from edgekd.targets import get_target
-
-    bundle = Path(spec.out) / "chosen.edgekd"
-    try:
-        export_run(Path(best["folder"]), bundle, target=spec.target, force=bundle.exists(),
-                   max_drop=spec.max_drop, progress=False)  # fmt: skip
-    except ExportError as exc:  # the search's results stand; say why there is no bundle
-        search.log(f"chosen trial {best['trial']}: export failed: {exc}")
-        return {"bundle": None, "measured_p50_ms": None, "measured_note": f"export failed: {exc}"}
-    target = get_target(spec.target)
-    if predictor.source != "local":
-        return {"bundle": str(bundle), "measured_p50_ms": None,
-                "measured_note": f"not measured: {spec.target} is not this machine; run "
-                                 f"`edgekd bench {bundle}` on the device"}  # fmt: skip
-    measured = time_bundle(bundle, target.backend, target.precision, spec.timing_s)
-    search.log(f"chosen trial {best['trial']}: predicted p50 {best['p50_ms']:.4f} ms, measured "
-               f"{measured:.4f} ms on the trained bundle ({target.backend} {target.precision})")
-    return {"bundle": str(bundle), "measured_p50_ms": measured}
+        "pareto": pareto_front(complete),
+        "final": final["final"],
+        "finalists": final["finalists"],
+        # the anchor's final-stage entry; without one, its trial (or why there is none)
+        "anchor": final["anchor_final"] or _anchor_report(rows, search),
+        "chosen": final["chosen"],
+        "verdict": final["verdict"],
+    }  # fmt: skip
