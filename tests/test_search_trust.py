@@ -47,6 +47,7 @@ class Fakes:
         self.score: Callable[[dict[str, Any]], float] = lambda cfg: 0.5
         self.fail: Callable[[dict[str, Any], int], BaseException | None] = lambda cfg, n: None
         self.p50: Callable[[str, dict[str, Any]], float] = lambda arch, args: 0.01
+        self.rss: Callable[[str, dict[str, Any]], float] = lambda arch, args: 50.0
         self.lock = threading.Lock()
 
 
@@ -124,7 +125,7 @@ def _fake_predictor(fakes: Fakes) -> type:
             width = int(args.get("width", 32))
             signature = arch + json.dumps(args, sort_keys=True)
             return Estimate(signature, 100 * width, 1000 * width, fakes.p50(arch, args), "table",
-                            "fake")  # fmt: skip
+                            "fake", rss_mb=fakes.rss(arch, args))  # fmt: skip
 
     return Predictor
 
@@ -283,6 +284,9 @@ def test_a_resumed_search_never_takes_a_run_of_another_plan(
         (["--epochs", "0"], r"train.epochs \(--epochs\) must be >= 1"),
         (["--budget-ms", "-1"], "--budget-ms must be > 0"),
         (["--budget-kb", "nan"], "--budget-kb must be > 0"),
+        (["--budget-rss-mb", "0"], "--budget-rss-mb must be > 0"),
+        (["--target", "jetson-orin-nano", "--budget-rss-mb", "90"],
+         "--budget-rss-mb is measured on this machine, which is not --target jetson-orin-nano"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1"),
         (["--archs", "nope"], "--archs nope: not a registered student"),
@@ -639,3 +643,51 @@ def test_final_stage_options_are_checked_before_anything_is_written(
         refused = run_cli([*base, flag, "0"])
         assert refused.exit_code == 2 and message in refused.output, refused.output
         assert not out.exists()
+
+
+def test_a_memory_budget_rejects_candidates_by_their_peak_rss(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes
+) -> None:
+    from edgekd.search import run_search
+    from edgekd.search.run import budget_constraints
+
+    out = tmp_path / "s"
+    fakes.rss = lambda arch, args: 40.0 + args["width"]  # the default width 32: 72 MB
+    report = run_search(_spec(fake_teacher, out, trials=3, budget_rss_mb=60.0),
+                        log=lambda x: None)  # fmt: skip
+    rejected = [r for r in report["trials"] if r["state"] == "rejected"]
+    assert rejected and all(r["rejected"].startswith("peak RSS ") for r in rejected)
+    assert all(r["rejected"].endswith("> --budget-rss-mb 60") for r in rejected)
+    assert report["anchor"]["over_budget"] == "peak RSS 72.0 MB > --budget-rss-mb 60"
+    for t in _study(out).trials:
+        assert len(budget_constraints(t)) == 3
+        if "rejected" in t.user_attrs:
+            assert budget_constraints(t)[2] > 0
+    assert report["budget"]["rss_mb"] == 60.0
+
+
+def test_finalists_are_judged_on_their_measured_bundle_not_the_prediction(
+    fake_teacher: Path, tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgekd.search.finals as finals
+    from edgekd.search import run_search
+
+    out = tmp_path / "s"
+    fakes.score = lambda cfg: 0.5 if cfg["model"]["args"] == DEFAULT_ANCHOR["args"] else 0.9
+
+    def measure(search: Any, final: Any, entry: dict[str, Any]) -> None:
+        # every prediction was 0.01 ms; the best trial's trained bundle measures 2 ms
+        entry["measured"] = {"p50_ms": 0.01 if final.anchor else 2.0, "rss_mb": 50.0}
+        entry["measured_note"] = "measured by the test"
+
+    monkeypatch.setattr(finals, "_measure", measure)
+    report = run_search(_spec(fake_teacher, out, trials=3, finalists=1, budget_ms=1.0),
+                        log=lambda x: None)  # fmt: skip
+    best = next(e for e in report["finalists"] if not e["anchor"])
+    assert best["predicted_p50_ms"] == 0.01 and best["trial_val_acc"] == 90.0
+    assert best["over_budget"] == "p50 2.0000 ms > --budget-ms 1"
+    assert report["chosen"]["anchor"]  # the only finalist within budget, as measured
+    assert report["verdict"].endswith(f"(trial {best['trial']} scored higher but p50 2.0000 ms "
+                                      "> --budget-ms 1)")  # fmt: skip
+    assert "Trial " in (out / "pareto.md").read_text() and "over budget" in (
+        out / "pareto.md").read_text()  # fmt: skip

@@ -50,6 +50,10 @@ def register(app: typer.Typer) -> None:
         budget_kb: Annotated[
             float | None, typer.Option(help="Most int8 model size (QDQ ONNX, KB = 1000 B).")
         ] = None,
+        budget_rss_mb: Annotated[
+            float | None,
+            typer.Option(help="Most peak RSS of a process running the bundle (MB = 10^6 B)."),
+        ] = None,
         trials: Annotated[
             int, typer.Option(help="Trials to train, the default first (rejections not counted).")
         ] = 24,
@@ -117,6 +121,7 @@ def register(app: typer.Typer) -> None:
 
         spec = SearchSpec(
             teacher=teacher, out=out, target=target, budget_ms=budget_ms, budget_kb=budget_kb,
+            budget_rss_mb=budget_rss_mb,
             trials=trials, archs=_names(archs), executor=executor, address=address, jobs=jobs,
             threads=threads, latency_table=latency_table, pruner=pruner,
             export=not no_export, max_drop=max_drop, timing_s=timing_s,

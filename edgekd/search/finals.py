@@ -47,9 +47,8 @@ def budget_breach(spec: Any, p50_ms: float | None, int8_kb: float | None,
         return f"p50 {p50_ms:.4f} ms > --budget-ms {spec.budget_ms:g}"
     if spec.budget_kb is not None and int8_kb is not None and int8_kb > spec.budget_kb:
         return f"int8 {int8_kb:.1f} KB > --budget-kb {spec.budget_kb:g}"
-    budget_rss = getattr(spec, "budget_rss_mb", None)
-    if budget_rss is not None and rss_mb is not None and rss_mb > budget_rss:
-        return f"peak RSS {rss_mb:.1f} MB > --budget-rss-mb {budget_rss:g}"
+    if spec.budget_rss_mb is not None and rss_mb is not None and rss_mb > spec.budget_rss_mb:
+        return f"peak RSS {rss_mb:.1f} MB > --budget-rss-mb {spec.budget_rss_mb:g}"
     return None
 
 
@@ -211,6 +210,7 @@ def _entry(final: _Finalist, results: dict[str, Any], seeds: list[int]) -> dict[
     entry: dict[str, Any] = {
         **{k: row[k] for k in ("trial", "anchor", *CANDIDATE_KEYS, "params", "int8_kb")},
         "predicted_p50_ms": row["p50_ms"], "p50_source": row["p50_source"],
+        "predicted_rss_mb": row.get("rss_mb"),
         "trial_val_acc": row["val_acc"], "trial_over_budget": row["over_budget"],
         "seeds": seeds, "epochs": final.epochs, "differences_from_ce": final.told,
         "runs": {k: {s: str(f) for s, f in final.runs[k].items()} for k in KINDS},
@@ -229,7 +229,8 @@ def _entry(final: _Finalist, results: dict[str, Any], seeds: list[int]) -> dict[
 def _judge(spec: Any, entry: dict[str, Any]) -> None:
     measured = entry["measured"] or {}
     p50 = measured.get("p50_ms", entry["predicted_p50_ms"])
-    entry["over_budget"] = budget_breach(spec, p50, entry["int8_kb"], measured.get("rss_mb"))
+    rss = measured.get("rss_mb", entry["predicted_rss_mb"])
+    entry["over_budget"] = budget_breach(spec, p50, entry["int8_kb"], rss)
 
 
 def _mean_val(entry: dict[str, Any]) -> float:
@@ -258,15 +259,19 @@ def _against_anchor(chosen: dict[str, Any], anchor: dict[str, Any]) -> dict[str,
 
 
 def _verdict(chosen: dict[str, Any] | None, anchor: dict[str, Any] | None,
-             anchor_note: str | None) -> str:  # fmt: skip
+             anchor_note: str | None, entries: list[dict[str, Any]]) -> str:  # fmt: skip
     from edgekd.distill.ablate.stats import format_interval
 
     if chosen is None:
         return "no finalist is within budget: nothing ships"
     seeds = len(chosen["seeds"])
     if chosen["anchor"]:
-        return (f"the default stays: no finalist beat the default student ({chosen['arch']}, "
-                f"recipe {chosen['recipe']}) on mean validation accuracy over {seeds} seeds")
+        out = [f"trial {e['trial']} scored higher but {e['over_budget'] or e['error']}"
+               for e in entries if e["val"] and not e["anchor"] and (e["over_budget"] or e["error"])
+               and _mean_val(e) > _mean_val(chosen)]  # fmt: skip
+        return (f"the default stays: no finalist within budget beat the default student "
+                f"({chosen['arch']}, recipe {chosen['recipe']}) on mean validation accuracy over "
+                f"{seeds} seeds" + (f" ({'; '.join(out)})" if out else ""))
     what = f"trial {chosen['trial']}'s {chosen['arch']} (recipe {chosen['recipe']})"
     if anchor is None or anchor["error"] is not None:
         why = anchor_note or (anchor or {}).get("error") or "the anchor was not trained"
@@ -315,7 +320,7 @@ def run_final_stage(search: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if anchor is not None and anchor["error"] is None and not chosen["anchor"]:
             chosen["over_anchor"] = _against_anchor(chosen, anchor)
         chosen["shipped"] = _ship(search, chosen)
-    verdict = _verdict(chosen, anchor, search.anchor_note)
+    verdict = _verdict(chosen, anchor, search.anchor_note, entries)
     search.log(f"final stage: {verdict}")
     return {"final": stage, "finalists": entries, "chosen": chosen, "anchor_final": anchor,
             "verdict": verdict}  # fmt: skip

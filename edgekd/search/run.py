@@ -102,8 +102,11 @@ class SearchStopped(EdgeKDError):
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """Options of `edgekd search` (see docs/search.md). Budgets: `budget_ms` on the predicted
-    batch-1 p50 (ms), `budget_kb` on the int8 QDQ ONNX (KB = 1000 bytes); None = no limit.
+    """Options of `edgekd search` (see docs/search.md). Budgets: `budget_ms` on the batch-1 p50
+    (ms), `budget_kb` on the int8 QDQ ONNX (KB = 1000 bytes), `budget_rss_mb` on the peak
+    resident memory of a process running the loaded bundle (MB = 10^6 bytes; measured here, so
+    only for a target timed on this machine); None = no limit. Trials are judged on predicted
+    figures, finalists on their measured bundle.
     `archs`: students to search (None: every student for the modality's kind)."""
 
     teacher: Path
@@ -111,6 +114,7 @@ class SearchSpec:
     target: str = "cpu"
     budget_ms: float | None = None
     budget_kb: float | None = None
+    budget_rss_mb: float | None = None
     trials: int = 24
     epochs: int = 30
     archs: tuple[str, ...] | None = None
@@ -138,7 +142,8 @@ class SearchSpec:
         from edgekd.targets import get_target
 
         get_target(self.target)
-        for flag, value in (("--budget-ms", self.budget_ms), ("--budget-kb", self.budget_kb)):
+        for flag, value in (("--budget-ms", self.budget_ms), ("--budget-kb", self.budget_kb),
+                            ("--budget-rss-mb", self.budget_rss_mb)):  # fmt: skip
             if value is not None and not value > 0:
                 raise ConfigError(f"{flag} must be > 0, got {value:g}")
         for flag, count in (("--trials", self.trials), ("--epochs", self.epochs),
@@ -168,6 +173,18 @@ class SearchSpec:
             from edgekd.search.latency import LatencyTable
 
             LatencyTable.load(self.latency_table, self.target)
+        if self.budget_rss_mb is not None:
+            from edgekd.search.latency import LOCAL_BACKENDS
+
+            if self.latency_table is not None or get_target(self.target).backend not in (
+                LOCAL_BACKENDS
+            ):  # fmt: skip
+                raise ConfigError(
+                    f"--budget-rss-mb is measured on this machine, which is not --target "
+                    f"{self.target}'s device" + (" (--latency-table names another)"
+                                                 if self.latency_table else "")
+                    + ": use it with a CPU target timed here (cpu, cpu-ort)"
+                )  # fmt: skip
         card = card_of(self.teacher)
         if card is None and not (Path(self.teacher) / "checkpoint.json").is_file():
             raise ConfigError(f"--teacher {self.teacher}: not a finished teacher run folder")
@@ -179,8 +196,8 @@ class SearchSpec:
 
     def settings(self) -> dict[str, Any]:
         """What a resume must match (execution details such as --jobs may change)."""
-        keys = ("target", "budget_ms", "budget_kb", "epochs", "archs", "seed", "limit",
-                "unlabelled", "batch_size", "pruner")  # fmt: skip
+        keys = ("target", "budget_ms", "budget_kb", "budget_rss_mb", "epochs", "archs", "seed",
+                "limit", "unlabelled", "batch_size", "pruner")  # fmt: skip
         out = {k: getattr(self, k) for k in keys}
         out["archs"] = None if self.archs is None else list(self.archs)
         out["teacher"] = str(Path(self.teacher).resolve())
@@ -320,20 +337,25 @@ def _retry_keyword(optuna: Any) -> str:
             else "failed_trial_callback")  # fmt: skip
 
 
-def budget_constraints(trial: Any) -> tuple[float, float]:
+def budget_constraints(trial: Any) -> tuple[float, ...]:
     """The sampler's `constraints_func`: the trial's stored constraint (p50 over --budget-ms,
-    int8 KB over --budget-kb; <= 0 within budget)."""
-    return tuple(trial.user_attrs.get("constraint", (0.0, 0.0)))  # type: ignore[return-value]
+    int8 KB over --budget-kb, peak RSS MB over --budget-rss-mb; <= 0 within budget). A trial
+    of a study made before the memory budget existed has two: the third is 0."""
+    stored = list(trial.user_attrs.get("constraint", ()))
+    return tuple(stored + [0.0] * (3 - len(stored)))
 
 
 def constraint(spec: SearchSpec, est: Estimate) -> list[float]:
-    """[p50 ms - --budget-ms, int8 KB - --budget-kb] (0 without that budget); an unknown p50
-    under a latency budget counts as a violation of 1 ms."""
+    """[p50 ms - --budget-ms, int8 KB - --budget-kb, peak RSS MB - --budget-rss-mb] (0 without
+    that budget); an unknown p50 (or RSS) under its budget counts as a violation of 1."""
     ms = 0.0
     if spec.budget_ms is not None:
         ms = 1.0 if est.p50_ms is None else float(est.p50_ms) - spec.budget_ms
     kb = 0.0 if spec.budget_kb is None else float(est.int8_kb) - spec.budget_kb
-    return [ms, kb]
+    mb = 0.0
+    if spec.budget_rss_mb is not None:
+        mb = 1.0 if est.rss_mb is None else float(est.rss_mb) - spec.budget_rss_mb
+    return [ms, kb, mb]
 
 
 @contextlib.contextmanager
@@ -415,7 +437,9 @@ def _over_budget(spec: SearchSpec, est: Estimate) -> str | None:
 
     if est.p50_ms is None:
         return f"no latency ({est.detail})"
-    return budget_breach(spec, est.p50_ms, est.int8_kb)
+    if spec.budget_rss_mb is not None and est.rss_mb is None:
+        return f"no peak RSS for --budget-rss-mb ({est.detail})"
+    return budget_breach(spec, est.p50_ms, est.int8_kb, est.rss_mb)
 
 
 def _val_history(folder: Path) -> list[float]:
@@ -894,6 +918,7 @@ def _row(t: Any, retried: dict[int, int]) -> dict[str, Any]:
         "trial": t.number, "state": state, **cand,
         "params": est.get("params"), "int8_kb": est.get("int8_kb"), "p50_ms": est.get("p50_ms"),
         "p50_source": est.get("source"), "signature": est.get("signature"),
+        "rss_mb": est.get("rss_mb"), "price_noisy": est.get("noisy"),
         "val_acc": None if t.value is None else 100 * t.value,
         "anchor": bool(attrs.get("anchor")),
         "over_budget": attrs.get("over_budget"),
@@ -934,7 +959,7 @@ def _report(study: Any, search: _Search, predictor: Any) -> dict[str, Any]:
                  "memory": "MB (10^6 bytes)"},
         "target": spec.target,
         "budget": {"ms": spec.budget_ms, "kb": spec.budget_kb,
-                   "rss_mb": getattr(spec, "budget_rss_mb", None)},
+                   "rss_mb": spec.budget_rss_mb},
         "latency_source": predictor.describe(),
         "modality": search.modality.name,
         "archs": search.archs,
