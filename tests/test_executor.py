@@ -39,7 +39,7 @@ def test_the_job_error_comes_back_with_its_traceback(
         with pytest.raises(ValueError, match="^invalid literal") as err:
             future.result(timeout=60)
         remote = str(err.value.__cause__)
-        assert re.search(r'line \d+, in ', remote) and "invalid literal" in remote
+        assert re.search(r"line \d+, in ", remote) and "invalid literal" in remote
     finally:
         ex.close()
 
@@ -86,6 +86,28 @@ def test_errors_name_the_option() -> None:
         ex.submit(os.getpid, resources=Resources(custom={"jetson-orin-nano": 1}))
     with pytest.raises(ConfigError, match="at least 1 cpu"):
         Resources(cpus=0)
+
+
+def test_local_jobs_share_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locally there is nothing to check or to hold: a job sees this machine's folders and
+    devices. An executor whose check fails is closed again."""
+    from edgekd.executor import LocalExecutor, training_resources
+
+    ex = make_executor("local", workers=2, shared=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # checking creates nothing
+    assert training_resources(ex, 3) == Resources(cpus=3)
+    ex.close()
+
+    closed: list[bool] = []
+
+    def refuse(self: LocalExecutor, path: Path) -> None:
+        raise ConfigError(f"not shared: {path}")
+
+    monkeypatch.setattr(LocalExecutor, "check_shared", refuse)
+    monkeypatch.setattr(LocalExecutor, "close", lambda self: closed.append(True))
+    with pytest.raises(ConfigError, match="not shared"):
+        make_executor("local", shared=tmp_path)
+    assert closed == [True]
 
 
 def test_ray_backend_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
