@@ -19,8 +19,16 @@ from edgekd.search.latency import (
     resolved_args,
 )
 from tests.test_models import ACC, _spec
+from tests.test_search_quiet import pin_machine
 
 K = 6
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about sources and the cache: the machine reads as quiet (its real load
+    would flag prices noisy, have them re-priced, and wait for quiet; see test_search_quiet)."""
+    pin_machine(monkeypatch)
 
 
 def _count_exports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -44,6 +52,8 @@ def test_local_prediction_is_measured_then_cached(
     first = predictor.predict("tcn_tiny", {"width": 8, "levels": 2})
     assert calls == ["tcn_tiny"]
     assert first.source == "local" and 0 < first.p50_ms < 50
+    assert first.rss_mb is not None and first.rss_mb > 0 and not first.noisy
+    assert first.conditions is not None and first.conditions["reason"] == ""
     # stem 1x1 conv + BN, two k=5 conv + BN levels, the head
     assert first.params == (3 * 8 + 2 * 8) + 2 * (8 * 8 * 5 + 2 * 8) + (8 * K + K)
     assert 1_000 < first.int8_bytes < 100_000
@@ -185,7 +195,10 @@ def test_ray_source_runs_the_measurement_on_the_targets_node(tmp_path: Path) -> 
         def submit(self, fn: object, *args: object, resources: Resources) -> Future:
             submitted.append((fn, args, resources))
             done: Future = Future()
-            done.set_result({"p50_ms": 0.9, "int8_bytes": 4321, "params": 766, "machine": {}})
+            cond = {"quiet_reference_ms": 4.0, "noisy": False}
+            done.set_result({"p50_ms": 0.9, "int8_bytes": 4321, "params": 766, "machine": {},
+                             "rss_mb": 80.0, "rss_over_import_mb": 3.0, "noisy": False,
+                             "conditions": cond})  # fmt: skip
             return done
 
     predictor = LatencyPredictor("jetson-orin-nano", ACC, K, tmp_path, executor=Cluster())
@@ -194,7 +207,7 @@ def test_ray_source_runs_the_measurement_on_the_targets_node(tmp_path: Path) -> 
     (fn, args, resources), = submitted
     assert fn is latency.measure_here and args[0] == "tcn_tiny" and args[4] == "jetson-orin-nano"
     assert resources.custom == {"jetson-orin-nano": 1}
-    assert (est.p50_ms, est.int8_bytes, est.source) == (0.9, 4321, "ray")
+    assert (est.p50_ms, est.int8_bytes, est.source, est.rss_mb) == (0.9, 4321, "ray", 80.0)
     predictor.predict("tcn_tiny", {"width": 8})
     assert len(submitted) == 1  # cached
 

@@ -10,13 +10,19 @@ Q/DQ, the OpenVINO int8 IR for OpenVINO targets), and price it:
   size grows with the node count, not with what the device keeps in memory;
 - batch-1 p50 latency (ms) from one of three sources, named in every result:
   `local`: a probe bundle timed here through `edgekd.runtime` (the runtime's runner, the
-  benchmark's `time_calls` / `latency_stats`, 1 thread): only for CPU targets (OpenVINO, ONNX
+  benchmark's `time_calls` / `latency_stats`, 1 thread) in a fresh process (`measure_bundle`),
+  when the machine is quiet (`edgekd.search.quiet`): only for CPU targets (OpenVINO, ONNX
   Runtime) and only when no latency table is given;
   `table`: a latency table recorded on the target device (`record_latency_table`);
   `ray`: the same measurement as `local`, run as a Ray task on a node that declares the target's
   name as a custom resource (e.g. `ray start --resources '{"jetson-orin-nano": 1}'`).
   A TensorRT target without a table or such a node is refused (ConfigError): this machine's
-  timing is never presented as the target's.
+  timing is never presented as the target's;
+- peak resident memory (`rss_mb`, MB = 10^6 bytes) of the process that loaded and timed the
+  probe bundle (`local` and `ray`; a table holds none).
+
+A measured price carries the conditions it was taken under (`Estimate.conditions`, see
+`edgekd.search.quiet.Conditions`) and `noisy` when the machine stayed busy for the whole wait.
 
 Weights do not change the timing of these int8 graphs (no data-dependent control flow), so an
 untrained model with seeded random weights and CALIB_WINDOWS seeded N(0, 1) feature windows (the
@@ -25,7 +31,11 @@ chosen student after training and reports both.
 
 Results are cached in `<out>/latency_cache.json`, keyed by the architecture signature
 (`arch_signature`) and the source's stamp (for `local`, `edgekd.runtime.autoselect.device_stamp`
-plus the backend): a second call for the same candidate exports nothing.
+plus the backend): a second call for the same candidate exports nothing, unless the cached price
+is measured and not known to be quiet (`noisy`, or written by a version that stored no
+conditions): a later predictor prices it again once, and keeps the new price if it is quiet or
+faster (noise only slows a timing). The cache also keeps, per stamp, the quietest reference
+kernel time seen (under QUIET_KEY), so a machine busy from a search's start is still recognised.
 
 Latency table (JSON): `{"format": "edgekd-latency-table", "target": NAME, "device": {...},
 "p50_ms": {signature: p50_ms}}`, written by `record_latency_table` (`edgekd latency-table`) on
@@ -36,7 +46,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,9 +58,12 @@ from typing import Any
 
 import numpy as np
 
+import edgekd.errors
 from edgekd.errors import ConfigError
 from edgekd.io import atomic_write_json
 from edgekd.modalities import ModalitySpec
+from edgekd.search import quiet
+from edgekd.search.quiet import MAX_WAIT_S
 from edgekd.targets import Target, get_target
 
 LOCAL_BACKENDS = ("openvino", "onnxruntime")
@@ -55,6 +72,9 @@ TIMING_WARMUP = 20
 TIMING_DURATION_S = 1.0
 TABLE_FORMAT = "edgekd-latency-table"
 CACHE_FILE = "latency_cache.json"
+QUIET_KEY = "quiet_reference_ms"  # in the cache: {stamp digest: quietest reference kernel ms}
+MEASURE_TIMEOUT_S = 300.0  # a measuring process's load and compile, beyond its timing
+MB = 1e6
 
 
 def arch_signature(arch: str, arch_args: Mapping[str, Any]) -> str:
@@ -75,7 +95,10 @@ def resolved_args(arch: str, args: Mapping[str, Any], spec: ModalitySpec, num_cl
 class Estimate:
     """A priced candidate. `p50_ms` is None when no source could time it (`source` says why);
     `int8_bytes`: the int8 QDQ ONNX; `source`: local | table | ray | none;
-    `detail`: where exactly (machine, table file, Ray resource)."""
+    `detail`: where exactly (machine, table file, Ray resource); `rss_mb`: the measuring
+    process's peak resident memory (MB = 10^6 bytes, see `Measured`; None from a table);
+    `noisy` and `conditions` (`edgekd.search.quiet.Conditions` as a dict; None from a table or a
+    cache written before conditions were kept)."""
 
     signature: str
     params: int
@@ -83,6 +106,15 @@ class Estimate:
     p50_ms: float | None
     source: str
     detail: str
+    rss_mb: float | None = None
+    noisy: bool = False
+    conditions: dict[str, Any] | None = None
+
+    @property
+    def trusted(self) -> bool:
+        """False for a measured price not known to be quiet: it is to be taken again."""
+        measured = self.source in ("local", "ray")
+        return not measured or (self.conditions is not None and not self.noisy)
 
     @property
     def int8_kb(self) -> float:
@@ -161,42 +193,147 @@ def _probe_bundle(exported: Exported, spec: ModalitySpec, num_classes: int, targ
     return out
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A bundle loaded and timed in a fresh process (`measure_bundle`).
+
+    `p50_ms`: batch-1 p50, 1 thread. `rss_mb`: that process's peak resident memory (MB = 10^6
+    bytes): the interpreter, numpy, the runtime, the backend library, the compiled model and the
+    timing calls (plus the benchmark module, about 4 MB); what a device must hold to run the
+    model this way, so it is the figure a memory budget judges. `rss_over_import_mb`: that peak
+    over the process's resident memory once the runtime and the backend library were imported:
+    what the model adds. Both None where /proc/self/status cannot be read. `conditions`
+    (`edgekd.search.quiet.Conditions` as a dict) and `noisy`: the machine around the timing.
+    """
+
+    p50_ms: float
+    rss_mb: float | None
+    rss_over_import_mb: float | None
+    conditions: dict[str, Any]
+    noisy: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Runs in a fresh interpreter (torch blocked: the runtime never needs it, and its memory is not
+# the model's). Peaks are read from /proc/self/status, not ru_maxrss: ru_maxrss survives exec on
+# Linux, so it would report the parent's (a torch process's) peak. Prints one JSON line.
+_MEASURE = textwrap.dedent("""
+    import importlib.abc, json, sys, tempfile
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in the measuring process")
+            return None
+
+    def kib(field):
+        try:
+            with open("/proc/self/status") as fh:
+                return int(next(line for line in fh if line.startswith(field + ":")).split()[1])
+        except (OSError, StopIteration):
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    import numpy as np
+    import edgekd.runtime as rt
+    from edgekd.errors import EdgeKDError
+    from edgekd.modalities import feature_shape
+    from edgekd.runtime.backends import backend_module
+    from edgekd.runtime.bench import latency_stats, time_calls
+    bundle, backend, precision, duration_s, warmup = sys.argv[1:6]
+    try:
+        backend_module(backend).check_available()  # imports the backend library
+        base = kib("VmRSS")
+        with tempfile.TemporaryDirectory(prefix="edgekd-latency-cache-") as cache:
+            model = rt.load(bundle, backend=backend, precision=precision, threads=1,
+                            cache_dir=cache)  # compiled fresh: no cache from another build
+            run = model.runner()
+            x = np.random.default_rng(0).standard_normal((1, *feature_shape(model.spec)))
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            seconds = time_calls(lambda: run(x), warmup=int(warmup), iterations=None,
+                                 duration_s=float(duration_s))
+    except EdgeKDError as exc:
+        print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        sys.exit(1)
+    print(json.dumps({"p50_ms": latency_stats(seconds)["p50"], "peak_kib": kib("VmHWM"),
+                      "base_kib": base}))
+""")
+
+
+def _measure_process(bundle: Path, backend: str, precision: str,
+                     duration_s: float) -> dict[str, Any]:  # fmt: skip
+    """One run of _MEASURE: `{"p50_ms", "peak_kib", "base_kib"}`. Its EdgeKDError is raised
+    here as the same class; a crash or a timeout as RuntimeError."""
+    env = dict(os.environ)
+    package_root = str(Path(edgekd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    args = [sys.executable, "-c", _MEASURE, str(bundle), backend, precision, str(duration_s),
+            str(TIMING_WARMUP)]  # fmt: skip
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env,
+                              timeout=MEASURE_TIMEOUT_S + duration_s)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timing {bundle} on {backend} took over "
+                           f"{MEASURE_TIMEOUT_S + duration_s:g} s") from None  # fmt: skip
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"timing {bundle} on {backend} failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip()[-500:]}") from None  # fmt: skip
+    if "error" in out:
+        raise getattr(edgekd.errors, out["kind"], edgekd.errors.EdgeKDError)(out["error"])
+    return out
+
+
+def measure_bundle(bundle: Path, backend: str, precision: str = "int8",
+                   duration_s: float = TIMING_DURATION_S, *,
+                   max_wait_s: float = MAX_WAIT_S) -> Measured:  # fmt: skip
+    """Batch-1 p50 (ms, 1 thread, `duration_s` of calls after TIMING_WARMUP) and peak memory of
+    `bundle` on `backend`, in a fresh process, when this machine is quiet: waiting up to
+    `max_wait_s` (s) for quiet, else `noisy` (see `edgekd.search.quiet.quietly`)."""
+
+    def once() -> dict[str, Any]:
+        return _measure_process(Path(bundle), backend, precision, duration_s)
+
+    out, conditions = quiet.quietly(once, max_wait_s)
+    peak, base = out["peak_kib"], out["base_kib"]
+    rss = None if peak is None else peak * 1024 / MB  # /proc counts KiB
+    over = None if peak is None or base is None else (peak - base) * 1024 / MB
+    return Measured(float(out["p50_ms"]), rss, over, conditions.to_dict(), conditions.noisy)
+
+
 def time_bundle(bundle: Path, backend: str, precision: str = "int8",
                 duration_s: float = TIMING_DURATION_S) -> float:
-    """Batch-1 p50 (ms) of a bundle on `backend`, 1 thread, timed by the runtime's benchmark
-    functions for `duration_s` after TIMING_WARMUP calls."""
-    import edgekd.runtime as rt
-    from edgekd.modalities import feature_shape
-    from edgekd.runtime.bench import latency_stats, time_calls
-
-    with tempfile.TemporaryDirectory(prefix="edgekd-latency-cache-") as cache:
-        model = rt.load(bundle, backend=backend, precision=precision, threads=1,
-                        cache_dir=Path(cache))  # compiled fresh: no cache from another build
-        run = model.runner()
-        x = np.random.default_rng(0).standard_normal((1, *feature_shape(model.spec)))
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        seconds = time_calls(lambda: run(x), warmup=TIMING_WARMUP, iterations=None,
-                             duration_s=duration_s)
-    return float(latency_stats(seconds)["p50"])
+    """Batch-1 p50 (ms) of a bundle on `backend`: `measure_bundle`'s."""
+    return measure_bundle(bundle, backend, precision, duration_s).p50_ms
 
 
 def measure_here(arch: str, args: Mapping[str, Any], spec: dict[str, Any], num_classes: int,
-                 target_name: str, duration_s: float = TIMING_DURATION_S) -> dict[str, Any]:
-    """Export, quantize and time the candidate on THIS machine with `target_name`'s backend;
-    `{"p50_ms", "int8_bytes", "params", "machine"}`. Plain arguments (a spec dict), so it can run
-    as a Ray task on the device or via `edgekd latency-table` there."""
+                 target_name: str, duration_s: float = TIMING_DURATION_S,
+                 max_wait_s: float = MAX_WAIT_S,
+                 quiet_reference_ms: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Export, quantize and measure the candidate on THIS machine with `target_name`'s backend
+    (`measure_bundle`; `quiet_reference_ms`: a stored quiet reference to judge against);
+    `{"p50_ms", "int8_bytes", "params", "machine", "rss_mb", "rss_over_import_mb", "noisy",
+    "conditions"}`. Plain arguments (a spec dict), so it can run as a Ray task on the device or
+    via `edgekd latency-table` there."""
     from edgekd.runtime.autoselect import device_stamp
 
+    if quiet_reference_ms is not None:
+        quiet.remember_reference(quiet_reference_ms)
     target = get_target(target_name)
     modality = ModalitySpec.from_dict(spec)
     with tempfile.TemporaryDirectory(prefix="edgekd-latency-") as tmp:
         work = Path(tmp)
         exported = export_candidate(arch, args, modality, num_classes, target.backend, work)
         bundle = _probe_bundle(exported, modality, num_classes, target, work / "probe.edgekd")
-        p50 = time_bundle(bundle, target.backend, duration_s=duration_s)
+        measured = measure_bundle(bundle, target.backend, duration_s=duration_s,
+                                  max_wait_s=max_wait_s)  # fmt: skip
     stamp = device_stamp(1, with_gpu=target.uses_tensorrt)
-    return {"p50_ms": p50, "int8_bytes": exported.int8_bytes, "params": exported.params,
-            "machine": stamp}
+    return {**measured.to_dict(), "int8_bytes": exported.int8_bytes, "params": exported.params,
+            "machine": stamp}  # fmt: skip
 
 
 # --- latency tables ---------------------------------------------------------------------------
@@ -264,7 +401,8 @@ def record_latency_table(
         table["p50_ms"][signature] = result["p50_ms"]
         atomic_write_json(path, table)  # after each: a long recording survives a stop
         if log is not None:
-            log(f"{signature}: p50 {result['p50_ms']:.4f} ms")
+            noisy = f" (noisy: {result['conditions']['reason']})" if result["noisy"] else ""
+            log(f"{signature}: p50 {result['p50_ms']:.4f} ms{noisy}")
     atomic_write_json(path, table)
     return table
 
@@ -291,16 +429,19 @@ class LatencyPredictor:
 
     `table`: a latency table (then it is the only source, also for CPU targets); `executor`: an
     `edgekd.executor` backend; a Ray one with a node declaring the target's resource measures
-    there. ConfigError at construction when the target has no usable source.
+    there. `max_wait_s`: the longest a measurement waits for a quiet machine (s; 0: measure at
+    once, flagging it noisy if busy). ConfigError at construction when the target has no usable
+    source.
     """
 
     def __init__(
         self, target: str, spec: ModalitySpec, num_classes: int, out: Path, *,
         table: Path | None = None, executor: Any = None, duration_s: float = TIMING_DURATION_S,
+        max_wait_s: float = MAX_WAIT_S,
     ) -> None:  # fmt: skip
         self.target = get_target(target)
         self.spec, self.num_classes = spec, num_classes
-        self.duration_s = duration_s
+        self.duration_s, self.max_wait_s = duration_s, max_wait_s
         self.table = None if table is None else LatencyTable.load(table, self.target.name)
         self.executor = executor
         self.cache_path = Path(out) / CACHE_FILE
@@ -308,6 +449,9 @@ class LatencyPredictor:
         if self.cache_path.is_file():
             self.cache = json.loads(self.cache_path.read_text(encoding="utf-8"))
         self.source = self._source()
+        # keys priced by this predictor: it does not price them again (a busy search would
+        # spend its time re-pricing what it could not price quietly)
+        self._priced: set[str] = set()
 
     def _source(self) -> str:
         if self.table is not None:
@@ -350,35 +494,46 @@ class LatencyPredictor:
                            "stamp": self._stamp()}, sort_keys=True)  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
+    def _stamp_key(self) -> str:
+        return hashlib.sha256(json.dumps(self._stamp(), sort_keys=True).encode()).hexdigest()[:24]
+
     def predict(self, arch: str, args: Mapping[str, Any]) -> Estimate:
-        """The candidate's estimate, from the cache or freshly exported and timed."""
+        """The candidate's estimate: from the cache when it is trusted (`Estimate.trusted`) or
+        was priced by this predictor, else freshly exported and measured. A re-price replaces
+        the cached one when it is quiet or faster."""
         signature = arch_signature(arch, resolved_args(arch, args, self.spec, self.num_classes))
         key = self._key(signature)
         hit = self.cache.get(key)
-        if hit is not None:
-            return Estimate(**hit)
+        old = None if hit is None else Estimate(**hit)
+        if old is not None and (old.trusted or key in self._priced):
+            return old
         estimate = self._price(arch, args, signature)
+        self._priced.add(key)
+        if estimate.conditions is not None:
+            quiet_ms = self.cache.setdefault(QUIET_KEY, {})
+            stamp, seen = self._stamp_key(), estimate.conditions["quiet_reference_ms"]
+            quiet_ms[stamp] = min(quiet_ms.get(stamp, seen), seen)
+        if old is not None and estimate.noisy and _faster(old, estimate):
+            estimate = old  # both untrusted: noise only slows a timing, so the faster is closer
         self.cache[key] = asdict(estimate)
         atomic_write_json(self.cache_path, self.cache)
         return estimate
 
     def _price(self, arch: str, args: Mapping[str, Any], signature: str) -> Estimate:
-        if self.source == "local":
-            m = measure_here(arch, args, self.spec.to_dict(), self.num_classes, self.target.name,
-                             self.duration_s)
-            return Estimate(signature, m["params"], m["int8_bytes"], m["p50_ms"], "local",
-                            self.describe())
-        if self.source == "ray":
-            from edgekd.executor import Resources
+        if self.source in ("local", "ray"):
+            plain = (arch, dict(args), self.spec.to_dict(), self.num_classes, self.target.name,
+                     self.duration_s, self.max_wait_s,
+                     self.cache.get(QUIET_KEY, {}).get(self._stamp_key()))  # fmt: skip
+            if self.source == "local":
+                m = measure_here(*plain)
+            else:
+                from edgekd.executor import Resources
 
-            future = self.executor.submit(
-                measure_here, arch, dict(args), self.spec.to_dict(), self.num_classes,
-                self.target.name, self.duration_s,
-                resources=Resources(custom={self.target.name: 1}),
-            )  # fmt: skip
-            m = future.result()
-            return Estimate(signature, m["params"], m["int8_bytes"], m["p50_ms"], "ray",
-                            self.describe())
+                resources = Resources(custom={self.target.name: 1})
+                m = self.executor.submit(measure_here, *plain, resources=resources).result()
+            return Estimate(signature, m["params"], m["int8_bytes"], m["p50_ms"], self.source,
+                            self.describe(), m["rss_mb"], m["noisy"],
+                            m["conditions"])  # fmt: skip
         # table: the size is device-independent, so it is measured here; the time is looked up
         assert self.table is not None
         with tempfile.TemporaryDirectory(prefix="edgekd-size-") as tmp:
@@ -392,12 +547,17 @@ class LatencyPredictor:
                         detail)
 
 
+def _faster(a: Estimate, b: Estimate) -> bool:
+    """`a` timed no slower than `b` (a missing time is slowest)."""
+    return a.p50_ms is not None and (b.p50_ms is None or a.p50_ms <= b.p50_ms)
+
+
 def predict_latency(
     arch: str, args: Mapping[str, Any], spec: ModalitySpec, num_classes: int, target: str,
     out: Path, *, table: Path | None = None, executor: Any = None,
-    duration_s: float = TIMING_DURATION_S,
+    duration_s: float = TIMING_DURATION_S, max_wait_s: float = MAX_WAIT_S,
 ) -> Estimate:  # fmt: skip
     """One candidate's estimate (see `LatencyPredictor`; cached in `out`)."""
     predictor = LatencyPredictor(target, spec, num_classes, out, table=table, executor=executor,
-                                 duration_s=duration_s)  # fmt: skip
+                                 duration_s=duration_s, max_wait_s=max_wait_s)  # fmt: skip
     return predictor.predict(arch, args)
