@@ -22,7 +22,7 @@ from tests.conftest import run_cli
 TINY = [
     "--epochs", "2", "--limit", "1500", "--no-unlabelled", "--timing-s", "0.2",
     "--archs", "tcn_tiny", "--seed", "0", "--budget-ms", "5",
-    "--finalists", "1", "--final-seeds", "1", "--final-epochs", "2",
+    "--finalists", "1", "--final-seeds", "1", "--final-epochs", "2", "--quiet-wait-s", "5",
 ]  # fmt: skip
 
 

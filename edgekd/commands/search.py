@@ -84,6 +84,10 @@ def register(app: typer.Typer) -> None:
         max_drop: Annotated[
             float, typer.Option(help="Export of the chosen student: most int8 drop (points).")
         ] = 1.0,
+        quiet_wait_s: Annotated[
+            float,
+            typer.Option(help="Most seconds a timing waits for a quiet machine (else noisy)."),
+        ] = 30.0,
         timing_s: Annotated[
             float, typer.Option(help="Seconds of batch-1 timing per measured candidate.")
         ] = 1.0,
@@ -125,6 +129,7 @@ def register(app: typer.Typer) -> None:
             trials=trials, archs=_names(archs), executor=executor, address=address, jobs=jobs,
             threads=threads, latency_table=latency_table, pruner=pruner,
             export=not no_export, max_drop=max_drop, timing_s=timing_s,
+            quiet_wait_s=quiet_wait_s,
             finalists=finalists, final_seeds=final_seeds, final_epochs=final_epochs,
             **({} if base.train.epochs is None else {"epochs": base.train.epochs}),
             seed=base.train.seed, batch_size=base.train.batch_size, limit=base.data.limit,

@@ -121,7 +121,7 @@ def _train_all(search: Any, finals: list[_Finalist]) -> dict[str, dict[str, Any]
     """Train every final run (one job per distinct folder, through the search's executor);
     returns folder -> metrics.json content, or the error text of a run that failed."""
     from edgekd.distill.ablate.jobs import Job, execute
-    from edgekd.executor import Resources
+    from edgekd.executor import training_resources
 
     configs: dict[str, tuple[Any, str]] = {}
     for final in finals:
@@ -131,8 +131,8 @@ def _train_all(search: Any, finals: list[_Finalist]) -> dict[str, dict[str, Any]
     for folder, (cfg, name) in configs.items():
         job = Job(name, cfg.train.seed, None, cfg, Path(search.spec.teacher), Path(folder),
                   search.threads.per_job)  # fmt: skip
-        futures[search.executor.submit(execute, job,
-                                       resources=Resources(cpus=search.threads.per_job))] = folder
+        resources = training_resources(search.executor, search.threads.per_job)
+        futures[search.executor.submit(execute, job, resources=resources)] = folder
     results: dict[str, dict[str, Any] | str] = {}
     started = time.perf_counter()
     try:
@@ -199,7 +199,8 @@ def _measure(search: Any, final: _Finalist, entry: dict[str, Any]) -> None:
                                   f"`edgekd bench {bundle}` on the device")  # fmt: skip
         return
     target = get_target(spec.target)
-    m = measure_bundle(bundle, target.backend, target.precision, spec.timing_s)
+    m = measure_bundle(bundle, target.backend, target.precision, spec.timing_s,
+                       max_wait_s=spec.quiet_wait_s)  # fmt: skip
     entry["measured"] = m.to_dict()
     entry["measured_note"] = (f"measured here on {target.backend} {target.precision}"
                               + (" (NOISY: the machine was busy)" if m.noisy else ""))  # fmt: skip

@@ -131,10 +131,17 @@ class SearchSpec:
     export: bool = True
     max_drop: float = 1.0  # export: the most int8 may lose against FP32 (points)
     timing_s: float = 1.0  # timing per candidate when latency is measured (s)
+    quiet_wait_s: float = 30.0  # the most a timing waits for a quiet machine (s), else noisy
     finalists: int = 3  # the best trials within budget retrained in full (plus the anchor)
     final_seeds: int = 3  # seeds of each final run: the search's seed and the next ones
     final_epochs: int | None = None  # epochs of a final run (None: `distill`'s default)
     data: str | None = None  # the paired data: needed with an outside teacher (as distill's)
+
+    def __post_init__(self) -> None:
+        # absolute: the jobs' run folders must name the same place in a Ray worker, whose
+        # working directory is not this process's
+        object.__setattr__(self, "out", Path(self.out).absolute())
+        object.__setattr__(self, "teacher", Path(self.teacher).absolute())
 
     def check(self) -> None:
         """ConfigError naming the offending option, before anything is created: every option
@@ -159,6 +166,8 @@ class SearchSpec:
             raise ConfigError(f"--final-epochs must be at least 1, got {self.final_epochs}")
         if not self.timing_s > 0:
             raise ConfigError(f"--timing-s must be > 0, got {self.timing_s:g}")
+        if not self.quiet_wait_s >= 0:
+            raise ConfigError(f"--quiet-wait-s must be >= 0 s, got {self.quiet_wait_s:g}")
         if self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 points, got {self.max_drop:g}")
         if self.pruner not in PRUNERS:
@@ -853,6 +862,7 @@ def run_search(spec: SearchSpec, log: Callable[[str], None] = print) -> dict[str
         predictor = LatencyPredictor(
             spec.target, search.modality, len(search.labels), out,
             table=spec.latency_table, executor=executor, duration_s=spec.timing_s,
+            max_wait_s=spec.quiet_wait_s,
         )  # fmt: skip
         with _lock(out):
             # recorded only once every option is known to work: a refused start binds nothing

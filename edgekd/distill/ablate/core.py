@@ -300,7 +300,7 @@ def plan(
                     seed, Path(spec.teacher)
                 )
                 where = "final" if fold is None else f"fold{fold[0]}of{fold[1]}"
-                out = Path(spec.out) / "runs" / name / f"seed{seed}" / where
+                out = Path(spec.out).absolute() / "runs" / name / f"seed{seed}" / where
                 jobs.append(Job(name, seed, fold, cfg, teacher, out, threads))
     return jobs
 
@@ -348,7 +348,7 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     no_plot = plots_unavailable()
     if no_plot:
         log(f"{no_plot}: ablate.json only, no ablate.png")
-    out = Path(spec.out)
+    out = Path(spec.out).absolute()  # a Ray worker does not share our working directory
     read = read_teacher(spec)
     plans = row_plans(spec, names, read)
     diffs = {n: unintended(n, plans) for n in names}
@@ -367,7 +367,7 @@ def ablate(spec: AblationSpec, log: Callable[[str], None] = print) -> dict[str, 
     line, epoch_s = describe_plan(spec, names, [*teachers.jobs, *jobs], threads)
     # made before anything is written: a Ray cluster that cannot be reached binds nothing
     executor = make_executor(spec.executor, workers=spec.jobs, address=spec.address,
-                             cpus_per_job=threads.per_job)  # fmt: skip
+                             cpus_per_job=threads.per_job, shared=out)  # fmt: skip
     with closing(executor):
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "settings.json", settings)

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgekd.config import RunConfig
 from edgekd.errors import EdgeKDError
-from edgekd.executor import Executor, Resources
+from edgekd.executor import Executor, training_resources
 
 POLL_S = 2.0  # how often the running jobs' folders are read for newly finished epochs
 
@@ -188,7 +188,9 @@ def run_jobs(
             while waiting and len(running) < workers:
                 i = waiting.pop(0)
                 job = jobs[i]
-                future = executor.submit(execute, job, resources=Resources(cpus=job.threads))
+                future = executor.submit(
+                    execute, job, resources=training_resources(executor, job.threads)
+                )
                 running[future] = run = _Running(i, len(_epochs_done(job.out)))
                 log(tracker.event("start", i, run.seen, 0.0))
             finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
