@@ -29,7 +29,21 @@ def train_config(spec: Any, cand: Candidate, *, epochs: int | None,
                           seed=spec.seed if seed is None else seed),
         model=ModelConfig(arch=cand.arch, args=dict(cand.args)),
         distill=distill_config(cand.recipe, cand.tau, cand.alpha),
+        augment=trial_augment(spec.teacher),
     )  # fmt: skip
+
+
+def trial_augment(teacher: Path) -> Any:
+    """The trials' augmentation: the shipped default, or none for a teacher whose outputs are
+    precomputed (a card with `source: outputs`, such as a `teacher cache`): they are outputs of
+    clean windows and cannot follow an augmented batch, which is why `edgekd distill` takes such
+    a teacher only with `--augment none`. Every trial, the anchor and the CE pairs alike."""
+    from edgekd.config import DEFAULT_AUGMENT, NO_AUGMENT
+    from edgekd.teachers import is_card_teacher, read_card
+
+    if is_card_teacher(Path(teacher)) and read_card(teacher).source == "outputs":
+        return NO_AUGMENT
+    return DEFAULT_AUGMENT
 
 
 def read_teacher(teacher: Path, cfg: Any) -> tuple[Any, Any, Any]:

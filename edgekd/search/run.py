@@ -229,12 +229,14 @@ def card_of(teacher: Path) -> Any:
 def _probe_config(spec: SearchSpec, recipe: str = "ce") -> Any:
     """The trials' run config with `recipe` and the default student: for planning only."""
     from edgekd.config import DataConfig, RunConfig, TrainConfig
+    from edgekd.search.plans import trial_augment
     from edgekd.search.space import distill_config
 
     return RunConfig(
         data=DataConfig(source=spec.data, limit=spec.limit, unlabelled=spec.unlabelled),
         train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed),
         distill=distill_config(recipe, None, None),
+        augment=trial_augment(spec.teacher),
     )
 
 
@@ -596,6 +598,9 @@ class _Search:
         if self.card is not None:
             line += (f"; outside teacher {self.card.source} sha256 {self.card.sha256[:12]} on "
                      f"{self.spec.data or self.card.data_source}")  # fmt: skip
+            if self.card.source == "outputs":
+                line += ("; trials not augmented (the teacher's outputs are precomputed on "
+                         "clean windows)")  # fmt: skip
         if self.not_searched:
             line += ("; recipes the teacher cannot serve, not searched: "
                      + ", ".join(self.not_searched))  # fmt: skip

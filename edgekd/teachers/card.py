@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,8 @@ class TeacherCard:
     name: str = ""
     data_source: str = ""  # precomputed outputs: the data they were computed on
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the card's file in `dir`: any name given as the --teacher path (face.yaml), else CARD_FILE
+    card_name: str = CARD_FILE
 
     @property
     def file(self) -> Path | None:
@@ -142,7 +144,7 @@ class TeacherCard:
             "name": self.name or (Path(self.path).stem if self.path else self.factory or ""),
             "sha256": self.sha256,
             "licence": self.licence,
-            "card": str(self.dir / CARD_FILE) if self.raw else "",
+            "card": str(self.dir / self.card_name) if self.raw else "",
             "card_sha256": card_digest(self.raw),
         }
 
@@ -341,7 +343,7 @@ def read_card(path: Path) -> TeacherCard:
         raw = yaml.safe_load(card.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{card}: not a readable YAML teacher card: {exc}") from exc
-    return parse_card(raw, card.parent, str(card))
+    return replace(parse_card(raw, card.parent, str(card)), card_name=card.name)
 
 
 def verify_sha256(card: TeacherCard) -> None:
