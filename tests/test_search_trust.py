@@ -549,6 +549,8 @@ def test_finalists_and_the_anchor_are_retrained_in_full_on_fixed_seeds_with_ce_p
     )  # the widest is best here
     assert any(line.startswith("final stage: ") and "trainings" in line for line in lines)
     assert "Final stage:" in (out / "pareto.md").read_text()
+    assert ("then the final stage: the best 2 within budget and the anchor retrained for 5 "
+            "epochs on 2 seeds, each with a CE pair (up to 12 trainings)") in lines[0]
 
 
 def test_the_default_stays_when_no_finalist_beats_it_in_full(

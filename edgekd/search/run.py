@@ -587,7 +587,11 @@ class _Search:
             f"recipe points x {sizes['schedule']} learning rates); target {self.spec.target}, "
             f"{budget}; latency: {predictor.describe()}; {self.spec.trials} trials of "
             f"{self.spec.epochs} epochs ({trained} already trained, {left} to go), "
-            f"{self.spec.pruner} pruner; {self.threads.describe()}"
+            f"{self.spec.pruner} pruner; then the final stage: the best {self.spec.finalists} "
+            f"within budget and the anchor retrained for "
+            f"{self.spec.final_epochs or 'the default'} epochs on {self.spec.final_seeds} seeds, "
+            f"each with a CE pair (up to {2 * (self.spec.finalists + 1) * self.spec.final_seeds} "
+            f"trainings); {self.threads.describe()}"
         )
         if self.anchor is not None:
             a = self.anchor
