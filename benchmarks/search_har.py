@@ -7,7 +7,7 @@ table, the wall time and how many trials were pruned or not trained (over budget
 
     .venv/bin/python benchmarks/search_har.py [--teacher DIR] [--out runs/search_har]
         [--trials 24] [--epochs 30] [--budget-ms 0.25] [--jobs 1] [--limit N]
-        [--finalists 3] [--final-seeds 3] [--final-epochs N]
+        [--archs a,b] [--finalists 3] [--final-seeds 3] [--final-epochs N]
 
 A quick check that it runs (2 trials x 2 epochs, 1 finalist + the anchor x 1 seed x 2 epochs):
 
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--teacher-epochs", type=int, default=None)  # None: the teacher default
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--archs", default=None, help="comma-separated students (default: all)")
     parser.add_argument("--finalists", type=int, default=3)
     parser.add_argument("--final-seeds", type=int, default=3)
     parser.add_argument("--final-epochs", type=int, default=None)
@@ -63,6 +64,7 @@ def main() -> None:
         teacher=teacher, out=args.out / "search", target=args.target, budget_ms=args.budget_ms,
         trials=args.trials, epochs=args.epochs, jobs=args.jobs, limit=args.limit, seed=args.seed,
         finalists=args.finalists, final_seeds=args.final_seeds, final_epochs=args.final_epochs,
+        archs=tuple(args.archs.split(",")) if args.archs else None,
     )  # fmt: skip
     report = run_search(spec, log=lambda line: print(line, flush=True))
     wall = time.perf_counter() - t0
@@ -70,6 +72,7 @@ def main() -> None:
     command = (f"edgekd search --teacher {teacher} --out {spec.out} --target {spec.target} "
                f"--budget-ms {spec.budget_ms:g} --trials {spec.trials} --epochs {spec.epochs}"
                + (f" --limit {spec.limit}" if spec.limit else "")
+               + (f" --archs {','.join(spec.archs)}" if spec.archs else "")
                + f" --finalists {spec.finalists} --final-seeds {spec.final_seeds}"
                + (f" --final-epochs {spec.final_epochs}" if spec.final_epochs else ""))  # fmt: skip
     print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
