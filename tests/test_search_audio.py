@@ -261,10 +261,10 @@ def imu(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 
-# (the form's name in `imu`, whether it needs --data, the provenance source search.json records)
+# (the form's name in `imu`, whether it needs --data, the provenance source search.json records);
+# a card file itself: tests/test_outside_teacher_ablate.py's search test
 FORMS = [
     pytest.param("run", True, "edgekd", id="edgekd-run-folder"),
-    pytest.param("card", True, "onnx", id="card-file"),
     pytest.param("folder", True, "onnx", id="folder-holding-the-card"),
     pytest.param("onnx", True, "onnx", id="onnx-with-the-card-beside"),
     pytest.param("pt2", True, "torch_export", id="pt2-with-the-card-beside"),
