@@ -62,22 +62,21 @@ def _same_student(row: dict[str, Any]) -> str:
 
 def pick_finalists(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """The trials the final stage retrains: the `k` best complete trials within budget on
-    validation accuracy (distinct candidates; ties to the lower predicted p50, then fewer
-    parameters), then the anchor when it was trained and is not among them (over budget too:
-    it is reported, never chosen)."""
-    trained = [r for r in rows if r["state"] == "complete" and not r["over_budget"]]
+    validation accuracy other than the anchor (distinct candidates; ties to the lower predicted
+    p50, then fewer parameters), then the anchor when it was trained (over budget too: it is
+    reported, never chosen)."""
+    anchor = next((r for r in rows if r["anchor"] and r["state"] == "complete"), None)
+    trained = [r for r in rows if r["state"] == "complete" and not r["over_budget"]
+               and not r["anchor"]]  # fmt: skip
     ranked = sorted(trained, key=lambda r: (-r["val_acc"], r.get("p50_ms") or math.inf,
                                             r.get("params") or 0))  # fmt: skip
     picked: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen = {_same_student(anchor)} if anchor is not None else set()
     for row in ranked:
         if len(picked) < k and _same_student(row) not in seen:
             seen.add(_same_student(row))
             picked.append(row)
-    anchor = next((r for r in rows if r["anchor"] and r["state"] == "complete"), None)
-    if anchor is not None and _same_student(anchor) not in seen:
-        picked.append(anchor)
-    return picked
+    return picked + ([anchor] if anchor is not None else [])
 
 
 @dataclass
@@ -99,6 +98,7 @@ class _Finalist:
 
 def _plan_runs(search: Any, picked: list[dict[str, Any]], seeds: list[int]) -> list[_Finalist]:
     """Each finalist's run configs per kind and seed, and the folders they train in."""
+    from edgekd.config import DEFAULT_EPOCHS
     from edgekd.search import plans
 
     spec = search.spec
@@ -112,7 +112,7 @@ def _plan_runs(search: Any, picked: list[dict[str, Any]], seeds: list[int]) -> l
                 folder = plans.run_folder(spec.out, c, spec.teacher)
                 final.runs[kind][str(seed)] = folder
                 final.configs[str(folder)] = c
-                final.epochs[kind] = c.train.epochs
+                final.epochs[kind] = c.train.epochs or DEFAULT_EPOCHS[search.modality.kind]
         finals.append(final)
     return finals
 
@@ -301,7 +301,7 @@ def run_final_stage(search: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len({f for final in finals for f in final.configs})
     search.log(f"final stage: {len(finals)} finalists ("
                + ", ".join(f.name() for f in finals)
-               + f"), each retrained for {finals[0].epochs['kd'] or 'the default'} epochs on seeds "
+               + f"), each retrained for {finals[0].epochs['kd']} epochs on seeds "
                f"{seeds} with a CE pair ({finals[0].epochs['ce']} epochs, as many optimizer "
                f"steps): {n} trainings")  # fmt: skip
     results = _train_all(search, finals)

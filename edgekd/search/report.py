@@ -74,7 +74,7 @@ def format_table(report: dict[str, Any]) -> str:
         chosen = (report.get("chosen") or {}).get("trial")
         lines += [
             "", f"Final stage: {len(finalists)} finalists retrained for "
-            f"{finalists[0]['epochs']['kd'] or 'the default'} epochs on seeds {final['seeds']}, "
+            f"{finalists[0]['epochs']['kd']} epochs on seeds {final['seeds']}, "
             "each paired with CE over as many optimizer steps (mean ± s.e. over seeds; test read "
             "once, after the choice; KD − CE paired by seed, [95% CI])", "",
         ]  # fmt: skip

@@ -570,6 +570,7 @@ class _Search:
         return cand, params, None
 
     def plan(self, study: Any, predictor: Any) -> str:
+        from edgekd.config import DEFAULT_EPOCHS
         from edgekd.search.space import space_size
 
         sizes = space_size(self.archs, self.recipes)
@@ -589,7 +590,8 @@ class _Search:
             f"{self.spec.epochs} epochs ({trained} already trained, {left} to go), "
             f"{self.spec.pruner} pruner; then the final stage: the best {self.spec.finalists} "
             f"within budget and the anchor retrained for "
-            f"{self.spec.final_epochs or 'the default'} epochs on {self.spec.final_seeds} seeds, "
+            f"{self.spec.final_epochs or DEFAULT_EPOCHS[self.modality.kind]} epochs on "
+            f"{self.spec.final_seeds} seeds, "
             f"each with a CE pair (up to {2 * (self.spec.finalists + 1) * self.spec.final_seeds} "
             f"trainings); {self.threads.describe()}"
         )
