@@ -133,7 +133,7 @@ def test_sigkill_then_rerun_continues_the_study(teacher_run: Path, tmp_path: Pat
     out = tmp_path / "search"
     cmd = [
         sys.executable, "-m", "edgekd", "search", "--teacher", str(teacher_run), "--out",
-        str(out), "--trials", "3", "--no-export", *TINY, "--epochs", "1",
+        str(out), "--trials", "3", "--no-export", *TINY, "--epochs", "1", "--final-epochs", "1",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     with open(tmp_path / "first.log", "w") as log:
