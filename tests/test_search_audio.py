@@ -31,7 +31,7 @@ from tests.plain_teachers import (
     sha256,
     train_plain_teacher,
 )
-from tests.test_search_quiet import pin_machine
+from tests.pricing import pin_machine
 from tests.toy_manifest import make_toy_manifest
 
 # The smallest search that still explores, runs the final stage and prices every candidate.

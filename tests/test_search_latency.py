@@ -18,8 +18,8 @@ from edgekd.search.latency import (
     arch_signature,
     resolved_args,
 )
+from tests.pricing import count_exports, pin_machine
 from tests.test_models import ACC, _spec
-from tests.test_search_quiet import pin_machine
 
 K = 6
 
@@ -31,22 +31,10 @@ def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     pin_machine(monkeypatch)
 
 
-def _count_exports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = latency.export_candidate
-
-    def counted(arch: str, *args: object, **kwargs: object) -> latency.Exported:
-        calls.append(arch)
-        return real(arch, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(latency, "export_candidate", counted)
-    return calls
-
-
 def test_local_prediction_is_measured_then_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _count_exports(monkeypatch)
+    calls = count_exports(monkeypatch)
     predictor = LatencyPredictor("cpu", ACC, K, tmp_path, duration_s=0.2)
     assert predictor.source == "local" and "measured on this machine" in predictor.describe()
     first = predictor.predict("tcn_tiny", {"width": 8, "levels": 2})
@@ -95,7 +83,7 @@ def test_non_local_target_needs_a_table_or_a_ray_node(tmp_path: Path) -> None:
 def test_table_gives_the_device_figure_never_this_machines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _count_exports(monkeypatch)
+    calls = count_exports(monkeypatch)
     known = arch_signature("tcn_tiny", resolved_args("tcn_tiny", {"width": 8}, ACC, K))
     table = tmp_path / "orin.json"
     table.write_text(json.dumps({

@@ -25,22 +25,13 @@ from edgekd.search.latency import (
     resolved_args,
 )
 from edgekd.targets import get_target
+from tests.pricing import count_exports, pin_machine
 from tests.test_models import ACC
 
 K = 6
 SMALL = {"width": 8, "levels": 2}
 CONDITION_FIELDS = {"cores", "busy_cores", "load_1m", "reference_ms", "quiet_reference_ms",
                     "noisy", "reason", "waited_s", "at"}  # fmt: skip
-
-
-def pin_machine(monkeypatch: pytest.MonkeyPatch, *, busy: float = 0.0,
-                reference: float | Callable[[], float] = 1.0) -> None:  # fmt: skip
-    """The condition readers report `busy` cores in use by other work and the reference kernel
-    at `reference` ms (a value, or a reader of successive values) against a quiet 1 ms."""
-    monkeypatch.setattr(quiet, "busy_cores", lambda: busy)
-    monkeypatch.setattr(quiet, "reference_ms", reference if callable(reference)
-                        else lambda: reference)  # fmt: skip
-    monkeypatch.setattr(quiet, "_quietest", 1.0)
 
 
 class Clock:
@@ -131,18 +122,6 @@ def test_the_real_readers_give_sane_figures() -> None:
 # --- the predictor and its cache ----------------------------------------------------------------
 
 
-def _count_exports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = latency.export_candidate
-
-    def counted(arch: str, *args: object, **kwargs: object) -> latency.Exported:
-        calls.append(arch)
-        return real(arch, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(latency, "export_candidate", counted)
-    return calls
-
-
 def _cache(out: Path) -> dict:
     return json.loads((out / CACHE_FILE).read_text())
 
@@ -150,7 +129,7 @@ def _cache(out: Path) -> dict:
 def test_a_noisy_price_is_stored_with_its_conditions_and_taken_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _count_exports(monkeypatch)
+    calls = count_exports(monkeypatch)
     pin_machine(monkeypatch, busy=float(quiet.usable_cores()))
     busy = LatencyPredictor("cpu-ort", ACC, K, tmp_path, duration_s=0.1, max_wait_s=0)
     noisy = busy.predict("tcn_tiny", SMALL)
@@ -202,7 +181,7 @@ def _old_entry(predictor: LatencyPredictor, p50: float, source: str) -> tuple[st
 def test_an_old_cache_loads_its_measured_prices_are_taken_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _count_exports(monkeypatch)
+    calls = count_exports(monkeypatch)
     pin_machine(monkeypatch)
     predictor = LatencyPredictor("cpu-ort", ACC, K, tmp_path, duration_s=0.1, max_wait_s=0)
     key, entry = _old_entry(predictor, 99.0, "local")

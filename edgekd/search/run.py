@@ -227,17 +227,11 @@ def card_of(teacher: Path) -> Any:
 
 
 def _probe_config(spec: SearchSpec, recipe: str = "ce") -> Any:
-    """The trials' run config with `recipe` and the default student: for planning only."""
-    from edgekd.config import DataConfig, RunConfig, TrainConfig
-    from edgekd.search.plans import trial_augment
-    from edgekd.search.space import distill_config
+    """The trials' run config with `recipe`, the default student and lr: for planning only."""
+    from edgekd.config import TrainConfig
 
-    return RunConfig(
-        data=DataConfig(source=spec.data, limit=spec.limit, unlabelled=spec.unlabelled),
-        train=TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed),
-        distill=distill_config(recipe, None, None),
-        augment=trial_augment(spec.teacher),
-    )
+    probe = Candidate("", {}, recipe, None, None, TrainConfig().lr)  # "": the default student
+    return train_config(spec, probe, epochs=spec.epochs)
 
 
 def card_recipes(spec: SearchSpec, data: Any, card: Any) -> tuple[tuple[str, ...], dict[str, str]]:
