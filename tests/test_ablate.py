@@ -395,6 +395,30 @@ def test_a_failing_job_stops_the_running_ones(teacher_run: Path, tmp_path: Path)
     assert not (long.out / "metrics.json").exists()
 
 
+def test_keep_going_records_a_failed_job_and_finishes_the_others(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    from edgekd.config import override
+    from edgekd.distill.ablate.jobs import run_jobs
+    from edgekd.executor import make_executor
+
+    long = _long_job(teacher_run, tmp_path / "good")
+    good = replace(long, cfg=override(long.cfg, "train", epochs=1))
+    bad = replace(good, seed=1, teacher=tmp_path / "no-teacher", out=tmp_path / "bad")
+    lines: list[str] = []
+    with closing(make_executor("local", workers=2)) as ex:
+        results = run_jobs([bad, good], ex, 2, lines.append, keep_going=True, show_test=False)
+    assert isinstance(results[0], str) and results[0].startswith("ConfigError: ")
+    assert "no-teacher" in results[0]
+    assert results[1] == json.loads((good.out / "metrics.json").read_text())
+    failed = next(line for line in lines if "FAILED" in line)
+    assert failed.startswith("[") and "ce seed 1 final: FAILED (ConfigError: " in failed
+    assert failed.endswith("the others go on")
+    done = next(line for line in lines if "finished" in line)
+    assert "] ce seed 0 final: finished, val acc " in done
+    assert not any("test acc" in line for line in lines)  # test stays out of the log
+
+
 @pytest.mark.slow
 def test_an_interrupted_ablation_leaves_no_training_process(
     teacher_run: Path, tmp_path: Path

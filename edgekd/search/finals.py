@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
-from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,40 +116,28 @@ def _plan_runs(search: Any, picked: list[dict[str, Any]], seeds: list[int]) -> l
 
 
 def _train_all(search: Any, finals: list[_Finalist]) -> dict[str, dict[str, Any] | str]:
-    """Train every final run (one job per distinct folder, through the search's executor);
-    returns folder -> metrics.json content, or the error text of a run that failed."""
-    from edgekd.distill.ablate.jobs import Job, execute
-    from edgekd.executor import training_resources
+    """Train every final run (one job per distinct folder, through the search's executor, with
+    per-epoch progress and ETAs; test figures stay out of the log until the choice); returns
+    folder -> metrics.json content, or the error text of a run that failed (its finalist is
+    out, the others go on)."""
+    from edgekd.distill.ablate.jobs import Job, epoch_seconds, run_jobs
 
-    configs: dict[str, tuple[Any, str]] = {}
+    jobs: dict[str, Job] = {}
     for final in finals:
-        for folder, cfg in final.configs.items():
-            configs.setdefault(folder, (cfg, f"final-trial{final.row['trial']}"))
-    futures: dict[Future, str] = {}
-    for folder, (cfg, name) in configs.items():
-        job = Job(name, cfg.train.seed, None, cfg, Path(search.spec.teacher), Path(folder),
-                  search.threads.per_job)  # fmt: skip
-        resources = training_resources(search.executor, search.threads.per_job)
-        futures[search.executor.submit(execute, job, resources=resources)] = folder
-    results: dict[str, dict[str, Any] | str] = {}
-    started = time.perf_counter()
-    try:
-        for done, future in enumerate(as_completed(futures), 1):
-            folder = futures[future]
-            try:
-                results[folder] = future.result()
-                what = f"val acc {100 * results[folder]['val']['accuracy']:.2f} %"
-            except Exception as exc:  # recorded: the finalist is out, the others go on
-                results[folder] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                what = f"FAILED ({results[folder]})"
-            search.log(f"[final {done}/{len(futures)}] {Path(folder).name}: {what}; "
-                       f"{time.perf_counter() - started:.0f} s")  # fmt: skip
-    except KeyboardInterrupt:  # stop the rest: each resumes from its checkpoint on a rerun
-        for future in futures:
-            if not future.done():
-                search.executor.kill(future)
-        raise
-    return results
+        for kind in KINDS:
+            recipe = final.row["recipe"] if kind == "kd" else "ce"
+            for seed, folder in final.runs[kind].items():
+                jobs.setdefault(str(folder), Job(
+                    f"final-trial{final.row['trial']} {recipe}", int(seed), None,
+                    final.configs[str(folder)], Path(search.spec.teacher), Path(folder),
+                    search.threads.per_job))  # fmt: skip
+    # the trials' own epochs, timed under the same jobs, are the first guess for the ETA
+    seconds = [s for final in finals if final.row.get("folder")
+               for s in epoch_seconds(Path(final.row["folder"]))]  # fmt: skip
+    results = run_jobs(list(jobs.values()), search.executor, search.spec.jobs, search.log,
+                       sum(seconds) / len(seconds) if seconds else None, keep_going=True,
+                       show_test=False)  # fmt: skip
+    return dict(zip(jobs, results, strict=True))
 
 
 def _per_seed(final: _Finalist, results: dict[str, Any], kind: str, split: str,

@@ -1,6 +1,6 @@
-"""The ablation's trainings as jobs on an executor (`edgekd.executor`): each run, continued
-or reused from its folder, with progress and ETAs read from the run folders; the first failure
-stops the rest."""
+"""Trainings as jobs on an executor (`edgekd.executor`), for the ablation and the search's final
+stage: each run, continued or reused from its folder, with progress and ETAs read from the run
+folders; the first failure stops the rest, unless the caller keeps going past failures."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ POLL_S = 2.0  # how often the running jobs' folders are read for newly finished 
 
 @dataclass(frozen=True)
 class Job:
-    """One training of the ablation (picklable: it crosses into worker processes). A `teacher`
+    """One training (picklable: it crosses into worker processes). A `teacher`
     job trains a teacher (`teacher` is then None); any other trains a student from `teacher`."""
 
     run: str
@@ -48,7 +48,7 @@ def _metrics_of(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def _epochs_done(folder: Path) -> list[float]:
+def epoch_seconds(folder: Path) -> list[float]:
     """Seconds of each finished epoch of a run folder (from its history.json), [] when none."""
     try:
         history = json.loads((folder / "history.json").read_text())
@@ -86,8 +86,14 @@ def _duration(seconds: float) -> str:
 class _Tracker:
     """Progress of a list of jobs, for the lines `run_jobs` logs: which run, seed, epoch, ETAs."""
 
-    def __init__(self, jobs: Sequence[Job], workers: int, epoch_s: float | None) -> None:
-        self.jobs, self.workers = jobs, workers
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        workers: int,
+        epoch_s: float | None,
+        show_test: bool = True,
+    ) -> None:
+        self.jobs, self.workers, self.show_test = jobs, workers, show_test
         self.done = [0] * len(jobs)
         self.finished: set[int] = set()
         self.epoch_s = epoch_s  # running estimate of seconds per epoch
@@ -132,9 +138,13 @@ class _Tracker:
         self.done[i] = self.jobs[i].cfg.train.epochs
         val, test = metrics["val"], metrics["test"]
         shown = f"val acc {100 * val['accuracy']:.2f}"
-        if self.jobs[i].fold is None:
+        if self.jobs[i].fold is None and self.show_test:
             shown += f"  test acc {100 * test['accuracy']:.2f} f1 {100 * test['macro_f1']:.2f}"
         return f"{self._head(i)}: finished, {shown}"
+
+    def fail(self, i: int, error: str) -> str:
+        self.finished.add(i)
+        return f"{self._head(i)}: FAILED ({error}); the others go on"
 
 
 class JobFailed(EdgeKDError):
@@ -153,17 +163,23 @@ def run_jobs(
     workers: int,
     log: Callable[[str], None],
     epoch_s: float | None = None,
-) -> list[dict]:
+    *,
+    keep_going: bool = False,
+    show_test: bool = True,
+) -> list[dict[str, Any] | str]:
     """Execute jobs on `executor`, at most `workers` at once, logging a line when a job starts,
     finishes an epoch and finishes; returns each job's metrics, in the order of `jobs`. A finished
     job (metrics.json) is read, not submitted. `epoch_s`: a first guess of seconds per epoch for
     the overall ETA. Progress is read from each running job's folder (the trainer writes
     history.json per epoch), which is what works on any executor: the folders must be on a
     filesystem this process shares with the workers. On the first failure, or when interrupted,
-    the running jobs are killed and JobFailed (or the interrupt) is raised."""
+    the running jobs are killed and JobFailed (or the interrupt) is raised; with `keep_going`, a
+    failed job's entry is instead its error ("Type: first line") and the others go on.
+    `show_test=False` keeps test figures out of the log (a caller that reads test only after a
+    choice made on validation)."""
     workers = max(1, min(workers, len(jobs)))
-    tracker = _Tracker(jobs, workers, epoch_s)
-    results: dict[int, dict] = {}
+    tracker = _Tracker(jobs, workers, epoch_s, show_test)
+    results: dict[int, dict[str, Any] | str] = {}
     waiting: list[int] = []
     for i, job in enumerate(jobs):
         metrics = _metrics_of(job.out)
@@ -175,7 +191,7 @@ def run_jobs(
 
     def log_epochs(run: _Running) -> None:
         # several epochs finished since the last look share one line
-        seconds = _epochs_done(jobs[run.index].out)
+        seconds = epoch_seconds(jobs[run.index].out)
         if len(seconds) > run.seen:
             run.seen = len(seconds)
             log(tracker.event("epoch", run.index, run.seen, sum(seconds) / run.seen))
@@ -191,7 +207,7 @@ def run_jobs(
                 future = executor.submit(
                     execute, job, resources=training_resources(executor, job.threads)
                 )
-                running[future] = run = _Running(i, len(_epochs_done(job.out)))
+                running[future] = run = _Running(i, len(epoch_seconds(job.out)))
                 log(tracker.event("start", i, run.seen, 0.0))
             finished, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for run in running.values():
@@ -199,10 +215,16 @@ def run_jobs(
             for future in finished:
                 run = running.pop(future)
                 try:
-                    results[run.index] = future.result()
+                    metrics = future.result()
                 except Exception as exc:
-                    raise _failure(tracker, run.index, exc, len(running), log) from exc
-                log(tracker.finish(run.index, results[run.index]))
+                    if not keep_going:
+                        raise _failure(tracker, run.index, exc, len(running), log) from exc
+                    results[run.index] = _error_line(exc)
+                    _log_traceback(exc, log)
+                    log(tracker.fail(run.index, results[run.index]))
+                    continue
+                results[run.index] = metrics
+                log(tracker.finish(run.index, metrics))
     except BaseException:  # a failure or Ctrl-C: no training may go on without its ablation
         for future in running:
             executor.kill(future)
@@ -210,14 +232,21 @@ def run_jobs(
     return [results[i] for i in range(len(jobs))]
 
 
+def _error_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def _log_traceback(exc: Exception, log: Callable[[str], None]) -> None:
+    if not isinstance(exc, EdgeKDError):  # a bug rather than a user error: keep its traceback
+        log("".join(traceback.format_exception(exc)).rstrip())
+
+
 def _failure(
     tracker: _Tracker, i: int, exc: Exception, others: int, log: Callable[[str], None]
 ) -> JobFailed:
-    if not isinstance(exc, EdgeKDError):  # a bug rather than a user error: keep its traceback
-        log("".join(traceback.format_exception(exc)).rstrip())
-    first = (str(exc).strip().splitlines() or [""])[0]
+    _log_traceback(exc, log)
     return JobFailed(
-        f"{tracker.name(i)} failed ({type(exc).__name__}: {first}); stopped "
+        f"{tracker.name(i)} failed ({_error_line(exc)}); stopped "
         f"{others} other running job{'' if others == 1 else 's'}; finished runs are kept, so "
         "the same command resumes"
     )
