@@ -157,9 +157,9 @@ def _job(run: str, epochs: int, seed: int = 0) -> Job:
 
 
 def test_durations() -> None:
-    from edgekd.distill.ablate.jobs import _duration
+    from edgekd.distill.ablate.jobs import duration
 
-    assert [_duration(s) for s in (12, 89, 3000, 7200)] == ["12 s", "1 min", "50 min", "2.0 h"]
+    assert [duration(s) for s in (12, 89, 3000, 7200)] == ["12 s", "1 min", "50 min", "2.0 h"]
 
 
 def test_progress_lines_name_run_seed_epoch_and_eta() -> None:

@@ -79,6 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekd.distill.ablate.jobs import duration
 from edgekd.errors import ConfigError, EdgeKDError, MissingExtra
 from edgekd.io import atomic_write_json, atomic_write_text
 from edgekd.search.latency import Estimate
@@ -424,17 +425,11 @@ class _Progress:
         if not self.seconds:
             return "eta unknown"
         left = max(self.wanted - self.done, 0) * sum(self.seconds) / len(self.seconds) / jobs
-        return f"eta {_duration(left)}"
+        return f"eta {duration(left)}"
 
     def head(self) -> str:
         return (f"[{self.done}/{self.wanted} trained, {self.pruned} pruned, "
                 f"{self.rejected} not trained: over budget or repeats]")  # fmt: skip
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _over_budget(spec: SearchSpec, est: Estimate) -> str | None:
@@ -606,7 +601,7 @@ class _Search:
                      + ", ".join(self.not_searched))  # fmt: skip
         if left and self.teacher_epoch_s:
             guess = left * self.spec.epochs * self.teacher_epoch_s / self.spec.jobs
-            line += f"; about {_duration(guess)} (rough: from the teacher's epoch time)"
+            line += f"; about {duration(guess)} (rough: from the teacher's epoch time)"
         elif left:
             line += "; time unknown until the first trial finishes"
         return line

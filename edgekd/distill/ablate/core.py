@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.config import RunConfig, to_dict
-from edgekd.distill.ablate.jobs import Job, _duration, _metrics_of, run_jobs
+from edgekd.distill.ablate.jobs import Job, _metrics_of, duration, run_jobs
 from edgekd.distill.ablate.report import plot
 from edgekd.distill.ablate.rows import (
     CONTROLS,
@@ -334,7 +334,7 @@ def describe_plan(
     )
     if epoch_s is not None and todo:
         epochs = sum(j.cfg.train.epochs for j in todo)
-        line += f"; about {_duration(epochs * epoch_s / spec.jobs)} (from {basis})"
+        line += f"; about {duration(epochs * epoch_s / spec.jobs)} (from {basis})"
     return line, epoch_s
 
 

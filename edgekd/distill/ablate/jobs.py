@@ -76,7 +76,8 @@ def execute(job: Job) -> dict[str, Any]:
         return distill(job.cfg, job.teacher, job.out, resume=resume, progress=False, fold=job.fold)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A wait for progress lines: "12 s", "50 min", "2.0 h"."""
     minutes = round(seconds / 60)
     if minutes < 1:
         return f"{seconds:.0f} s"
@@ -129,8 +130,8 @@ class _Tracker:
         left = self._remaining_s()
         return (
             f"{self._head(i)}: epoch {epochs}/{total}, {seconds:.1f} s/epoch, "
-            f"run eta {_duration((total - epochs) * seconds)}"
-            + ("" if left is None else f", all eta {_duration(left)}")
+            f"run eta {duration((total - epochs) * seconds)}"
+            + ("" if left is None else f", all eta {duration(left)}")
         )
 
     def finish(self, i: int, metrics: dict[str, Any]) -> str:
