@@ -12,9 +12,10 @@ rest as unlabelled paired windows:
 - `default`: the shipped recipe (logit KD) from the card's teacher, on the same windows.
 
 Student seed i for every row (one teacher); everything else is `edgekd distill`'s defaults.
-Finished runs in --out are reused, so a killed benchmark continues. Prints a Markdown table per
-share: mean ± s.e. of test accuracy and macro-F1 (%), and the paired differences with their 95%
-t-intervals, plus the plan differences of each row from `default`.
+Finished runs in --out are reused and a killed run resumes from its last epoch (its log goes
+on), so a killed benchmark continues. Prints a Markdown table per share: mean ± s.e. of test
+accuracy and macro-F1 (%), and the paired differences with their 95% t-intervals, plus the plan
+differences of each row from `default`.
 
     .venv/bin/python benchmarks/label_efficiency.py [--out runs/label_efficiency]
         [--shares 0.1,0.05,0.25,1] [--seeds 5] [--jobs 2] [--teacher-run DIR] [--epochs N]
@@ -35,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edgekd.checkpoint import STATE_FILE
+
 ROWS = ("ce", "fixmatch", "default")
 
 
@@ -43,7 +46,7 @@ def _edgekd(*args: str) -> list[str]:
 
 
 def _run(cmd: list[str], log: Path) -> None:
-    with open(log, "w") as fh:
+    with open(log, "a") as fh:
         code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"failed ({code}): {shlex.join(cmd)}; see {log}")
@@ -139,12 +142,15 @@ def main() -> None:
         for seed in range(args.seeds):
             for row in ROWS:
                 run = out / f"share{share:g}" / row / f"seed{seed}"
-                if not (run / "metrics.json").is_file():
-                    if run.exists():  # a killed run: start it again
-                        shutil.rmtree(run)
-                    run.parent.mkdir(parents=True, exist_ok=True)
-                    jobs.append((_command(card, row, share, seed, args.epochs, run),
-                                 run.parent / f"seed{seed}.log"))  # fmt: skip
+                if (run / "metrics.json").is_file():
+                    continue
+                cmd = _command(card, row, share, seed, args.epochs, run)
+                if (run / STATE_FILE).is_file():  # killed after an epoch: continue it
+                    cmd.append("--resume")
+                elif run.exists():  # killed before its first epoch ended: start it again
+                    shutil.rmtree(run)
+                run.parent.mkdir(parents=True, exist_ok=True)
+                jobs.append((cmd, run.parent / f"seed{seed}.log"))
         for cmd, _ in jobs:
             print("$", shlex.join(cmd), flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
