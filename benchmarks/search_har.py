@@ -78,9 +78,10 @@ def main() -> None:
     print(f"\n## edgekd search on HAR ({time.strftime('%Y-%m-%d')})\n")
     print(f"`{shlex.join(command.split())}`\n")
     print(format_table(report))
-    print(f"\nwall time {wall / 60:.1f} min (teacher included); trials trained "
-          f"{counts['complete']}, pruned {counts['pruned']}, not trained (over budget or "
-          f"repeats) {counts['rejected']}")  # fmt: skip
+    print(f"\nwall time {wall / 60:.1f} min (this invocation, teacher included: a resumed "
+          f"search counts from its restart); trials: {counts['complete']} complete, "
+          f"{counts['pruned']} pruned, {counts['fail']} failed, not trained: "
+          f"{counts['rejected']} over budget, {counts['repeat']} repeats")  # fmt: skip
 
 
 if __name__ == "__main__":
