@@ -78,6 +78,8 @@ def test_two_trial_local_search_end_to_end(teacher_run: Path, tmp_path: Path) ->
     assert chosen["shipped"] == str(out / "chosen.edgekd")
     model = rt.load(chosen["shipped"], backend="openvino", precision="int8")
     assert model.bundle.manifest["model"]["arch_args"]["width"] == chosen["args"]["width"]
+    held_out, why_not = model.bundle.held_out()  # its eval windows travel with it, checked
+    assert why_not is None and held_out is not None
     # what ships is the chosen finalist's first-seed final run, never its capped trial
     shipped_from = model.bundle.manifest["provenance"]["run_dir"]
     assert shipped_from == str(Path(chosen["runs"]["kd"]["0"]).resolve())

@@ -314,7 +314,12 @@ def run_final_stage(search: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ship(search: Any, chosen: dict[str, Any]) -> str | None:
-    """Copy the chosen finalist's bundle to `<out>/chosen.edgekd` (staged, then renamed)."""
+    """Copy the chosen finalist's bundle to `<out>/chosen.edgekd` (staged, then renamed), with
+    its held-out windows (`trial<N>.eval.npz` -> `chosen.eval.npz`: the bundle names them by its
+    own stem, so a bundle copied without them reports its eval file missing)."""
+    from edgekd.io import atomic_copy_file
+    from edgekd.runtime.bundle import beside_eval_path
+
     if chosen["bundle"] is None:
         return None
     dest = Path(search.spec.out) / "chosen.edgekd"
@@ -323,4 +328,7 @@ def _ship(search: Any, chosen: dict[str, Any]) -> str | None:
     shutil.copytree(chosen["bundle"], staging)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
+    evals = beside_eval_path(Path(chosen["bundle"]))
+    if evals.is_file():
+        atomic_copy_file(evals, beside_eval_path(dest))
     return str(dest)

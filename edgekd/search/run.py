@@ -46,7 +46,7 @@ Layout of `out`:
                         stage's `finalists`, `anchor` and `chosen`, and the `verdict`
   pareto.md, pareto.png the report as tables and the front as a plot (needs matplotlib)
   finalists/trial<N>.edgekd  each finalist's bundle (its first-seed final run), measured
-  chosen.edgekd         the chosen finalist's bundle: what ships
+  chosen.edgekd         the chosen finalist's bundle: what ships (chosen.eval.npz beside it)
 
 Teacher: an edgekd teacher run folder, or an outside teacher as `edgekd distill` takes it (a
 teacher.yaml card, a folder holding one such as a `teacher cache`, or a .onnx/.pt2 with the card
