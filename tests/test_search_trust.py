@@ -218,8 +218,28 @@ def test_an_anchor_over_budget_is_trained_flagged_and_never_chosen(
     chosen = report["chosen"]
     assert chosen is not None and chosen["trial"] != 0 and chosen["predicted_p50_ms"] <= 2.5
     assert "the default is over budget" in report["verdict"]
+    # what the choice costs against the default (the fake sizes grow with width; nothing was
+    # exported, so no measured p50 to compare)
+    ratio = chosen["args"]["width"] / 32
+    assert ratio != 1.0 and chosen["params"] / anchor["params"] == pytest.approx(ratio)
+    assert (f"; it has {ratio:.1f}x the default's parameters and {ratio:.1f}x its int8 size "
+            "(the default is over budget") in report["verdict"]  # fmt: skip
     assert all(r["trial"] != 0 for r in report["pareto"])
     assert "OVER BUDGET" in (out / "pareto.md").read_text()
+
+
+def test_the_verdict_says_what_the_choice_costs_against_the_default() -> None:
+    from edgekd.search.finals import _cost
+
+    # the HAR headline's chosen tcn_small against the default tcn_tiny (2026-12-07)
+    chosen = {"params": 186_732, "int8_kb": 200.914, "measured": {"p50_ms": 0.1081}}
+    anchor = {"params": 21_292, "int8_kb": 34.5, "measured": {"p50_ms": 0.0432}}
+    assert _cost(chosen, anchor) == ("; it has 8.8x the default's parameters, 5.8x its int8 size "
+                                     "and 2.5x its measured p50")  # fmt: skip
+    # a figure missing on either side is left out, never guessed
+    assert _cost({"params": 10, "measured": None}, {"params": 5, "int8_kb": 3.0}) == (
+        "; it has 2.0x the default's parameters")
+    assert _cost({"params": 10}, {}) == ""
 
 
 # --- 2. correct resume ---------------------------------------------------------------------------

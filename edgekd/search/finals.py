@@ -245,6 +245,22 @@ def _against_anchor(chosen: dict[str, Any], anchor: dict[str, Any]) -> dict[str,
             for split in ("val", "test")}  # fmt: skip
 
 
+def _cost(chosen: dict[str, Any], anchor: dict[str, Any]) -> str:
+    """What the chosen student costs against the default, as ratios (a near-tie in accuracy
+    can come at several times the size: the verdict says so)."""
+
+    def measured(e: dict[str, Any]) -> float | None:
+        return (e.get("measured") or {}).get("p50_ms")
+
+    pairs = [("the default's parameters", chosen.get("params"), anchor.get("params")),
+             ("its int8 size", chosen.get("int8_kb"), anchor.get("int8_kb")),
+             ("its measured p50", measured(chosen), measured(anchor))]  # fmt: skip
+    said = [f"{mine / theirs:.1f}x {what}" for what, mine, theirs in pairs if mine and theirs]
+    if not said:
+        return ""
+    return "; it has " + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0])
+
+
 def _verdict(chosen: dict[str, Any] | None, anchor: dict[str, Any] | None,
              anchor_note: str | None, entries: list[dict[str, Any]]) -> str:  # fmt: skip
     from edgekd.distill.ablate.stats import format_interval
@@ -267,7 +283,7 @@ def _verdict(chosen: dict[str, Any] | None, anchor: dict[str, Any] | None,
     text = (f"{what} replaces the default: against it on the same {seeds} seeds, val accuracy "
             f"{format_interval(gain['val']['accuracy'])}, test accuracy "
             f"{format_interval(gain['test']['accuracy'])}, test macro-F1 "
-            f"{format_interval(gain['test']['macro_f1'])} points")
+            f"{format_interval(gain['test']['macro_f1'])} points{_cost(chosen, anchor)}")
     if anchor["over_budget"]:
         text += f" (the default is over budget: {anchor['over_budget']})"
     return text
