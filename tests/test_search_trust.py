@@ -242,6 +242,29 @@ def test_the_verdict_says_what_the_choice_costs_against_the_default() -> None:
     assert _cost({"params": 10}, {}) == ""
 
 
+def test_the_shipped_bundle_takes_its_own_held_out_windows_and_no_stale_ones(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from edgekd.search.finals import _ship
+
+    search = SimpleNamespace(spec=SimpleNamespace(out=tmp_path))
+    for trial, evals in ((1, b"windows of trial 1"), (2, None)):
+        bundle = tmp_path / "finalists" / f"trial{trial}.edgekd"
+        bundle.mkdir(parents=True)
+        (bundle / "manifest.json").write_text(f'{{"trial": {trial}}}')
+        if evals is not None:
+            (tmp_path / "finalists" / f"trial{trial}.eval.npz").write_bytes(evals)
+    assert _ship(search, {"bundle": str(tmp_path / "finalists/trial1.edgekd")}) == str(
+        tmp_path / "chosen.edgekd")
+    assert (tmp_path / "chosen.eval.npz").read_bytes() == b"windows of trial 1"
+    # chosen again (a resumed search), a finalist without windows beside it: none are kept
+    _ship(search, {"bundle": str(tmp_path / "finalists/trial2.edgekd")})
+    assert (tmp_path / "chosen.edgekd/manifest.json").read_text() == '{"trial": 2}'
+    assert not (tmp_path / "chosen.eval.npz").exists()
+
+
 # --- 2. correct resume ---------------------------------------------------------------------------
 
 

@@ -344,7 +344,9 @@ def _ship(search: Any, chosen: dict[str, Any]) -> str | None:
     shutil.copytree(chosen["bundle"], staging)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
-    evals = beside_eval_path(Path(chosen["bundle"]))
+    evals, dest_evals = beside_eval_path(Path(chosen["bundle"])), beside_eval_path(dest)
     if evals.is_file():
-        atomic_copy_file(evals, beside_eval_path(dest))
+        atomic_copy_file(evals, dest_evals)
+    else:  # a choice made again on resume must not keep the windows of an earlier choice
+        dest_evals.unlink(missing_ok=True)
     return str(dest)
